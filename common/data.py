@@ -1,0 +1,427 @@
+"""Dataset scanning, the saved train/val/test split, the decode-once pixel cache and batched transforms.
+
+The flow every script shares:
+
+    split = load_or_create_split(data_dir, split_file, ...)   # runs/split.json, written once
+    images = load_or_build_cache(data_dir, split, cache_dir, img_size)   # uint8 memmap, N x H x W x 3
+    loader = BatchLoader(images, labels, indices, batch_size, device)    # uint8 batches on the device
+    x = train_transform(batch, crop, mean, std)                          # float, augmented, on the device
+
+JPEG/PNG decoding (OpenCV) happens once per image and per image size; later epochs and later
+scripts read the memory-mapped uint8 cache and never decode again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torchvision.ops import roi_align
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+ENGLISH_NAMES = {
+    "cane": "dog", "cavallo": "horse", "elefante": "elephant", "farfalla": "butterfly",
+    "gallina": "chicken", "gatto": "cat", "mucca": "cow", "pecora": "sheep",
+    "ragno": "spider", "scoiattolo": "squirrel",
+}
+DEFAULT_DATA_DIR = "data/animals10/raw-img"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLIT_FORMAT = "animals10-split/1"
+
+GET_DATA_ADVICE = (
+    "download the Kaggle dataset with `kaggle datasets download -d alessiocorrado99/animals10 --unzip -p data/animals10` "
+    "and pass --data-dir data/animals10/raw-img (or set ANIMALS10_DIR)"
+)
+
+
+class DataError(Exception):
+    """A problem with the input data that the user must fix; its message says how."""
+
+
+def display_name(folder: str) -> str:
+    """English display name for an Animals-10 folder name; other names are shown as they are."""
+    return ENGLISH_NAMES.get(folder, folder)
+
+
+def resolve_data_dir(arg: str | None) -> Path:
+    """--data-dir, else $ANIMALS10_DIR, else data/animals10/raw-img."""
+    return Path(arg or os.environ.get("ANIMALS10_DIR") or DEFAULT_DATA_DIR)
+
+
+def add_data_args(parser) -> None:
+    """Arguments shared by every script that reads the dataset."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-dir", default=None,
+                   help=f"folder of <class>/<images> (default: $ANIMALS10_DIR, else {DEFAULT_DATA_DIR})")
+    g.add_argument("--output-dir", default="runs", help="where run folders, split.json and the cache go")
+    g.add_argument("--split-file", default=None, help="saved split (default: <output-dir>/split.json)")
+    g.add_argument("--per-class", type=int, default=450, help="images drawn per class")
+    g.add_argument("--split", default="300,75,75", help="train,val,test images per class")
+    g.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
+    g.add_argument("--img-size", type=int, default=256, help="images are resized to this square size and cached")
+    g.add_argument("--crop-size", type=int, default=224, help="networks see crops of this size")
+    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
+
+
+def parse_split_sizes(text: str, per_class: int) -> tuple[int, int, int]:
+    """'300,75,75' -> (300, 75, 75); checked against the per-class count."""
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise DataError(f"--split {text!r} is not three positive integers; use e.g. --split 300,75,75")
+    if sum(sizes) != per_class:
+        raise DataError(f"--split {text} adds up to {sum(sizes)}, not --per-class {per_class}; make them agree")
+    return sizes  # type: ignore[return-value]
+
+
+def scan_folder(data_dir: Path) -> dict[str, list[str]]:
+    """Map each class folder to its sorted image file names; a clear error when there is nothing to read."""
+    if not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} does not exist; {GET_DATA_ADVICE}")
+    classes = {}
+    for sub in sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f.name for f in sub.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        if files:
+            classes[sub.name] = files
+    if not classes:
+        raise DataError(f"data folder {data_dir} holds no <class>/ folders with .jpg/.jpeg/.png images; {GET_DATA_ADVICE}")
+    if len(classes) < 2:
+        raise DataError(f"data folder {data_dir} holds only one class ({next(iter(classes))}); point --data-dir at the folder of class folders")
+    return classes
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def decode_image(path: Path, size: int) -> np.ndarray | None:
+    """Decode an image file to RGB uint8 resized to size x size; None when it cannot be decoded."""
+    data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode copes with non-ASCII paths
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None or img.shape[0] < 2 or img.shape[1] < 2:
+        return None
+    interp = cv2.INTER_AREA if img.shape[0] * img.shape[1] > size * size else cv2.INTER_LINEAR
+    img = cv2.resize(img, (size, size), interpolation=interp)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temporary file and os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _split_fingerprint(entries: Sequence[dict]) -> str:
+    h = hashlib.sha256()
+    for e in entries:
+        h.update(f"{e['path']}\0{e['sha256']}\0{e['subset']}\n".encode())
+    return h.hexdigest()
+
+
+def _decode_many(paths: Sequence[Path], size: int, workers: int) -> Iterator[np.ndarray | None]:
+    # cv2 releases the GIL while decoding and resizing, so threads scale across cores.
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        yield from pool.map(lambda p: decode_image(p, size), paths)
+
+
+class Split:
+    """The saved subset and train/val/test assignment: classes, files in cache order, and index arrays."""
+
+    def __init__(self, meta: dict):
+        self.meta = meta
+        self.classes: list[str] = meta["classes"]
+        self.entries: list[dict] = meta["files"]
+        self.labels = np.array([self.classes.index(e["path"].split("/")[0]) for e in self.entries], dtype=np.int64)
+        subsets = np.array([e["subset"] for e in self.entries])
+        self.indices = {s: np.flatnonzero(subsets == s) for s in ("train", "val", "test")}
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def paths(self, data_dir: Path) -> list[Path]:
+        return [data_dir / e["path"] for e in self.entries]
+
+
+def _check_split_counts(split: Split, sizes: Sequence[int]) -> None:
+    paths = [e["path"] for e in split.entries]
+    if len(set(paths)) != len(paths):
+        raise DataError("the saved split lists a file twice; delete it to re-split")
+    for name, n in zip(("train", "val", "test"), sizes):
+        counts = np.bincount(split.labels[split.indices[name]], minlength=len(split.classes))
+        if not (counts == n).all():
+            raise DataError(f"the saved split's {name} set does not hold {n} images per class; delete it to re-split")
+
+
+def create_split(data_dir: Path, per_class: int, sizes: Sequence[int], seed: int, img_size: int,
+                 workers: int, log=print) -> tuple[Split, np.ndarray]:
+    """Draw per_class decodable images per class (seeded), split them stratified, and decode them once.
+
+    Returns the split and the decoded uint8 pixels in split order, so the caller can cache them
+    without decoding twice. Corrupt files are reported by path and skipped.
+    """
+    found = scan_folder(data_dir)
+    rng = np.random.default_rng(seed)
+    entries, pixels, skipped = [], [], []
+    for cls, files in found.items():
+        order = rng.permutation(len(files))
+        chosen = []
+        # Decode candidates in shuffled order until the class is full; corrupt ones are replaced.
+        start = 0
+        while len(chosen) < per_class and start < len(order):
+            batch = [files[i] for i in order[start:start + per_class - len(chosen)]]
+            start += len(batch)
+            for name, img in zip(batch, _decode_many([data_dir / cls / n for n in batch], img_size, workers)):
+                if img is None:
+                    skipped.append(f"{cls}/{name}")
+                    log(f"skipping unreadable image {data_dir / cls / name}")
+                else:
+                    chosen.append((name, img))
+        if len(chosen) < per_class:
+            raise DataError(f"class {cls!r} has only {len(chosen)} readable images, fewer than --per-class {per_class}; "
+                            f"add images to {data_dir / cls} or lower --per-class")
+        bounds = np.cumsum([0, *sizes])
+        for subset, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
+            for name, img in chosen[lo:hi]:
+                path = data_dir / cls / name
+                entries.append({"path": f"{cls}/{name}", "subset": subset,
+                                "size": path.stat().st_size, "sha256": file_sha256(path)})
+                pixels.append(img)
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable image(s)")
+    meta = {"format": SPLIT_FORMAT, "classes": list(found), "per_class": per_class, "sizes": list(sizes),
+            "seed": seed, "skipped": skipped, "files": entries, "fingerprint": _split_fingerprint(entries)}
+    split = Split(meta)
+    _check_split_counts(split, sizes)
+    return split, np.stack(pixels)
+
+
+def verify_split(split: Split, data_dir: Path) -> None:
+    """Stop with a clear error when a file of the saved split is missing or its bytes changed."""
+    classes = list(scan_folder(data_dir))
+    if classes != split.classes:
+        raise DataError(f"{data_dir} has classes {classes}, the saved split has {split.classes}; "
+                        "point --data-dir at the data the split was made from, or pass a new --split-file")
+    for e in split.entries:
+        path = data_dir / e["path"]
+        if not path.is_file():
+            raise DataError(f"{path} is in the saved split but missing from the data folder; "
+                            "restore it, or pass a new --split-file to re-split")
+        if path.stat().st_size != e["size"] or file_sha256(path) != e["sha256"]:
+            raise DataError(f"{path} changed since the split was saved; restore it, or pass a new --split-file to re-split")
+
+
+def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450, sizes: Sequence[int] = (300, 75, 75),
+                         seed: int = 0, img_size: int = 256, workers: int = 2,
+                         log=print) -> tuple[Split, np.ndarray | None]:
+    """Reuse the saved split after verifying the data against it, or create and save it.
+
+    Returns (split, pixels): pixels are the freshly decoded images when the split was just made, else None.
+    """
+    if split_file.exists():
+        try:
+            meta = json.loads(split_file.read_text())
+            split = Split(meta)
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{split_file} is not a readable split file ({e}); delete it to re-split") from None
+        if meta.get("format") != SPLIT_FORMAT:
+            raise DataError(f"{split_file} is not a split file of this project; delete it or pass another --split-file")
+        wanted = {"per_class": per_class, "sizes": list(sizes), "seed": seed}
+        saved = {k: meta[k] for k in wanted}
+        if saved != wanted:
+            raise DataError(f"{split_file} was made with {saved}, not {wanted}; drop those options to reuse it, "
+                            "or pass a new --split-file")
+        verify_split(split, data_dir)
+        _check_split_counts(split, sizes)
+        return split, None
+    split, pixels = create_split(data_dir, per_class, sizes, seed, img_size, workers, log)
+    atomic_write_text(split_file, json.dumps(split.meta, indent=1))
+    log(f"saved split to {split_file}: {len(split.classes)} classes x {sizes} train/val/test")
+    return split, pixels
+
+
+def cache_path(cache_dir: Path, split: Split, img_size: int) -> Path:
+    """The cache file for this split's exact file list and this image size."""
+    return cache_dir / f"{split.fingerprint[:16]}-{img_size}px.npy"
+
+
+def load_or_build_cache(data_dir: Path, split: Split, cache_dir: Path, img_size: int,
+                        pixels: np.ndarray | None = None, workers: int = 2, log=print) -> np.ndarray:
+    """Memory-map the uint8 N x H x W x 3 cache of the split's images, decoding and writing it first if needed."""
+    path = cache_path(cache_dir, split, img_size)
+    n = len(split.entries)
+    if path.exists():
+        images = np.load(path, mmap_mode="r")
+        if images.shape == (n, img_size, img_size, 3) and images.dtype == np.uint8:
+            return images
+        log(f"cache {path} has the wrong shape {images.shape}; rebuilding it")
+    if pixels is None:
+        log(f"decoding {n} images into {path} (once)")
+        pixels = np.empty((n, img_size, img_size, 3), np.uint8)
+        for i, (p, img) in enumerate(zip(split.paths(data_dir), _decode_many(split.paths(data_dir), img_size, workers))):
+            if img is None:
+                raise DataError(f"{p} is in the saved split but can no longer be decoded; restore it or re-split")
+            pixels[i] = img
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, pixels)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return np.load(path, mmap_mode="r")
+
+
+def prepare_data(args, log=print) -> tuple[Split, np.ndarray]:
+    """Resolve paths from parsed arguments, then load or create the split and its pixel cache."""
+    data_dir = resolve_data_dir(args.data_dir)
+    out = Path(args.output_dir)
+    split_file = Path(args.split_file) if args.split_file else out / "split.json"
+    sizes = parse_split_sizes(args.split, args.per_class)
+    split, pixels = load_or_create_split(data_dir, split_file, args.per_class, sizes, args.seed,
+                                         args.img_size, args.workers, log)
+    images = load_or_build_cache(data_dir, split, out / "cache", args.img_size, pixels, args.workers, log)
+    return split, images
+
+
+def to_device(images: np.ndarray, device: torch.device, max_fraction: float = 0.5) -> np.ndarray | torch.Tensor:
+    """Move the whole uint8 cache onto a CUDA device when it takes under max_fraction of free memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.nbytes < max_fraction * free:
+            return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return images
+
+
+class BatchLoader:
+    """Yields (uint8 N x 3 x H x W, int64 labels) batches on the device from the cached pixels.
+
+    `images` is the memory-mapped cache (batches are gathered, pinned on CUDA and copied without
+    blocking) or a tensor already resident on the device (see `to_device`).
+    """
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray, indices: np.ndarray,
+                 batch_size: int, device: torch.device, shuffle: bool = False,
+                 generator: torch.Generator | None = None, drop_last: bool = False):
+        self.images, self.labels = images, torch.as_tensor(labels)
+        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.batch_size, self.device, self.shuffle = batch_size, device, shuffle
+        self.generator, self.drop_last = generator, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices
+        if self.shuffle:
+            order = order[torch.randperm(len(order), generator=self.generator)]
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self._gather(idx), self.labels[idx].to(self.device, non_blocking=True)
+
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.images, torch.Tensor):
+            return self.images[idx.to(self.images.device)].permute(0, 3, 1, 2)
+        # Sorted reads are kinder to the memory map; the batch order is restored afterwards.
+        sorted_idx, order = torch.sort(idx)
+        x = torch.from_numpy(np.ascontiguousarray(self.images[sorted_idx.numpy()]))[torch.argsort(order)]
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 or [0, 1] float N x 3 x H x W -> normalised float."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255)
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def eval_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Centre crop and normalise a uint8 batch."""
+    h, w = x.shape[-2:]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return normalize(x[..., top:top + crop, left:left + crop], mean, std)
+
+
+def train_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Sequence[float],
+                    generator: torch.Generator | None = None, scale: tuple[float, float] = (0.25, 1.0),
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3), jitter: float = 0.0) -> torch.Tensor:
+    """Batched random-resized crop (or, with scale=None, a plain random crop) + horizontal flip + optional jitter.
+
+    One roi_align call crops and resizes the whole batch with bilinear sampling, on whatever device x is on.
+    """
+    n, _, h, w = x.shape
+    g = generator
+    dev = x.device
+    if scale is None:
+        # Classic random crop of crop x crop pixels at a random offset.
+        top = torch.randint(0, h - crop + 1, (n,), generator=g).tolist()
+        left = torch.randint(0, w - crop + 1, (n,), generator=g).tolist()
+        out = torch.stack([x[i, :, t:t + crop, l:l + crop] for i, (t, l) in enumerate(zip(top, left))])
+        out = out.float().div_(255)
+    else:
+        area = h * w * torch.empty(n).uniform_(*scale, generator=g)
+        log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+        aspect = torch.exp(log_r)
+        cw = torch.sqrt(area * aspect).clamp(8, w)
+        ch = torch.sqrt(area / aspect).clamp(8, h)
+        x0 = torch.rand(n, generator=g) * (w - cw)
+        y0 = torch.rand(n, generator=g) * (h - ch)
+        boxes = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], 1).to(dev)
+        out = roi_align(x.float(), boxes, output_size=crop, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        out = out.div_(255)
+    flip = (torch.rand(n, generator=g) < 0.5).to(dev)
+    out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+    if jitter > 0:
+        out = _color_jitter(out, jitter, g)
+    return normalize(out, mean, std)
+
+
+def _color_jitter(x: torch.Tensor, strength: float, g: torch.Generator | None) -> torch.Tensor:
+    n = x.shape[0]
+
+    def factor() -> torch.Tensor:
+        return torch.empty(n, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=g).to(x.device)
+
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    x = x * factor()                                                           # brightness
+    x = (x - gray.mean((2, 3), keepdim=True)) * factor() + gray.mean((2, 3), keepdim=True)  # contrast
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    x = (x - gray) * factor() + gray                                           # saturation
+    return x.clamp_(0, 1)
+
+
+def upscale_check(images: np.ndarray, crop: int) -> None:
+    """Refuse a crop larger than the cached images."""
+    if images.shape[1] < crop or images.shape[2] < crop:
+        raise DataError(f"--crop-size {crop} is larger than the cached {images.shape[1]}px images; lower it or raise --img-size")
+

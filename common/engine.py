@@ -1,0 +1,322 @@
+"""The shared training loop: one epoch of training, evaluation, and `fit` (run folder, checkpoints, resume)."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from common.data import Split, display_name
+from common.models import count_parameters, set_train_mode
+from common.runs import (CKPT_FORMAT, CheckpointError, load_checkpoint, make_run_dir, save_checkpoint,
+                         update_global_best, write_json)
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def add_train_args(parser, lr: float, epochs: int, batch_size: int = 32) -> None:
+    """Training arguments shared by every training script; the defaults given are the script's own."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs, help=f"epochs to train (default {epochs})")
+    g.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
+    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
+    g.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimizer (SGD uses momentum 0.9, Nesterov)")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (not applied to norms and biases)")
+    g.add_argument("--sched", choices=("cosine", "plateau", "none"), default="cosine",
+                   help="cosine decay after warmup, or ReduceLROnPlateau on val accuracy")
+    g.add_argument("--warmup-epochs", type=int, default=1, help="linear warmup epochs (cosine schedule)")
+    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--patience", type=int, default=0, help="stop after this many epochs without a better val accuracy (0: never)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on CUDA (bf16 where supported)")
+    g.add_argument("--tag", default=None, help="suffix for the run folder name")
+    g.add_argument("--resume", default=None, help="continue a killed run from its runs/<run>/last.pt")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; a clear error when cuda is asked for and absent."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA where supported, fp16 otherwise; nothing on CPU."""
+    if not enabled or device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on a GPU, else the process's peak resident set size, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, device: torch.device, amp: bool = False,
+                    scaler: torch.amp.GradScaler | None = None, desc: str = "train") -> dict:
+    """One pass over the loader; returns mean loss, accuracy, images and seconds."""
+    set_train_mode(model)
+    loss_sum, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        x = transform(x).contiguous(memory_format=torch.channels_last) if x.dim() == 4 else transform(x)
+        with autocast(device, amp):
+            logits = model(x)
+            loss = criterion(logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": seen, "seconds": seconds,
+            "img_per_s": seen / seconds if seconds > 0 else float("nan")}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable, transform: Transform, device: torch.device,
+            amp: bool = False, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Eval-mode logits and labels for every batch of the loader, plus the seconds it took."""
+    model.eval()
+    logits, labels = [], []
+    start = time.perf_counter()
+    for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        x = transform(x)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits.append(model(x).float().cpu())
+        labels.append(y.cpu())
+    seconds = time.perf_counter() - start
+    return torch.cat(logits), torch.cat(labels), seconds
+
+
+def evaluate(model: nn.Module, loader: Iterable, transform: Transform, criterion: nn.Module,
+             device: torch.device, amp: bool = False, desc: str = "eval") -> dict:
+    """Loss, accuracy and inference throughput on a loader."""
+    logits, labels, seconds = predict(model, loader, transform, device, amp, desc)
+    return {"loss": criterion(logits, labels).item(), "acc": (logits.argmax(1) == labels).float().mean().item(),
+            "images": len(labels), "seconds": seconds, "img_per_s": len(labels) / seconds if seconds > 0 else float("nan")}
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float,
+                 lr_of: Callable[[str], float] | None = None) -> list[dict]:
+    """Trainable parameters only, no weight decay on norms and biases; lr_of(name) sets per-parameter rates."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        wd = 0.0 if p.ndim <= 1 else weight_decay
+        groups.setdefault((wd, lr_of(name) if lr_of else lr), []).append(p)
+    return [{"params": ps, "weight_decay": wd, "lr": rate} for (wd, rate), ps in groups.items()]
+
+
+def make_optimizer(groups: list[dict], args) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9, Nesterov) over the given parameter groups."""
+    if args.opt == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=args.lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, args):
+    """Per-epoch scheduler: linear warmup + cosine to zero, ReduceLROnPlateau on val accuracy, or constant."""
+    if args.sched == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=3)
+    warmup, total = args.warmup_epochs, max(args.epochs, 1)
+
+    def factor(epoch: int) -> float:
+        if args.sched == "none":
+            return 1.0
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(total - warmup, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (init, dropout) and return the generator used for shuffling and augmentation."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class Study:
+    """What `fit` needs besides the model: the data, the transforms and the checkpoint's description."""
+
+    split: Split
+    loaders: dict                      # "train", "val", "test" -> BatchLoader (or any iterable of (x, y))
+    train_transform: Transform
+    eval_transform: Transform
+    arch: str
+    mode: str
+    meta: dict = field(default_factory=dict)  # img_size, crop_size, mean, std, weights record, ...
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(model: nn.Module, study: Study, args, generator: torch.Generator, device: torch.device,
+        optimizer: torch.optim.Optimizer | None = None, save_model: nn.Module | None = None,
+        extra_metrics: dict | None = None, log=print) -> Path:
+    """Train with per-epoch validation, checkpoints and TensorBoard; test the best epoch; returns the run folder.
+
+    `save_model` is the module whose state goes into checkpoints when it differs from the trained one
+    (a head trained on cached features is saved inside its full network).
+    """
+    save_model = save_model or model
+    amp = args.amp == "auto" and device.type == "cuda"
+    output_dir = Path(args.output_dir)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, args.lr), args)
+    scheduler = make_scheduler(optimizer, args)
+    use_scaler = amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    trainable, total = count_parameters(save_model)
+    history: list[dict] = []
+    start_epoch, best_acc, best_epoch = 0, -1.0, -1
+
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        if (ckpt["arch"], ckpt["mode"]) != (study.arch, study.mode):
+            raise CheckpointError(f"--resume {args.resume} is a {ckpt['arch']}/{ckpt['mode']} run, "
+                                  f"not {study.arch}/{study.mode}; resume it with its own script and --mode")
+        if ckpt["split_fingerprint"] != study.split.fingerprint:
+            raise CheckpointError(f"--resume {args.resume} was trained on another split; resume with its --output-dir/--split-file")
+        run_dir = Path(args.resume).parent
+        save_model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+        if scaler is not None and ckpt.get("scaler_state"):
+            scaler.load_state_dict(ckpt["scaler_state"])
+        _set_rng_state(ckpt["rng"], generator)
+        history = ckpt["history"]
+        start_epoch = ckpt["epoch"] + 1
+        best_acc, best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
+        log(f"resuming {run_dir} at epoch {start_epoch + 1}/{args.epochs}")
+    else:
+        run_dir = make_run_dir(output_dir, study.arch, study.mode, args.tag)
+
+    config = {"arch": study.arch, "mode": study.mode, **vars(args), "device": str(device), "amp": amp,
+              "classes": study.split.classes, "split_fingerprint": study.split.fingerprint,
+              "trainable_params": trainable, "total_params": total, **study.meta,
+              "torch": str(torch.__version__), "python": platform.python_version(), "host": platform.node()}
+    config = json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
+    write_json(run_dir / "config.json", config)
+    log(f"run folder {run_dir}")
+    log(f"{study.arch}/{study.mode}: {trainable:,} trainable of {total:,} parameters; device {device}"
+        + (" with AMP" if amp else ""))
+    writer = SummaryWriter(str(run_dir), purge_step=start_epoch if start_epoch else None)
+
+    def checkpoint(epoch: int) -> dict:
+        return {"format": CKPT_FORMAT, "arch": study.arch, "mode": study.mode, "classes": study.split.classes,
+                "display_names": [display_name(c) for c in study.split.classes], **study.meta,
+                "split_fingerprint": study.split.fingerprint, "epoch": epoch, "best_val_acc": best_acc,
+                "best_epoch": best_epoch, "model_state": save_model.state_dict(),
+                "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+                "scaler_state": scaler.state_dict() if scaler is not None else None,
+                "rng": _rng_state(generator), "history": history, "config": config}
+
+    epochs_without_gain = 0
+    for epoch in range(start_epoch, args.epochs):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        tr = train_one_epoch(model, study.loaders["train"], study.train_transform, criterion, optimizer, device,
+                             amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}")
+        va = evaluate(model, study.loaders["val"], study.eval_transform, criterion, device, amp, desc="val")
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(va["acc"])
+        else:
+            scheduler.step()
+        epoch_seconds = time.perf_counter() - t0
+        improved = va["acc"] > best_acc
+        if improved:
+            best_acc, best_epoch = va["acc"], epoch
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
+               "val_acc": va["acc"], "epoch_seconds": epoch_seconds, "train_img_per_s": tr["img_per_s"],
+               "eval_img_per_s": va["img_per_s"], "peak_memory_mb": peak_memory_mb(device)}
+        history.append(row)
+        for key, tb in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
+                        ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
+                        ("train_img_per_s", "throughput/train_img_per_s"),
+                        ("eval_img_per_s", "throughput/eval_img_per_s")):
+            writer.add_scalar(tb, row[key], epoch + 1)
+        writer.flush()
+        ckpt = checkpoint(epoch)
+        save_checkpoint(ckpt, run_dir / "last.pt")
+        if improved:
+            save_checkpoint(ckpt, run_dir / "best.pt")
+        log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
+            f"val loss {va['loss']:.4f} acc {va['acc']:.4f}{' *' if improved else '  '}  "
+            f"{epoch_seconds:.1f}s  {tr['img_per_s']:.0f} img/s")
+        epochs_without_gain = 0 if improved else epochs_without_gain + 1
+        if args.patience and epochs_without_gain >= args.patience:
+            log(f"early stop: no better val accuracy for {args.patience} epochs")
+            break
+    writer.close()
+
+    best = load_checkpoint(run_dir / "best.pt")
+    save_model.load_state_dict(best["model_state"])
+    criterion_plain = nn.CrossEntropyLoss()
+    te = evaluate(model, study.loaders["test"], study.eval_transform, criterion_plain, device, amp, desc="test")
+    train_seconds = sum(h["epoch_seconds"] for h in history)
+    metrics = {
+        "arch": study.arch, "mode": study.mode, "lr": args.lr, "batch_size": args.batch_size,
+        "epochs_run": len(history), "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
+        "test_acc": te["acc"], "test_loss": te["loss"],
+        "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),
+        "train_img_per_s": float(np.mean([h["train_img_per_s"] for h in history])) if history else None,
+        "eval_img_per_s": te["img_per_s"], "peak_memory_mb": max(h["peak_memory_mb"] for h in history) if history else None,
+        "trainable_params": trainable, "total_params": total, "device": str(device),
+        "checkpoint_mb": (run_dir / "best.pt").stat().st_size / 2**20, **(extra_metrics or {}),
+        "history": history,
+    }
+    if args.resume:
+        metrics["resumed_from_epoch"] = start_epoch
+    write_json(run_dir / "metrics.json", metrics)
+    log(f"best val acc {best_acc:.4f} (epoch {best_epoch + 1}); test acc {te['acc']:.4f}; "
+        f"{train_seconds:.0f}s training")
+    update_global_best(output_dir, run_dir / "best.pt", best_acc, run_dir, log)
+    return run_dir

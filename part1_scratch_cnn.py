@@ -1,0 +1,151 @@
+"""Part 1: a five-layer CNN trained from scratch on the Animals-10 subset, with learning-rate and batch-size experiments.
+
+Examples:
+    python part1_scratch_cnn.py                                   # defaults: AdamW lr 1e-3, batch 32, 40 epochs
+    python part1_scratch_cnn.py --lr 1e-3 --batch-size 32 --epochs 40
+    python part1_scratch_cnn.py --sweep --lrs 1e-2,1e-3,1e-4 --batch-sizes 16,32,64 --epochs 15
+    python part1_scratch_cnn.py --resume runs/<run>/last.pt       # continue a killed run
+    tensorboard --logdir runs
+
+Architecture (input 3 x 224 x 224, 10 classes; 1,278,250 parameters, all trainable):
+    block 1  conv 3x3/2   3 ->  32, BatchNorm, ReLU, max-pool 2   ->  32 x 56 x 56
+    block 2  conv 3x3    32 ->  64, BatchNorm, ReLU, max-pool 2   ->  64 x 28 x 28
+    block 3  conv 3x3    64 -> 128, BatchNorm, ReLU, max-pool 2   -> 128 x 14 x 14
+    block 4  conv 3x3   128 -> 256, BatchNorm, ReLU, max-pool 2   -> 256 x  7 x  7
+    block 5  conv 3x3   256 -> 384, BatchNorm, ReLU, max-pool 2   -> 384 x  3 x  3
+    head     global average pool, dropout 0.3, linear 384 -> 10
+The stride-2 first convolution keeps the cost near 0.5 GFLOPs per image, so training runs at
+about 120 img/s on two CPU cores. Training uses random-resized crops (scale 0.25-1) of the
+256 x 256 cached images, horizontal flips and colour jitter, label smoothing 0.1, AdamW with weight
+decay 0.05 and a warmup + cosine schedule; the best epoch by validation accuracy is kept.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from common.data import (IMAGENET_MEAN, IMAGENET_STD, BatchLoader, DataError, add_data_args, atomic_write_text, eval_transform,
+                         prepare_data, to_device, train_transform, upscale_check)
+from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
+from common.models import build_model
+from common.runs import CheckpointError, write_json
+
+ARCH = "scratch_cnn"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train the five-layer CNN from scratch (part 1).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_args(parser)
+    add_train_args(parser, lr=1e-3, epochs=40, batch_size=32)
+    parser.add_argument("--scale-min", type=float, default=0.25,
+                        help="smallest crop area of the random-resized crop (1 = plain random 224 crop of 256)")
+    parser.add_argument("--jitter", type=float, default=0.3, help="brightness/contrast/saturation jitter (0 = off)")
+    parser.add_argument("--sweep", action="store_true", help="train every --lrs x --batch-sizes configuration")
+    parser.add_argument("--lrs", default="1e-2,1e-3,1e-4", help="learning rates of the sweep")
+    parser.add_argument("--batch-sizes", default="16,32,64", help="batch sizes of the sweep")
+    return parser
+
+
+def train(args, split, images, device) -> Path:
+    """Train one configuration and return its run folder."""
+    generator = seed_everything(args.seed)
+    model, weights = build_model(ARCH, len(split.classes))
+    model = model.to(device, memory_format=torch.channels_last)
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    scale = None if args.scale_min >= 1 else (args.scale_min, 1.0)
+    loaders = {name: BatchLoader(images, split.labels, split.indices[name], args.batch_size, device,
+                                 shuffle=name == "train", generator=generator, drop_last=name == "train")
+               for name in ("train", "val", "test")}
+    study = Study(split, loaders,
+                  partial(train_transform, crop=args.crop_size, mean=mean, std=std, generator=generator,
+                          scale=scale, jitter=args.jitter),
+                  partial(eval_transform, crop=args.crop_size, mean=mean, std=std),
+                  ARCH, "full",
+                  meta={"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(mean),
+                        "std": list(std), "weights": weights})
+    return fit(model, study, args, generator, device)
+
+
+def parse_list(text: str, kind, flag: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise SystemExit(f"error: {flag} {text!r} must be a comma-separated list of positive numbers, e.g. {flag} 1e-3,1e-4")
+    return values
+
+
+def sweep_table(rows: list[dict]) -> tuple[str, str]:
+    """CSV and Markdown renderings of the sweep results."""
+    cols = ["lr", "batch_size", "epochs_run", "best_val_acc", "best_epoch", "test_acc", "seconds_per_epoch",
+            "train_img_per_s", "run"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    best = max(rows, key=lambda r: r["best_val_acc"])
+    md = ["| lr | batch size | epochs | best val acc | best epoch | test acc | s/epoch | train img/s | run |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        mark = " **best**" if r is best else ""
+        md.append(f"| {r['lr']:g} | {r['batch_size']} | {r['epochs_run']} | {r['best_val_acc']:.4f}{mark} | "
+                  f"{r['best_epoch']} | {r['test_acc']:.4f} | {r['seconds_per_epoch']:.1f} | "
+                  f"{r['train_img_per_s']:.0f} | {r['run']} |")
+    return buf.getvalue(), "\n".join(md) + "\n"
+
+
+def main(args) -> None:
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    split, images = prepare_data(args)
+    upscale_check(images, args.crop_size)
+    print(f"data ready in {time.perf_counter() - t0:.1f}s: {len(split.entries)} images, {len(split.classes)} classes")
+    images = to_device(images, device)
+    if not args.sweep:
+        train(args, split, images, device)
+        return
+    if args.resume:
+        raise SystemExit("error: --resume continues one run; drop --sweep to resume it")
+    lrs = parse_list(args.lrs, float, "--lrs")
+    batch_sizes = parse_list(args.batch_sizes, int, "--batch-sizes")
+    sweep_dir = Path(args.output_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{ARCH}"
+    sweep_dir.mkdir(parents=True)
+    rows = []
+    for lr in lrs:
+        for bs in batch_sizes:
+            run_args = copy.copy(args)
+            run_args.lr, run_args.batch_size = lr, bs
+            run_args.tag = f"lr{lr:g}-bs{bs}" + (f"-{args.tag}" if args.tag else "")
+            print(f"== sweep: lr {lr:g}, batch size {bs}")
+            run_dir = train(run_args, split, images, device)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            rows.append({**{k: metrics[k] for k in ("lr", "batch_size", "epochs_run", "best_val_acc", "best_epoch",
+                                                    "test_acc", "seconds_per_epoch", "train_img_per_s")},
+                         "run": run_dir.name})
+            csv_text, md = sweep_table(rows)
+            atomic_write_text(sweep_dir / "sweep.csv", csv_text)
+            atomic_write_text(sweep_dir / "sweep.md", md)
+    best = max(rows, key=lambda r: r["best_val_acc"])
+    write_json(sweep_dir / "best.json", best)
+    print(md)
+    print(f"best by val accuracy: lr {best['lr']:g}, batch size {best['batch_size']} -> {best['run']}; "
+          f"table in {sweep_dir}")
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    try:
+        main(args)
+    except (DataError, CheckpointError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,136 @@
+"""The shared train loop through part1_scratch_cnn.py: learning, checkpoints, resume, sweep, errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import part1_scratch_cnn as part1
+from common.data import BatchLoader, eval_transform, prepare_data
+from common.engine import predict
+from common.models import model_from_checkpoint
+from common.runs import CheckpointError, load_checkpoint
+from conftest import ROOT, tiny_args
+
+FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
+
+
+def run_part1(argv: list[str]) -> None:
+    part1.main(part1.get_args_parser().parse_args(argv))
+
+
+def only_run(out: Path) -> Path:
+    runs = [p for p in out.iterdir() if p.is_dir() and "scratch_cnn" in p.name]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_learns_easy_data_and_writes_run_folder(dataset, tmp_path):
+    out = tmp_path / "runs"
+    run_part1(tiny_args(dataset, out, *FAST))
+    run = only_run(out)
+    assert {"config.json", "last.pt", "best.pt", "metrics.json"} <= {p.name for p in run.iterdir()}
+    assert list(run.glob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["history"]) == 4
+    assert metrics["best_val_acc"] >= 0.5, metrics["best_val_acc"]  # chance is 0.1
+    assert metrics["test_acc"] >= 0.4, metrics["test_acc"]
+    assert metrics["trainable_params"] == metrics["total_params"] > 0
+    assert (out / "best.pt").exists()
+    assert json.loads((out / "best.json").read_text())["val_acc"] == metrics["best_val_acc"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["lr"] == 3e-3 and config["arch"] == "scratch_cnn"
+
+
+def test_checkpoint_rebuilds_model_with_identical_predictions(dataset, tmp_path):
+    out = tmp_path / "runs"
+    argv = tiny_args(dataset, out, *FAST[:1], "1", *FAST[2:])
+    run_part1(argv)
+    ckpt = load_checkpoint(only_run(out) / "best.pt")
+    assert ckpt["classes"][0] == "cane" and ckpt["display_names"][0] == "dog"
+    assert (ckpt["img_size"], ckpt["crop_size"]) == (72, 64) and len(ckpt["mean"]) == 3
+    model = model_from_checkpoint(ckpt)
+    args = part1.get_args_parser().parse_args(argv)
+    split, images = prepare_data(args, log=lambda *_: None)
+    loader = BatchLoader(images, split.labels, split.indices["test"], 8, torch.device("cpu"))
+    tf = lambda x: eval_transform(x, ckpt["crop_size"], ckpt["mean"], ckpt["std"])  # noqa: E731
+    a, labels, _ = predict(model, loader, tf, torch.device("cpu"))
+    b, _, _ = predict(model_from_checkpoint(load_checkpoint(out / "best.pt")), loader, tf, torch.device("cpu"))
+    assert torch.equal(a, b)
+    metrics = json.loads((only_run(out) / "metrics.json").read_text())
+    assert (a.argmax(1) == labels).float().mean().item() == pytest.approx(metrics["test_acc"])
+
+
+def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path, monkeypatch):
+    argv = tiny_args(dataset, tmp_path / "a", *FAST)
+    run_part1(argv)
+    straight = load_checkpoint(only_run(tmp_path / "a") / "last.pt")
+
+    class Killed(Exception):
+        pass
+
+    real_save = part1.fit.__globals__["save_checkpoint"]
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if path.name == "last.pt" and obj["epoch"] == 1:
+            raise Killed  # as if the process died right after epoch 2 was saved
+
+    monkeypatch.setitem(part1.fit.__globals__, "save_checkpoint", save_then_die)
+    out = tmp_path / "b"
+    with pytest.raises(Killed):
+        run_part1(tiny_args(dataset, out, *FAST))
+    monkeypatch.undo()
+    last = only_run(out) / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 1
+    run_part1(tiny_args(dataset, out, *FAST, "--resume", str(last)))
+    resumed = load_checkpoint(last)
+    assert resumed["epoch"] == 3 and len(resumed["history"]) == 4
+    for key, value in straight["model_state"].items():
+        torch.testing.assert_close(resumed["model_state"][key], value, rtol=1e-4, atol=1e-5)
+    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in straight["history"]]
+    metrics = json.loads((only_run(out) / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == 2 and len(metrics["history"]) == 4
+
+
+def test_sweep_writes_table_and_marks_best(dataset, tmp_path):
+    out = tmp_path / "runs"
+    run_part1(tiny_args(dataset, out, "--sweep", "--lrs", "3e-3,1e-5", "--batch-sizes", "16", "--epochs", "2"))
+    sweep = next(out.glob("sweep-*"))
+    lines = (sweep / "sweep.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("lr,batch_size") and len(lines) == 3
+    md = (sweep / "sweep.md").read_text()
+    assert md.count("**best**") == 1
+    best = json.loads((sweep / "best.json").read_text())
+    rows = [json.loads((out / r.name / "metrics.json").read_text()) for r in out.iterdir() if "scratch_cnn-full-lr" in r.name]
+    assert len(rows) == 2 and best["best_val_acc"] == max(r["best_val_acc"] for r in rows)
+
+
+def test_resume_refuses_checkpoint_from_another_model(dataset, tmp_path):
+    fake = tmp_path / "other.pt"
+    torch.save({"format": "animals10-ckpt/1", "arch": "resnet18", "mode": "fc"}, fake)
+    with pytest.raises(CheckpointError, match="resnet18/fc run"):
+        run_part1(tiny_args(dataset, tmp_path / "runs", "--epochs", "1", "--resume", str(fake)))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x02truncated")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(junk)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data-dir", "/nonexistent/raw-img"], "does not exist"),
+    (["--split", "10,5"], "three positive integers"),
+    (["--sweep", "--lrs", "fast"], "--lrs"),
+    (["--crop-size", "128"], "larger than the cached"),
+])
+def test_cli_errors_are_one_clear_line(dataset, tmp_path, extra, message):
+    argv = tiny_args(dataset, tmp_path / "runs", "--epochs", "1") + extra
+    proc = subprocess.run([sys.executable, str(ROOT / "part1_scratch_cnn.py"), *argv],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last and "Traceback" not in proc.stderr
