@@ -322,7 +322,7 @@ class BatchLoader:
     """Yields (uint8 N x 3 x H x W, int64 labels) batches on the device from the cached pixels.
 
     `images` is the memory-mapped cache (batches are gathered, pinned on CUDA and copied without
-    blocking) or a tensor already resident on the device (see `to_device`).
+    blocking), a tensor already resident on the device (see `to_device`), or a tensor of features.
     """
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray, indices: np.ndarray,
@@ -346,8 +346,9 @@ class BatchLoader:
             yield self._gather(idx), self.labels[idx].to(self.device, non_blocking=True)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.images, torch.Tensor):
-            return self.images[idx.to(self.images.device)].permute(0, 3, 1, 2)
+        if isinstance(self.images, torch.Tensor):  # resident images (N x H x W x 3) or cached features (N x D)
+            x = self.images[idx.to(self.images.device)]
+            return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
         # Sorted reads are kinder to the memory map; the batch order is restored afterwards.
         sorted_idx, order = torch.sort(idx)
         x = torch.from_numpy(np.ascontiguousarray(self.images[sorted_idx.numpy()]))[torch.argsort(order)]

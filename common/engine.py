@@ -26,12 +26,12 @@ from common.runs import (CKPT_FORMAT, CheckpointError, load_checkpoint, make_run
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
-def add_train_args(parser, lr: float, epochs: int, batch_size: int = 32) -> None:
+def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) -> None:
     """Training arguments shared by every training script; the defaults given are the script's own."""
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=epochs, help=f"epochs to train (default {epochs})")
     g.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
-    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr:g})")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
     g.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimizer (SGD uses momentum 0.9, Nesterov)")
     g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (not applied to norms and biases)")
     g.add_argument("--sched", choices=("cosine", "plateau", "none"), default="cosine",

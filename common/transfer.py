@@ -1,0 +1,136 @@
+"""Fine-tuning ImageNet torchvision models (part 2): arguments, feature caching and one training run."""
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from common.data import (IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_data_args, eval_transform,
+                         train_transform)
+from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, seed_everything
+from common.models import MODES, build_model
+from common.runs import save_checkpoint
+
+DEFAULT_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4}
+HEAD = {"resnet18": "fc", "mobilenet_v2": "classifier"}
+
+
+def get_args_parser(arch: str, description: str) -> argparse.ArgumentParser:
+    """The part 2 command line for one architecture."""
+    modes = MODES[arch]
+    lrs = ", ".join(f"{m} {DEFAULT_LR[m]:g}" for m in modes)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--mode", choices=modes, default=modes[0],
+                        help=f"what is trained: {', '.join(modes)}")
+    parser.add_argument("--weights", default="imagenet",
+                        help="'imagenet' (torchvision weights API and its cache), a state-dict file, or 'none'")
+    parser.add_argument("--cache-features", action="store_true",
+                        help="fc mode: run the frozen backbone once (no augmentation) and train the head on its features")
+    parser.add_argument("--lr-decay", type=float, default=1.0,
+                        help="full mode: each block deeper from the head gets this factor more learning rate decay")
+    parser.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
+    parser.add_argument("--scale-min", type=float, default=0.35, help="smallest crop area of the random-resized crop")
+    parser.add_argument("--jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter")
+    add_data_args(parser)
+    add_train_args(parser, lr=None, epochs=20, batch_size=32)
+    parser.set_defaults(weight_decay=1e-4, lr=None)
+    parser.description += f" Default learning rates fall as more is unfrozen: {lrs}; --lr overrides."
+    return parser
+
+
+def block_depth(arch: str, name: str) -> int:
+    """How many blocks a parameter lies below the head (0 for the head), for per-block learning rates."""
+    top = name.split(".")[0]
+    if arch == "resnet18":
+        order = {"fc": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4}
+        return order.get(top, 5)
+    if top == "classifier":
+        return 0
+    index = int(name.split(".")[1])
+    return 1 if index >= 14 else 2 if index >= 7 else 3 if index >= 4 else 4
+
+
+@contextmanager
+def headless(model: nn.Module, arch: str):
+    """Temporarily swap the head for an identity, so model(x) returns the pooled backbone features."""
+    head = getattr(model, HEAD[arch])
+    setattr(model, HEAD[arch], nn.Identity())
+    try:
+        yield head
+    finally:
+        setattr(model, HEAD[arch], head)
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, arch: str, images, split: Split, transform, device: torch.device,
+                     batch_size: int = 64) -> torch.Tensor:
+    """Pooled backbone features of every image in the split (eval mode, centre crop), in split order."""
+    loader = BatchLoader(images, split.labels, np.arange(len(split.entries)), batch_size, device)
+    model.eval()
+    out = []
+    with headless(model, arch):
+        for x, _ in tqdm(loader, desc="features", leave=False, dynamic_ncols=True):
+            out.append(model(transform(x).contiguous(memory_format=torch.channels_last)).float().cpu())
+    return torch.cat(out)
+
+
+def cached_features(model, arch, weights: dict, images, split, transform, device, cache_dir: Path, crop: int,
+                    log=print) -> tuple[torch.Tensor, float]:
+    """Features from the on-disk cache for these weights, split and crop, computing them once; (features, seconds)."""
+    key = f"features-{arch}-{(weights['sha256'] or 'random')[:12]}-{split.fingerprint[:16]}-{crop}px.pt"
+    path = cache_dir / key
+    if path.exists() and weights["sha256"]:
+        return torch.load(path, weights_only=True), 0.0
+    t0 = time.perf_counter()
+    feats = extract_features(model, arch, images, split, transform, device)
+    seconds = time.perf_counter() - t0
+    log(f"extracted {tuple(feats.shape)} features in {seconds:.1f}s")
+    if weights["sha256"]:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(feats, path)
+    return feats, seconds
+
+
+def train(args, arch: str, split: Split, images, device: torch.device, log=print) -> Path:
+    """Build, freeze and fine-tune one model; returns its run folder."""
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.mode]
+    if args.cache_features and args.mode != "fc":
+        raise SystemExit(f"error: --cache-features needs a frozen backbone; use it with --mode fc, not {args.mode}")
+    if args.lr_decay != 1.0 and args.mode != "full":
+        raise SystemExit("error: --lr-decay sets per-block rates for --mode full only")
+    generator = seed_everything(args.seed)
+    model, weights = build_model(arch, len(split.classes), args.mode, args.weights)
+    log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
+    model = model.to(device, memory_format=torch.channels_last)
+    mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, args.crop_size
+    eval_tf = partial(eval_transform, crop=crop, mean=mean, std=std)
+    train_tf = eval_tf if args.no_augment else partial(
+        train_transform, crop=crop, mean=mean, std=std, generator=generator,
+        scale=(args.scale_min, 1.0), jitter=args.jitter)
+    meta = {"img_size": args.img_size, "crop_size": crop, "mean": list(mean), "std": list(std), "weights": weights}
+    extra = {}
+    trained, save_model = model, None
+    if args.cache_features:
+        feats, seconds = cached_features(model, arch, weights, images, split, eval_tf, device,
+                                         Path(args.output_dir) / "cache", crop, log)
+        extra["feature_extraction_seconds"] = seconds
+        images, trained, save_model = feats.to(device), getattr(model, HEAD[arch]), model
+        train_tf = eval_tf = nn.Identity()
+    loaders = {name: BatchLoader(images, split.labels, split.indices[name], args.batch_size, device,
+                                 shuffle=name == "train", generator=generator, drop_last=name == "train")
+               for name in ("train", "val", "test")}
+    lr_of = None
+    if args.lr_decay != 1.0:
+        lr_of = lambda name: args.lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
+    optimizer = make_optimizer(param_groups(trained, args.weight_decay, args.lr, lr_of), args)
+    study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta)
+    return fit(trained, study, args, generator, device, optimizer=optimizer, save_model=save_model,
+               extra_metrics=extra, log=log)

@@ -1,0 +1,43 @@
+"""Part 2: fine-tune ImageNet MobileNetV2 on the Animals-10 subset, training the classifier or everything.
+
+Examples:
+    python part2_mobilenet.py --mode fc                     # only the new classifier (lr 1e-3)
+    python part2_mobilenet.py --mode fc --cache-features    # frozen backbone runs once; each epoch is near-instant
+    python part2_mobilenet.py --mode full                   # everything (lr 1e-4)
+    python part2_mobilenet.py --mode fc --weights ../shared/weights/mobilenet_v2-4972ace1.pth
+
+Weights come from torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1` (downloaded once into $TORCH_HOME);
+offline, pass --weights with a state-dict file. Frozen parameters get requires_grad=False, are left out
+of the optimizer, and their BatchNorm layers stay in eval mode. Trainable parameters: fc 12,810,
+full 2,236,682.
+"""
+from __future__ import annotations
+
+import sys
+
+from common.data import DataError, prepare_data, to_device, upscale_check
+from common.engine import resolve_device
+from common.models import WeightsError
+from common.runs import CheckpointError
+from common import transfer
+
+ARCH = "mobilenet_v2"
+
+
+def get_args_parser():
+    return transfer.get_args_parser(ARCH, "Fine-tune ImageNet MobileNetV2 (part 2).")
+
+
+def main(args) -> None:
+    device = resolve_device(args.device)
+    split, images = prepare_data(args)
+    upscale_check(images, args.crop_size)
+    transfer.train(args, ARCH, split, to_device(images, device), device)
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    try:
+        main(args)
+    except (DataError, CheckpointError, WeightsError) as e:
+        sys.exit(f"error: {e}")

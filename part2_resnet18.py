@@ -1,0 +1,46 @@
+"""Part 2: fine-tune ImageNet ResNet-18 on the Animals-10 subset, training the head, layer3+layer4+head, or all.
+
+Examples:
+    python part2_resnet18.py --mode fc                      # only the new 10-class fc layer (lr 1e-3)
+    python part2_resnet18.py --mode fc --cache-features     # frozen backbone runs once; each epoch is near-instant
+    python part2_resnet18.py --mode blocks34                # layer3, layer4 and fc (lr 3e-4)
+    python part2_resnet18.py --mode full --lr 1e-4          # everything
+    python part2_resnet18.py --mode full --lr-decay 0.5     # per-block rates: fc lr, layer4 lr/2, layer3 lr/4, ...
+    python part2_resnet18.py --mode fc --weights path/to/resnet18.pth   # state-dict file instead of the torch cache
+    python part2_resnet18.py --mode full --weights none     # random initialisation (not transfer learning)
+
+Weights come from torchvision's `ResNet18_Weights.IMAGENET1K_V1` (downloaded once into $TORCH_HOME);
+offline, pass --weights with a state-dict file. Frozen parameters get requires_grad=False, are left out
+of the optimizer, and their BatchNorm layers stay in eval mode. Trainable parameters: fc 5,130,
+blocks34 10,498,570, full 11,181,642.
+"""
+from __future__ import annotations
+
+import sys
+
+from common.data import DataError, prepare_data, to_device, upscale_check
+from common.engine import resolve_device
+from common.models import WeightsError
+from common.runs import CheckpointError
+from common import transfer
+
+ARCH = "resnet18"
+
+
+def get_args_parser():
+    return transfer.get_args_parser(ARCH, "Fine-tune ImageNet ResNet-18 (part 2).")
+
+
+def main(args) -> None:
+    device = resolve_device(args.device)
+    split, images = prepare_data(args)
+    upscale_check(images, args.crop_size)
+    transfer.train(args, ARCH, split, to_device(images, device), device)
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    try:
+        main(args)
+    except (DataError, CheckpointError, WeightsError) as e:
+        sys.exit(f"error: {e}")
