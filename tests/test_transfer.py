@@ -1,0 +1,140 @@
+"""Part 2: freezing by mode, frozen BatchNorm, weights resolution and feature caching."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import part2_mobilenet
+from common.models import TV_WEIGHTS, WeightsError, build_model, count_parameters, load_pretrained, set_train_mode
+from common.runs import load_checkpoint
+from conftest import ROOT, tiny_args
+
+
+@pytest.mark.parametrize("arch, mode, expected", [
+    ("resnet18", "fc", 5_130), ("resnet18", "blocks34", 10_498_570), ("resnet18", "full", 11_181_642),
+    ("mobilenet_v2", "fc", 12_810), ("mobilenet_v2", "full", 2_236_682),
+])
+def test_trainable_parameter_counts(arch, mode, expected):
+    model, _ = build_model(arch, 10, mode)
+    assert count_parameters(model)[0] == expected
+
+
+def test_blocks34_trains_exactly_layer3_layer4_fc():
+    model, _ = build_model("resnet18", 10, "blocks34")
+    tops = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert tops == {"layer3", "layer4", "fc"}
+    frozen = {name.split(".")[0] for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1", "layer2"}
+
+
+@pytest.mark.parametrize("arch, mode", [("resnet18", "blocks34"), ("resnet18", "fc"), ("mobilenet_v2", "fc")])
+def test_training_step_moves_only_trainable_state(arch, mode):
+    torch.manual_seed(0)
+    model, _ = build_model(arch, 10, mode)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(trainable)
+    set_train_mode(model)
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 64, 64)), torch.arange(4))
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    for key, value in before.items():
+        owner = key.rsplit(".", 1)[0]
+        is_trainable = key in trainable or any(n.startswith(owner + ".") for n in trainable)
+        changed = not torch.equal(value, after[key])
+        if key.endswith("num_batches_tracked"):
+            continue
+        if is_trainable and not key.endswith(("running_mean", "running_var")):
+            assert changed, f"trainable {key} did not change"
+        if not is_trainable:
+            assert not changed, f"frozen {key} changed"
+
+
+def fake_imagenet_state(arch: str) -> dict:
+    torch.manual_seed(1)
+    return getattr(torchvision.models, arch)().state_dict()
+
+
+def test_weights_api_picks_up_torch_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.get_weight(TV_WEIGHTS["mobilenet_v2"])
+    cached = tmp_path / "hub" / "checkpoints" / Path(weights.url).name
+    cached.parent.mkdir(parents=True)
+    state = fake_imagenet_state("mobilenet_v2")
+    torch.save(state, cached)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
+    model, record = build_model("mobilenet_v2", 10, "fc", "imagenet")
+    assert "MobileNet_V2_Weights.IMAGENET1K_V1" in record["source"] and len(record["sha256"]) == 64
+    assert torch.equal(model.features[0][0].weight, state["features.0.0.weight"])
+    assert model.classifier[1].out_features == 10
+
+
+def test_offline_without_cache_explains_both_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsError, match="go online once.*--weights PATH"):
+        build_model("resnet18", 10, "fc", "imagenet")
+
+
+def test_weights_file_loads_and_mismatch_is_clear(tmp_path):
+    good = tmp_path / "mnv2.pth"
+    torch.save(fake_imagenet_state("mobilenet_v2"), good)
+    model = torchvision.models.mobilenet_v2()
+    record = load_pretrained(model, "mobilenet_v2", str(good))
+    assert record["source"] == str(good) and len(record["sha256"]) == 64
+    wrong = tmp_path / "r18.pth"
+    torch.save(fake_imagenet_state("resnet18"), wrong)
+    with pytest.raises(WeightsError, match="do not fit torchvision mobilenet_v2"):
+        load_pretrained(torchvision.models.mobilenet_v2(), "mobilenet_v2", str(wrong))
+    with pytest.raises(WeightsError, match="no such file"):
+        load_pretrained(torchvision.models.mobilenet_v2(), "mobilenet_v2", str(tmp_path / "absent.pth"))
+    assert load_pretrained(torchvision.models.mobilenet_v2(), "mobilenet_v2", "none")["sha256"] is None
+
+
+def test_feature_cache_matches_uncached_head_training(dataset, tmp_path):
+    weights = tmp_path / "mnv2.pth"
+    torch.save(fake_imagenet_state("mobilenet_v2"), weights)
+    common = ["--mode", "fc", "--weights", str(weights), "--epochs", "2", "--batch-size", "16", "--no-augment",
+              "--lr", "1e-2", "--warmup-epochs", "0"]
+    heads = []
+    for i, extra in enumerate(([], ["--cache-features"])):
+        out = tmp_path / f"runs{i}"
+        part2_mobilenet.main(part2_mobilenet.get_args_parser().parse_args(tiny_args(dataset, out, *common, *extra)))
+        run = next(p for p in out.iterdir() if p.name.endswith("mobilenet_v2-fc"))
+        ckpt = load_checkpoint(run / "last.pt")
+        heads.append((ckpt, json.loads((run / "metrics.json").read_text())))
+    (plain, m_plain), (cached, m_cached) = heads
+    for key in ("classifier.1.weight", "classifier.1.bias"):
+        torch.testing.assert_close(cached["model_state"][key], plain["model_state"][key], rtol=1e-3, atol=1e-4)
+    backbone = [k for k in plain["model_state"] if not k.startswith("classifier")]
+    assert all(torch.equal(cached["model_state"][k], plain["model_state"][k]) for k in backbone)
+    assert m_cached["test_acc"] == pytest.approx(m_plain["test_acc"])
+    assert "feature_extraction_seconds" in m_cached and m_plain["trainable_params"] == 12_810
+    assert cached["weights"]["sha256"] == plain["weights"]["sha256"]
+    assert list((tmp_path / "runs1" / "cache").glob("features-mobilenet_v2-*.pt"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "blocks34"], "invalid choice: 'blocks34'"),
+    (["--weights", "/nonexistent.pth"], "no such file"),
+    (["--mode", "full", "--cache-features", "--weights", "none"], "--cache-features needs a frozen backbone"),
+])
+def test_part2_cli_errors(dataset, tmp_path, argv, message):
+    proc = subprocess.run([sys.executable, str(ROOT / "part2_mobilenet.py"),
+                           *tiny_args(dataset, tmp_path / "runs", "--epochs", "1"), *argv],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
