@@ -234,6 +234,21 @@ def verify_split(split: Split, data_dir: Path) -> None:
             raise DataError(f"{path} changed since the split was saved; restore it, or pass a new --split-file to re-split")
 
 
+def load_split(split_file: Path, data_dir: Path) -> Split:
+    """Read a saved split and verify the data folder still matches it."""
+    if not split_file.is_file():
+        raise DataError(f"no saved split at {split_file}; train a model first, or pass --split-file")
+    try:
+        meta = json.loads(split_file.read_text())
+        split = Split(meta)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{split_file} is not a readable split file ({e}); delete it to re-split") from None
+    if meta.get("format") != SPLIT_FORMAT:
+        raise DataError(f"{split_file} is not a split file of this project; delete it or pass another --split-file")
+    verify_split(split, data_dir)
+    return split
+
+
 def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450, sizes: Sequence[int] = (300, 75, 75),
                          seed: int = 0, img_size: int = 256, workers: int = 2,
                          log=print) -> tuple[Split, np.ndarray | None]:
@@ -242,19 +257,12 @@ def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450,
     Returns (split, pixels): pixels are the freshly decoded images when the split was just made, else None.
     """
     if split_file.exists():
-        try:
-            meta = json.loads(split_file.read_text())
-            split = Split(meta)
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{split_file} is not a readable split file ({e}); delete it to re-split") from None
-        if meta.get("format") != SPLIT_FORMAT:
-            raise DataError(f"{split_file} is not a split file of this project; delete it or pass another --split-file")
+        split = load_split(split_file, data_dir)
         wanted = {"per_class": per_class, "sizes": list(sizes), "seed": seed}
-        saved = {k: meta[k] for k in wanted}
+        saved = {k: split.meta[k] for k in wanted}
         if saved != wanted:
             raise DataError(f"{split_file} was made with {saved}, not {wanted}; drop those options to reuse it, "
                             "or pass a new --split-file")
-        verify_split(split, data_dir)
         _check_split_counts(split, sizes)
         return split, None
     split, pixels = create_split(data_dir, per_class, sizes, seed, img_size, workers, log)
@@ -426,3 +434,28 @@ def upscale_check(images: np.ndarray, crop: int) -> None:
     if images.shape[1] < crop or images.shape[2] < crop:
         raise DataError(f"--crop-size {crop} is larger than the cached {images.shape[1]}px images; lower it or raise --img-size")
 
+
+
+def load_folder(data_dir: Path, classes: list[str], img_size: int, workers: int = 2,
+                log=print) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """Decode every image of a <class>/ folder whose classes are among `classes` (e.g. a hold-out set).
+
+    Returns (uint8 N x S x S x 3, labels as indices into `classes`, paths); unreadable files are skipped.
+    """
+    found = scan_folder(data_dir)
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise DataError(f"{data_dir} has class folders {unknown} that the model does not know (it knows {classes}); "
+                        "pass a folder whose classes are the checkpoint's")
+    paths = [data_dir / c / f for c, files in found.items() for f in files]
+    labels, pixels, kept = [], [], []
+    for path, img in zip(paths, _decode_many(paths, img_size, workers)):
+        if img is None:
+            log(f"skipping unreadable image {path}")
+            continue
+        pixels.append(img)
+        labels.append(classes.index(path.parent.name))
+        kept.append(path)
+    if not pixels:
+        raise DataError(f"{data_dir} holds no readable images")
+    return np.stack(pixels), np.array(labels, dtype=np.int64), kept

@@ -19,6 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.data import Split, display_name
+from common.metrics import macro_f1
 from common.models import count_parameters, set_train_mode
 from common.runs import (CKPT_FORMAT, CheckpointError, load_checkpoint, make_run_dir, save_checkpoint,
                          update_global_best, write_json)
@@ -299,13 +300,15 @@ def fit(model: nn.Module, study: Study, args, generator: torch.Generator, device
 
     best = load_checkpoint(run_dir / "best.pt")
     save_model.load_state_dict(best["model_state"])
-    criterion_plain = nn.CrossEntropyLoss()
-    te = evaluate(model, study.loaders["test"], study.eval_transform, criterion_plain, device, amp, desc="test")
+    logits, labels, test_seconds = predict(model, study.loaders["test"], study.eval_transform, device, amp, desc="test")
+    preds = logits.argmax(1)
+    te = {"acc": (preds == labels).float().mean().item(), "loss": nn.functional.cross_entropy(logits, labels).item(),
+          "img_per_s": len(labels) / test_seconds, "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(study.split.classes))}
     train_seconds = sum(h["epoch_seconds"] for h in history)
     metrics = {
         "arch": study.arch, "mode": study.mode, "lr": args.lr, "batch_size": args.batch_size,
         "epochs_run": len(history), "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
-        "test_acc": te["acc"], "test_loss": te["loss"],
+        "test_acc": te["acc"], "test_loss": te["loss"], "test_macro_f1": te["macro_f1"],
         "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),
         "train_img_per_s": float(np.mean([h["train_img_per_s"] for h in history])) if history else None,
         "eval_img_per_s": te["img_per_s"], "peak_memory_mb": max(h["peak_memory_mb"] for h in history) if history else None,

@@ -1,0 +1,108 @@
+"""Figures: confusion matrix, training curves, image grids and run comparisons, saved atomically as PNG."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """Write a figure as PNG via a temporary file and os.replace, then close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+
+
+def plot_confusion_matrix(cm: np.ndarray, names: list[str], path: Path, title: str = "") -> None:
+    """Counts and row-normalised (recall) confusion matrices side by side."""
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(names)
+    size = max(5.0, 0.55 * n)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 2, size))
+    fig.subplots_adjust(wspace=0.45)
+    for ax, data, label, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised", ".2f")):
+        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=data.max() if data.max() > 0 else 1)
+        ax.set_xticks(range(n), names, rotation=45, ha="right")
+        ax.set_yticks(range(n), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{title} ({label})" if title else label)
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    v = data[i, j]
+                    ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7,
+                            color="white" if v > 0.6 * data.max() else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    save_figure(fig, path)
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
+    """Loss and accuracy, train and val, against epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(epochs, [h["train_loss"] for h in history], label="train")
+    a.plot(epochs, [h["val_loss"] for h in history], label="val")
+    a.set(xlabel="epoch", ylabel="loss", title="loss")
+    b.plot(epochs, [h["train_acc"] for h in history], label="train")
+    b.plot(epochs, [h["val_acc"] for h in history], label="val")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, title: str = "",
+                    cols: int = 5) -> None:
+    """A grid of RGB uint8 images with a caption under each."""
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, cap in zip(axes.flat, images, captions):
+        ax.imshow(img)
+        ax.set_title(cap, fontsize=8)
+    if not images:
+        axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_comparison(rows: list[dict], path_val: Path, path_time: Path) -> None:
+    """Validation accuracy against epoch for every run, and test accuracy against training time."""
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for r in rows:
+        hist = r.get("history") or []
+        ax.plot([h["epoch"] for h in hist], [h["val_acc"] for h in hist], marker=".", label=r["run"])
+    ax.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per run")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="lower right")
+    save_figure(fig, path_val)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        ax.scatter(r.get("train_seconds", 0), r.get("test_acc", 0))
+        ax.annotate(f"{r['arch']}/{r['mode']}", (r.get("train_seconds", 0), r.get("test_acc", 0)), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("symlog")
+    ax.set(xlabel="training time (s, device as in the table)", ylabel="test accuracy", title="accuracy vs training time")
+    ax.grid(alpha=0.3)
+    save_figure(fig, path_time)

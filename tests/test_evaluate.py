@@ -1,0 +1,121 @@
+"""evaluate.py: metrics, output files, comparison table, and refusals."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import evaluate
+import part1_scratch_cnn as part1
+from common.metrics import classification_metrics, collect_runs, comparison_tables
+from conftest import ROOT, make_dataset, tiny_args
+
+
+def test_metrics_on_hand_made_predictions():
+    y_true = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 0, 1, 2, 1, 1, 2, 0])
+    m = classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(5 / 8)
+    # class a: P 2/3, R 2/4; class b: P 2/3, R 1; class c: P 1/2, R 1/2
+    p = [2 / 3, 2 / 3, 1 / 2]
+    r = [1 / 2, 1, 1 / 2]
+    f = [2 * pi * ri / (pi + ri) for pi, ri in zip(p, r)]
+    assert m["macro"]["precision"] == pytest.approx(np.mean(p))
+    assert m["macro"]["recall"] == pytest.approx(np.mean(r))
+    assert m["macro"]["f1"] == pytest.approx(np.mean(f))
+    assert m["weighted"]["f1"] == pytest.approx(np.average(f, weights=[4, 2, 2]))
+    assert m["confusion_matrix"] == [[2, 1, 1], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["b"]["recall"] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two tiny scratch-CNN runs on synthetic data."""
+    root = tmp_path_factory.mktemp("eval")
+    data = make_dataset(root / "raw-img")
+    out = root / "runs"
+    for lr in ("3e-3", "1e-4"):
+        part1.main(part1.get_args_parser().parse_args(
+            tiny_args(data, out, "--epochs", "2", "--batch-size", "16", "--lr", lr, "--tag", f"lr{lr}")))
+    return data, out
+
+
+def test_evaluation_writes_every_output(trained, tmp_path):
+    data, out = trained
+    result = evaluate.evaluate_checkpoint(evaluate.get_args_parser().parse_args(
+        ["--ckpt", str(out / "best.pt"), "--device", "cpu", "--out-dir", str(tmp_path)]))
+    for name in ("confusion_matrix.png", "curves.png", "misclassified.png"):
+        img = cv2.imread(str(tmp_path / name))
+        assert img is not None and img.shape[0] > 100 and img.shape[1] > 100, name
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["n"] == 40 and np.sum(saved["confusion_matrix"]) == 40
+    best_run = json.loads((out / "best.json").read_text())["run_dir"]
+    metrics = json.loads((out / best_run.split("/")[-1] / "metrics.json").read_text())
+    assert saved["accuracy"] == pytest.approx(metrics["test_acc"])
+    assert saved["macro"]["f1"] == pytest.approx(metrics["test_macro_f1"])
+    assert len(saved["misclassified"]) == round(40 * (1 - saved["accuracy"]))
+    assert result["classes"][0] == "cane" and "dog" in saved["per_class"]
+
+
+def test_data_dir_evaluation_and_class_mismatch(trained, tmp_path):
+    data, out = trained
+    holdout = make_dataset(tmp_path / "holdout", classes=["gatto", "cane"], per_class=3, seed=5)
+    result = evaluate.evaluate_checkpoint(evaluate.get_args_parser().parse_args(
+        ["--ckpt", str(out / "best.pt"), "--data-dir", str(holdout), "--out-dir", str(tmp_path / "o")]))
+    assert result["n"] == 6 and (tmp_path / "o" / "confusion_matrix.png").exists()
+    other = make_dataset(tmp_path / "pets", classes=["abyssinian", "beagle"], per_class=2)
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(out / "best.pt"),
+                           "--data-dir", str(other)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "['abyssinian', 'beagle'] that the model does not know" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_compare_has_one_row_per_run(trained, tmp_path):
+    _, out = trained
+    rows = evaluate.compare(out)
+    assert len(rows) == 2
+    lines = (out / "compare.csv").read_text().strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("run,model,mode,lr")
+    for row in rows:
+        metrics = json.loads((out / row["run"] / "metrics.json").read_text())
+        line = next(line for line in lines if line.startswith(row["run"]))
+        fields = line.split(",")
+        assert float(fields[6]) == pytest.approx(metrics["best_val_acc"])
+        assert float(fields[7]) == pytest.approx(metrics["test_acc"])
+        assert float(fields[3]) == metrics["lr"]
+    assert [r["best_val_acc"] for r in rows] == sorted((r["best_val_acc"] for r in rows), reverse=True)
+    assert (out / "compare.md").read_text().count("\n") == 4
+    for name in ("compare_val_acc.png", "compare_test_acc_vs_time.png"):
+        assert cv2.imread(str(out / name)) is not None
+    assert collect_runs(tmp_path) == [] and comparison_tables([])[1].count("\n") == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46", "cannot be read"),
+    (None, "not a checkpoint of this project"),
+])
+def test_bad_checkpoints_are_refused(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    if content is None:
+        import torch
+        torch.save({"state_dict": {}}, path)
+    else:
+        path.write_bytes(content)
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_truncated_real_checkpoint(trained, tmp_path):
+    _, out = trained
+    cut = tmp_path / "cut.pt"
+    blob = (out / "best.pt").read_bytes()
+    cut.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(evaluate.CheckpointError, match="truncated"):
+        evaluate.load_checkpoint(cut)
+    shutil.rmtree(tmp_path)
