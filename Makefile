@@ -1,9 +1,11 @@
 # make setup  - virtual environment with the pinned requirements
 # make test   - the whole test suite (CPU, offline, synthetic data)
-# make study  - split, cache and train the scratch CNN on DATA (default ../shared/data/animals10/raw-img)
+# make study  - on DATA: scratch CNN (part 1), MobileNetV2 head on cached features (part 2), evaluation, comparison
+#               MOBILENET_WEIGHTS=imagenet uses torchvision's download/cache; offline, give a state-dict file
 PYTHON ?= python3
 VENV ?= .venv
 DATA ?= ../shared/data/animals10/raw-img
+MOBILENET_WEIGHTS ?= imagenet
 PY := $(VENV)/bin/python
 
 .PHONY: setup test study
@@ -22,3 +24,6 @@ test: setup
 
 study: setup
 	$(PY) part1_scratch_cnn.py --data-dir $(DATA)
+	$(PY) part2_mobilenet.py --mode fc --cache-features --epochs 30 --data-dir $(DATA) --weights $(MOBILENET_WEIGHTS)
+	$(PY) evaluate.py --ckpt runs/best.pt
+	$(PY) evaluate.py --compare runs

@@ -82,8 +82,9 @@ def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, t
         ax.set_title(cap, fontsize=8)
     if not images:
         axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
+    fig.tight_layout()
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.0)
     save_figure(fig, path)
 
 

@@ -1,0 +1,169 @@
+"""Explain a checkpoint's predictions with hand-written Grad-CAM, beside occlusion or integrated gradients.
+
+Examples:
+    python gradcam.py --ckpt runs/best.pt                           # test split: overlays + error analysis
+    python gradcam.py --ckpt runs/best.pt --num 10 --method integrated-gradients
+    python gradcam.py --ckpt runs/best.pt --image photo.jpg --target-class gatto
+    python gradcam.py --ckpt runs/best.pt --layer layer3            # another target layer
+
+On the test split it explains the most confidently misclassified images (at least 3 when there are
+that many) and some correct ones, and writes into <checkpoint folder>/gradcam/: gradcam_grid.png
+(image, Grad-CAM overlay, second method overlay; true / predicted / confidence) and
+error_analysis.md (top-3 probabilities and what the heatmap attends to for every misclassified image
+shown, and the most confused class pairs of the whole test split).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.data import BatchLoader, DataError, atomic_write_text, decode_image, display_name, eval_transform
+from common.engine import predict, resolve_device
+from common.explain import (DEFAULT_LAYER, GradCAM, describe_heatmap, find_layer, integrated_gradients, occlusion,
+                            overlay)
+from common.models import model_from_checkpoint
+from common.plots import plot_image_grid
+from common.runs import CheckpointError, load_checkpoint
+import evaluate
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Grad-CAM explanations and error analysis.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--ckpt", default="runs/best.pt", help="checkpoint to explain")
+    parser.add_argument("--image", default=None, help="explain this one image instead of the test split")
+    parser.add_argument("--target-class", default=None, help="class to explain (folder or English name; default: predicted)")
+    parser.add_argument("--layer", default=None, help="target layer name (default: the architecture's last conv block)")
+    parser.add_argument("--method", choices=("occlusion", "integrated-gradients", "none"), default="occlusion",
+                        help="second explanation shown beside Grad-CAM")
+    parser.add_argument("--num", type=int, default=8, help="test images to explain (at least 5)")
+    parser.add_argument("--min-errors", type=int, default=3, help="misclassified images among them, when available")
+    parser.add_argument("--out-dir", default=None, help="default: <checkpoint folder>/gradcam")
+    parser.add_argument("--source-dir", default=None, help="folder the saved split was drawn from")
+    parser.add_argument("--split-file", default=None, help="saved split (default: the run's)")
+    parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)  # evaluate.test_data reads it
+    parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return parser
+
+
+def class_index(name: str, classes: list[str]) -> int:
+    """Index of a class given by folder name or English display name."""
+    for i, c in enumerate(classes):
+        if name in (c, display_name(c)):
+            return i
+    raise DataError(f"--target-class {name!r} is not one of {', '.join(classes)}")
+
+
+def second_map(method: str, model, x: torch.Tensor, target: torch.Tensor) -> np.ndarray | None:
+    """N x H x W maps of the second method, scaled to [0, 1] for display."""
+    if method == "none":
+        return None
+    if method == "occlusion":
+        maps = occlusion(model, x, target).clamp_min(0)
+    else:
+        maps = integrated_gradients(model, x, target).abs().sum(1)
+    maps = maps.cpu().numpy()
+    peak = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+
+
+def main(args) -> None:
+    if args.num < 5 and not args.image:
+        raise SystemExit("error: --num must be at least 5")
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.ckpt)
+    model = model_from_checkpoint(ckpt).to(device)
+    classes, names = ckpt["classes"], [display_name(c) for c in ckpt["classes"]]
+    layer_name = args.layer or DEFAULT_LAYER[ckpt["arch"]]
+    try:
+        layer = find_layer(model, layer_name)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    crop = ckpt["crop_size"]
+    transform = partial(eval_transform, crop=crop, mean=ckpt["mean"], std=ckpt["std"])
+    out = Path(args.out_dir) if args.out_dir else Path(args.ckpt).parent / "gradcam"
+
+    if args.image:
+        img = decode_image(Path(args.image), ckpt["img_size"])
+        if img is None:
+            raise DataError(f"{args.image} cannot be read as an image; pass a JPEG or PNG file")
+        pixels, labels, chosen, errors_idx, descr = img[None], np.array([-1]), np.array([0]), set(), args.image
+        cm_pairs, path_of = [], {}
+    else:
+        images, labels, idx, paths, descr = evaluate.test_data(ckpt, args)
+        path_of = dict(zip(idx.tolist(), paths))
+        logits, _, _ = predict(model, BatchLoader(images, labels, idx, 64, device), transform, device)
+        pred = logits.argmax(1).numpy()
+        truth = labels[idx]
+        conf = logits.softmax(1).max(1).values.numpy()
+        wrong = np.flatnonzero(pred != truth)
+        wrong = wrong[np.argsort(-conf[wrong])]
+        right = np.flatnonzero(pred == truth)
+        n_err = min(len(wrong), max(args.min_errors, args.num // 2))
+        picks = list(wrong[:n_err]) + list(right[np.linspace(0, len(right) - 1, args.num - n_err).astype(int)]
+                                           if len(right) else [])
+        chosen = idx[np.array(picks[:args.num])]
+        pixels, errors_idx = images, set(idx[wrong[:n_err]].tolist())
+        cm = np.zeros((len(classes), len(classes)), int)
+        np.add.at(cm, (truth, pred), 1)
+        cm_pairs = sorted(((cm[i, j] + cm[j, i], i, j) for i in range(len(classes)) for j in range(i + 1, len(classes))
+                           if cm[i, j] + cm[j, i]), reverse=True)[:5]
+        print(f"test split: {len(wrong)} of {len(idx)} misclassified; explaining {len(chosen)} images "
+              f"({n_err} misclassified)")
+
+    x = transform(torch.from_numpy(np.ascontiguousarray(pixels[chosen])).permute(0, 3, 1, 2).to(device))
+    with GradCAM(model, layer) as cam:
+        pred_logits = model(x).detach()
+        target = pred_logits.argmax(1)
+        if args.target_class:
+            target = torch.full_like(target, class_index(args.target_class, classes))
+        heat, _ = cam(x, target)
+    heat = heat.cpu().numpy()
+    probs = pred_logits.softmax(1).cpu().numpy()
+    other = second_map(args.method, model, x, target)
+
+    tiles, captions, report = [], [], []
+    for k, i in enumerate(chosen):
+        raw = evaluate.center_crop(np.asarray(pixels[i]), crop)
+        p = int(probs[k].argmax())
+        truth_name = names[labels[i]] if labels[i] >= 0 else "?"
+        explained = names[int(target[k])]
+        tiles += [raw, overlay(raw, heat[k])] + ([overlay(raw, other[k])] if other is not None else [])
+        head = f"true {truth_name} / pred {names[p]} ({probs[k, p]:.2f})"
+        captions += [head, f"Grad-CAM ({layer_name}) for {explained}"] + (
+            [f"{args.method} for {explained}"] if other is not None else [])
+        if i in errors_idx or args.image:
+            top3 = np.argsort(-probs[k])[:3]
+            name = args.image or path_of[i]
+            report.append(f"### {name}\n\n- true: {truth_name}; predicted: {names[p]}\n"
+                          f"- top-3: " + ", ".join(f"{names[t]} {probs[k, t]:.3f}" for t in top3) +
+                          f"\n- Grad-CAM ({explained}): {describe_heatmap(heat[k])}\n" +
+                          (f"- {args.method}: {describe_heatmap(other[k])}\n" if other is not None else ""))
+    cols = 3 if other is not None else 2
+    plot_image_grid(tiles, captions, out / "gradcam_grid.png",
+                    f"{ckpt['arch']}/{ckpt['mode']} on {descr}", cols=cols)
+    md = [f"# Error analysis: {ckpt['arch']}/{ckpt['mode']}\n", f"Checkpoint `{args.ckpt}`, data: {descr}.\n",
+          "Heatmap descriptions are measured from the maps (peak position, share of pixels above half the peak, "
+          "share of heat in the central quarter), not judged by eye.\n"]
+    if cm_pairs:
+        md.append("## Most confused class pairs (whole test split)\n\n| pair | errors (both directions) |\n|---|---:|")
+        md += [f"| {names[i]} / {names[j]} | {n} |" for n, i, j in cm_pairs]
+        md.append("")
+    md.append("## Explained images\n" if args.image else "## Misclassified images\n")
+    md += report or ["No misclassified images in the test split.\n"]
+    atomic_write_text(out / "error_analysis.md", "\n".join(md) + "\n")
+    print(f"wrote {out / 'gradcam_grid.png'} and {out / 'error_analysis.md'}")
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    try:
+        main(args)
+    except (DataError, CheckpointError) as e:
+        sys.exit(f"error: {e}")

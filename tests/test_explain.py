@@ -1,0 +1,144 @@
+"""Grad-CAM, occlusion and integrated gradients, and gradcam.py end to end."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradcam
+import part1_scratch_cnn as part1
+from common.explain import GradCAM, find_layer, integrated_gradients, occlusion
+from common.models import build_model
+from conftest import ROOT, tiny_args
+
+
+class GapNet(nn.Module):
+    """conv -> ReLU (in place) -> conv -> global average pool -> linear: the classic CAM setting."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True))
+        self.last = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.last(self.body(x)), 1).flatten(1))
+
+
+def normalized(cam):
+    cam = cam.clamp_min(0)
+    flat = cam.flatten(1)
+    lo, hi = flat.min(1).values.view(-1, 1, 1), flat.max(1).values.view(-1, 1, 1)
+    return (cam - lo) / (hi - lo)
+
+
+def test_gradcam_equals_classic_cam_on_gap_linear_model():
+    torch.manual_seed(0)
+    model = GapNet().eval()
+    x = torch.randn(3, 3, 16, 16)
+    target = torch.tensor([0, 2, 3])
+    with GradCAM(model, model.last) as cam:
+        heat, logits = cam(x, target)
+    feats = model.last(model.body(x.clone()))
+    classic = torch.einsum("nchw,nc->nhw", feats, model.fc.weight[target])
+    assert heat.shape == (3, 16, 16)  # same size as the feature map here, so no upsampling blur
+    torch.testing.assert_close(heat, normalized(classic), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits, model(x))
+
+
+def test_hooks_are_removed_also_after_an_exception():
+    model = GapNet().eval()
+    with GradCAM(model, model.last) as cam:
+        cam(torch.randn(1, 3, 8, 8))
+        assert len(model.last._forward_hooks) == 1
+    assert len(model.last._forward_hooks) == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with GradCAM(model, model.last):
+            raise RuntimeError("boom")
+    assert len(model.last._forward_hooks) == 0
+    with pytest.raises(RuntimeError, match="with"):
+        GradCAM(model, model.last)(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("arch, mode, layer", [
+    ("scratch_cnn", "full", "features.18"),    # target is an in-place ReLU
+    ("resnet18", "fc", "layer4"),              # frozen backbone
+    ("mobilenet_v2", "fc", "features.18"),
+])
+def test_gradcam_on_our_models_frozen_and_in_place(arch, mode, layer):
+    torch.manual_seed(0)
+    model, _ = build_model(arch, 10, mode)
+    for p in model.parameters():
+        p.requires_grad_(False)  # fully frozen
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # also works inside an outer no_grad block
+        with GradCAM(model, find_layer(model, layer)) as cam:
+            heat, _ = cam(x)
+    assert heat.shape == (2, 64, 64) and heat.min() >= 0 and heat.max() <= 1
+    assert (heat.flatten(1).max(1).values == 1).all()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_unknown_layer_lists_valid_ones():
+    model, _ = build_model("resnet18", 10, "fc")
+    with pytest.raises(ValueError, match="valid layers: .*layer4"):
+        find_layer(model, "layer9")
+
+
+class LeftHalfNet(nn.Module):
+    """Looks only at the left half of the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(x[..., : x.shape[-1] // 2].mean((2, 3)))
+
+
+def test_occlusion_of_an_ignored_region_changes_nothing():
+    torch.manual_seed(0)
+    model = LeftHalfNet().eval()
+    x = torch.randn(2, 3, 32, 32)
+    heat = occlusion(model, x, torch.tensor([0, 1]), patch=8, stride=8)
+    assert heat.shape == (2, 32, 32)
+    assert torch.equal(heat[..., 16:], torch.zeros_like(heat[..., 16:]))
+    assert heat[..., :16].abs().sum() > 0
+
+
+def test_integrated_gradients_completeness():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    target = torch.tensor([1, 2])
+    attr = integrated_gradients(model, x, target, steps=64)
+    with torch.no_grad():
+        gap = model(x).gather(1, target.view(-1, 1))[:, 0] - model(torch.zeros_like(x)).gather(1, target.view(-1, 1))[:, 0]
+    torch.testing.assert_close(attr.sum((1, 2, 3)), gap, atol=2e-3, rtol=1e-2)
+
+
+def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path):
+    out = tmp_path / "runs"
+    part1.main(part1.get_args_parser().parse_args(tiny_args(dataset, out, "--epochs", "1", "--batch-size", "16")))
+    args = gradcam.get_args_parser().parse_args(
+        ["--ckpt", str(out / "best.pt"), "--num", "5", "--out-dir", str(tmp_path / "cam"), "--device", "cpu"])
+    gradcam.main(args)
+    grid = cv2.imread(str(tmp_path / "cam" / "gradcam_grid.png"))
+    assert grid is not None and grid.shape[0] > grid.shape[1]  # 5 rows of 3 panels
+    md = (tmp_path / "cam" / "error_analysis.md").read_text()
+    assert "# Error analysis: scratch_cnn/full" in md and ("top-3" in md or "No misclassified" in md)
+    one = dataset / "gatto" / "img000.jpg"
+    gradcam.main(gradcam.get_args_parser().parse_args(
+        ["--ckpt", str(out / "best.pt"), "--image", str(one), "--target-class", "cat", "--method", "integrated-gradients",
+         "--out-dir", str(tmp_path / "one")]))
+    assert "Grad-CAM (cat)" in (tmp_path / "one" / "error_analysis.md").read_text()
+    proc = subprocess.run([sys.executable, str(ROOT / "gradcam.py"), "--ckpt", str(out / "best.pt"),
+                           "--layer", "nope"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "valid layers: " in proc.stderr and "features.18" in proc.stderr
