@@ -41,6 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", default=None, help="where outputs go (default: next to the checkpoint)")
     parser.add_argument("--compare", default=None, metavar="RUNS_DIR", help="compare every run under this folder")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--tta", action="store_true", help="average the predictions for each image and its mirror image")
     parser.add_argument("--max-errors", type=int, default=20, help="misclassified images shown in the grid")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--workers", type=int, default=2, help="decoding threads for --data-dir")
@@ -77,7 +78,7 @@ def evaluate_checkpoint(args) -> dict:
         ckpt_path.parent / f"eval-{Path(args.data_dir).name}" if args.data_dir else ckpt_path.parent)
     transform = partial(eval_transform, crop=ckpt["crop_size"], mean=ckpt["mean"], std=ckpt["std"])
     loader = BatchLoader(images, labels, idx, args.batch_size, device)
-    logits, y, seconds = predict(model, loader, transform, device, amp=device.type == "cuda")
+    logits, y, seconds = predict(model, loader, transform, device, amp=device.type == "cuda", tta=args.tta)
     probs = logits.softmax(1).numpy()
     y, pred = y.numpy(), probs.argmax(1)
     class_names = [display_name(c) for c in ckpt["classes"]]
@@ -92,7 +93,7 @@ def evaluate_checkpoint(args) -> dict:
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])]  # most confident mistakes first
     errors = [{"image": names[i], "true": class_names[y[i]], "pred": class_names[pred[i]],
                "confidence": float(probs[i, pred[i]])} for i in wrong]
-    result = {"checkpoint": str(ckpt_path), "arch": ckpt["arch"], "mode": ckpt["mode"], "data": what,
+    result = {"checkpoint": str(ckpt_path), "arch": ckpt["arch"], "mode": ckpt["mode"], "data": what, "tta": args.tta,
               "device": str(device), "inference_img_per_s": m["n"] / seconds, "classes": ckpt["classes"],
               **{k: v for k, v in m.items() if k != "report"}, "misclassified": errors}
     write_json(out / "eval.json", result)

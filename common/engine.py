@@ -105,8 +105,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, cr
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, transform: Transform, device: torch.device,
-            amp: bool = False, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Eval-mode logits and labels for every batch of the loader, plus the seconds it took."""
+            amp: bool = False, desc: str = "eval", tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Eval-mode logits and labels for every batch of the loader, plus the seconds it took.
+
+    With tta, the image and its mirror image are both scored and the log of their mean probabilities returned.
+    """
     model.eval()
     logits, labels = [], []
     start = time.perf_counter()
@@ -115,7 +118,10 @@ def predict(model: nn.Module, loader: Iterable, transform: Transform, device: to
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            logits.append(model(x).float().cpu())
+            out = model(x).float()
+            if tta:
+                out = ((out.softmax(1) + model(x.flip(-1)).float().softmax(1)) / 2).log()
+        logits.append(out.cpu())
         labels.append(y.cpu())
     seconds = time.perf_counter() - start
     return torch.cat(logits), torch.cat(labels), seconds

@@ -1,0 +1,263 @@
+"""Kaggle submissions for the hidden test set: one validated CSV per model, uploaded with the official client.
+
+Examples:
+    python submit.py --competition COMPETITION                    # three best runs by val accuracy, upload
+    python submit.py --no-upload                                  # only write and validate the CSVs
+    python submit.py --ckpt runs/a/best.pt runs/b/best.pt runs/c/best.pt --tta --no-upload
+    python submit.py --sample-submission sample_submission.csv    # adopt its columns, ids and order exactly
+
+Test images: --test-dir, else $ANIMALS10_TEST_DIR, else data/animals10/cnn_test (one flat folder; the
+course's files carry a number in their names). CSV (defaults follow what is known of the course
+competition, see README): header `ID,Label`; ID runs 1..N in the numeric order of the number in each
+file name (--id-form index; or the file name or stem); Label is the Italian class folder name
+(--label-form italian; or english, or index). Every CSV is validated before anything is uploaded.
+Uploading needs Kaggle credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY) and the
+competition's rules accepted on its web page; the competition comes from --competition or
+$KAGGLE_COMPETITION.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import re
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.data import IMAGE_EXTENSIONS, BatchLoader, DataError, atomic_write_text, decode_image, display_name, eval_transform
+from common.engine import predict, resolve_device
+from common.metrics import collect_runs
+from common.models import model_from_checkpoint
+from common.runs import CheckpointError, load_checkpoint
+
+DEFAULT_TEST_DIR = "data/animals10/cnn_test"
+
+
+class SubmissionError(Exception):
+    """A submission that cannot be written, validated or uploaded; the message says why and what to do."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Write, validate and upload Kaggle submissions.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--ckpt", nargs="+", default=None, help="checkpoints (default: the three best runs by val accuracy)")
+    parser.add_argument("--runs-dir", default="runs", help="where to look for the best runs")
+    parser.add_argument("--top", type=int, default=3, help="how many of the best runs to submit")
+    parser.add_argument("--test-dir", default=None, help=f"flat folder of test images (default: $ANIMALS10_TEST_DIR, else {DEFAULT_TEST_DIR})")
+    parser.add_argument("--out-dir", default="submissions")
+    parser.add_argument("--columns", default="ID,Label", help="id and label column names")
+    parser.add_argument("--id-form", choices=("index", "stem", "name"), default="index",
+                        help="index: 1..N in the numeric order of the files; stem or name: from the file name")
+    parser.add_argument("--label-form", choices=("italian", "english", "index"), default="italian")
+    parser.add_argument("--sample-submission", default=None, help="adopt this CSV's columns, ids and row order")
+    parser.add_argument("--tta", action="store_true", help="average each image's and its mirror image's predictions")
+    parser.add_argument("--no-upload", action="store_true", help="only write and validate the CSVs")
+    parser.add_argument("--competition", default=os.environ.get("KAGGLE_COMPETITION"),
+                        help="Kaggle competition slug (default: $KAGGLE_COMPETITION)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return parser
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers inside names numerically (2 before 10)."""
+    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name))
+
+
+def list_test_images(test_dir: Path) -> list[Path]:
+    """Image files of a flat test folder, in natural numeric order."""
+    if not test_dir.is_dir():
+        raise SubmissionError(f"test folder {test_dir} does not exist; download the competition's test images and "
+                              "pass --test-dir (or set ANIMALS10_TEST_DIR)")
+    files = sorted((p for p in test_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                   key=lambda p: natural_key(p.name))
+    if not files:
+        raise SubmissionError(f"test folder {test_dir} holds no .jpg/.jpeg/.png images; pass the folder of test images")
+    return files
+
+
+def image_ids(files: list[Path], form: str) -> list[str]:
+    """The id of each test image: 1..N in numeric order, the file name, or its stem."""
+    if form == "index":
+        return [str(i + 1) for i in range(len(files))]
+    return [f.name if form == "name" else f.stem for f in files]
+
+
+def label_vocabulary(classes: list[str], form: str) -> list[str]:
+    """How each class is written in the CSV."""
+    if form == "english":
+        return [display_name(c) for c in classes]
+    if form == "index":
+        return [str(i) for i in range(len(classes))]
+    return list(classes)
+
+
+def read_sample(path: Path) -> tuple[list[str], list[str]]:
+    """(columns, ids in order) of a sample submission."""
+    try:
+        rows = list(csv.reader(io.StringIO(path.read_text())))
+    except (OSError, UnicodeDecodeError) as e:
+        raise SubmissionError(f"cannot read --sample-submission {path} ({e})") from None
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise SubmissionError(f"--sample-submission {path} needs a header with an id and a label column and one row per image")
+    return rows[0][:2], [r[0] for r in rows[1:] if r]
+
+
+def render_csv(columns: list[str], rows: list[tuple[str, str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def validate_submission(text: str, columns: list[str], expected_ids: list[str], vocabulary: list[str],
+                        show: int = 5) -> list[str]:
+    """Problems with a submission CSV (empty when valid): header, ids exactly once each, labels in vocabulary."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or rows[0] != columns:
+        return [f"header is {rows[0] if rows else 'missing'}, expected {columns}"]
+    problems, seen = [], {}
+    expected, vocab = set(expected_ids), set(vocabulary)
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(columns) or any(not cell.strip() for cell in row):
+            problems.append(f"line {line}: {row} has an empty or missing cell")
+            continue
+        rid, label = row
+        if rid in seen:
+            problems.append(f"line {line}: id {rid} repeats line {seen[rid]}")
+        elif rid not in expected:
+            problems.append(f"line {line}: id {rid} is not a test image")
+        seen.setdefault(rid, line)
+        if label not in vocab:
+            problems.append(f"line {line}: label {label!r} is not one of {sorted(vocab)}")
+    missing = [i for i in expected_ids if i not in seen]
+    if missing:
+        problems.append(f"{len(missing)} test image id(s) missing, first: {', '.join(missing[:show])}")
+    return problems
+
+
+def predict_folder(ckpt: dict, files: list[Path], device: torch.device, batch_size: int, tta: bool) -> np.ndarray:
+    """Predicted class index for each test image."""
+    pixels = []
+    for f in files:
+        img = decode_image(f, ckpt["img_size"])
+        if img is None:
+            raise SubmissionError(f"test image {f} cannot be decoded; every test image needs a prediction, "
+                                  "so restore the file from the competition's data")
+        pixels.append(img)
+    images = np.stack(pixels)
+    model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last)
+    loader = BatchLoader(images, np.zeros(len(files), np.int64), np.arange(len(files)), batch_size, device)
+    transform = partial(eval_transform, crop=ckpt["crop_size"], mean=ckpt["mean"], std=ckpt["std"])
+    logits, _, _ = predict(model, loader, transform, device, amp=device.type == "cuda", tta=tta, desc="predict")
+    return logits.argmax(1).numpy()
+
+
+def best_checkpoints(runs_dir: Path, top: int) -> list[Path]:
+    """best.pt of the `top` finished runs with the best validation accuracy."""
+    runs = [m for m in collect_runs(runs_dir) if (runs_dir / m["run"] / "best.pt").exists()]
+    if not runs:
+        raise SubmissionError(f"no finished runs with best.pt under {runs_dir}; train models first or pass --ckpt")
+    return [runs_dir / m["run"] / "best.pt" for m in runs[:top]]
+
+
+def upload(path: Path, message: str, competition: str) -> str:
+    """Submit a CSV with the official kaggle client; returns the server's message or raises SubmissionError."""
+    try:
+        import kaggle  # authenticates at import time, so only when uploading
+    except Exception as e:  # the client raises plain exceptions (OSError, ValueError, ...) for missing credentials
+        raise SubmissionError(
+            f"the kaggle client could not authenticate ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}); "
+            "put your API token in ~/.kaggle/kaggle.json (Kaggle > Settings > Create New Token) or set "
+            "KAGGLE_USERNAME and KAGGLE_KEY, or use --no-upload") from None
+    try:
+        response = kaggle.api.competition_submit(str(path), message, competition, quiet=True)
+    except Exception as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        server = _server_message(e)
+        if status in (401, 403):
+            raise SubmissionError(
+                f"Kaggle refused the submission to {competition!r} (HTTP {status}: {server}); check the competition "
+                "name, your credentials, and that you accepted the competition's rules on its web page") from None
+        if status is not None:
+            raise SubmissionError(f"Kaggle answered HTTP {status} for {competition!r}: {server}") from None
+        raise SubmissionError(f"could not reach Kaggle ({type(e).__name__}: {server}); check your network, "
+                              f"the CSV is kept at {path}") from None
+    text = getattr(response, "message", "") or ""
+    if "fail" in text.lower():
+        raise SubmissionError(f"the upload of {path} failed ({text}); the CSV is kept, try again later")
+    return text
+
+
+def _server_message(e: Exception) -> str:
+    response = getattr(e, "response", None)
+    if response is not None:
+        try:
+            body = response.json()
+            return str(body.get("message") or body.get("error") or body)
+        except ValueError:
+            return (response.text or "").strip()[:300] or str(e)
+    return str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+
+
+def main(args) -> None:
+    device = resolve_device(args.device)
+    test_dir = Path(args.test_dir or os.environ.get("ANIMALS10_TEST_DIR") or DEFAULT_TEST_DIR)
+    files = list_test_images(test_dir)
+    if not args.no_upload and not args.competition:
+        raise SubmissionError("no competition given; pass --competition SLUG (or set KAGGLE_COMPETITION), or --no-upload")
+    columns = [c.strip() for c in args.columns.split(",")]
+    if len(columns) != 2 or not all(columns):
+        raise SubmissionError(f"--columns {args.columns!r} must name two columns, e.g. ID,Label")
+    ids = image_ids(files, args.id_form)
+    order = list(range(len(files)))
+    if args.sample_submission:
+        columns, sample_ids = read_sample(Path(args.sample_submission))
+        position = {i: k for k, i in enumerate(ids)}
+        unknown = [i for i in sample_ids if i not in position]
+        if unknown or len(sample_ids) != len(ids):
+            raise SubmissionError(
+                f"the sample submission's ids do not match the {len(ids)} test images with --id-form {args.id_form} "
+                f"(first unmatched: {', '.join(unknown[:3]) or 'count differs'}); try another --id-form or --test-dir")
+        order = [position[i] for i in sample_ids]
+
+    chosen = [Path(p) for p in args.ckpt] if args.ckpt else best_checkpoints(Path(args.runs_dir), args.top)
+    written = []
+    for path in chosen:
+        ckpt = load_checkpoint(path)
+        name = path.parent.name if path.parent.name != Path(args.runs_dir).name else path.stem
+        vocab = label_vocabulary(ckpt["classes"], args.label_form)
+        pred = predict_folder(ckpt, files, device, args.batch_size, args.tta)
+        rows = [(ids[k], vocab[pred[k]]) for k in order]
+        text = render_csv(columns, rows)
+        problems = validate_submission(text, columns, ids, vocab)
+        out = Path(args.out_dir) / f"{name}{'-tta' if args.tta else ''}.csv"
+        atomic_write_text(out, text)
+        if problems:
+            raise SubmissionError(f"{out} is not a valid submission: " + "; ".join(problems[:5]) + "; nothing uploaded")
+        val = ckpt["best_val_acc"]
+        counts = np.bincount(pred, minlength=len(vocab))
+        print(f"{out}: {len(rows)} rows, valid; {ckpt['arch']}/{ckpt['mode']} val acc {val:.4f}; "
+              f"predicted per class: {dict(zip(vocab, counts.tolist()))}")
+        message = f"{name} {ckpt['arch']}/{ckpt['mode']} val_acc={val:.4f}" + (" tta" if args.tta else "")
+        written.append((out, message))
+    if args.no_upload:
+        print(f"--no-upload: {len(written)} CSV(s) written and validated in {args.out_dir}")
+        return
+    for out, message in written:
+        reply = upload(out, message, args.competition)
+        print(f"uploaded {out} to {args.competition}: {reply}")
+
+
+if __name__ == "__main__":
+    args = get_args_parser().parse_args()
+    try:
+        main(args)
+    except (SubmissionError, DataError, CheckpointError) as e:
+        sys.exit(f"error: {e}")

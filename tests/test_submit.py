@@ -1,0 +1,112 @@
+"""submit.py: CSV contents, validation failures, sample submissions, and uploads against a local stand-in."""
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+import part1_scratch_cnn as part1
+import submit
+from common.runs import load_checkpoint
+from conftest import ANIMALS, class_image, make_dataset, tiny_args
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny scratch CNN on synthetic data, and a flat numbered test folder of the same kind of images."""
+    root = tmp_path_factory.mktemp("submit")
+    data = make_dataset(root / "raw-img")
+    out = root / "runs"
+    part1.main(part1.get_args_parser().parse_args(
+        tiny_args(data, out, "--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0")))
+    test_dir = root / "cnn_test"
+    test_dir.mkdir()
+    rng = np.random.default_rng(9)
+    truth = {}
+    for n in range(1, 13):  # names 1..12: numeric order differs from string order (10 < 2)
+        k = (n * 7) % 10
+        cv2.imwrite(str(test_dir / f"{n}.jpg"), class_image(k, 10, rng))
+        truth[str(n)] = ANIMALS[k]
+    return out, test_dir, truth
+
+
+def run_submit(*argv):
+    submit.main(submit.get_args_parser().parse_args(list(argv)))
+
+
+def read_rows(path):
+    return list(csv.reader(io.StringIO(path.read_text())))
+
+
+def test_csv_contents_for_tiny_model(trained, tmp_path):
+    out, test_dir, truth = trained
+    run_submit("--runs-dir", str(out), "--test-dir", str(test_dir), "--out-dir", str(tmp_path), "--no-upload")
+    files = list(tmp_path.glob("*.csv"))
+    assert len(files) == 1  # one run exists
+    rows = read_rows(files[0])
+    assert rows[0] == ["ID", "Label"] and [r[0] for r in rows[1:]] == [str(i) for i in range(1, 13)]
+    assert all(label in ANIMALS for _, label in rows[1:])
+    # The model is good on this easy data: most labels are the true classes of the numbered files.
+    assert sum(truth[i] == label for i, label in rows[1:]) >= 9
+    # The same predictions, written differently.
+    run_submit("--ckpt", str(out / "best.pt"), "--test-dir", str(test_dir), "--out-dir", str(tmp_path / "b"),
+               "--no-upload", "--columns", "image,animal", "--id-form", "name", "--label-form", "english")
+    rows_b = read_rows(next((tmp_path / "b").glob("*.csv")))
+    assert rows_b[0] == ["image", "animal"]
+    assert [r[0] for r in rows_b[1:]] == [f"{i}.jpg" for i in range(1, 13)]
+    english = dict(zip(ANIMALS, ["dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep", "spider", "squirrel"]))
+    assert [r[1] for r in rows_b[1:]] == [english[label] for _, label in rows[1:]]
+
+
+def test_sample_submission_sets_columns_and_order(trained, tmp_path):
+    out, test_dir, _ = trained
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text("Id,Category\n" + "".join(f"{i},x\n" for i in (3, 1, 12, 2, 4, 5, 6, 7, 8, 9, 10, 11)))
+    run_submit("--ckpt", str(out / "best.pt"), "--test-dir", str(test_dir), "--out-dir", str(tmp_path / "s"),
+               "--no-upload", "--sample-submission", str(sample), "--id-form", "stem")
+    rows = read_rows(next((tmp_path / "s").glob("*.csv")))
+    assert rows[0] == ["Id", "Category"] and [r[0] for r in rows[1:4]] == ["3", "1", "12"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Id,Category\n1,x\n99,x\n")
+    with pytest.raises(submit.SubmissionError, match="do not match the 12 test images"):
+        run_submit("--ckpt", str(out / "best.pt"), "--test-dir", str(test_dir), "--no-upload",
+                   "--sample-submission", str(bad), "--out-dir", str(tmp_path / "t"))
+
+
+@pytest.mark.parametrize("body, problem", [
+    ("ID,Label\n1,cane\n2,gatto\n", "1 test image id(s) missing, first: 3"),
+    ("ID,Label\n1,cane\n2,gatto\n3,gatto\n3,cane\n", "line 5: id 3 repeats line 4"),
+    ("ID,Label\n1,cane\n2,gatto\n3,gatto\n4,cane\n", "line 5: id 4 is not a test image"),
+    ("ID,Label\n1,cane\n2,cat\n3,gatto\n", "line 3: label 'cat' is not one of"),
+    ("ID,Label\n1,cane\n2,\n3,gatto\n", "line 3: ['2', ''] has an empty or missing cell"),
+    ("Id,Label\n1,cane\n2,gatto\n3,gatto\n", "header is ['Id', 'Label'], expected ['ID', 'Label']"),
+])
+def test_each_validation_failure(body, problem):
+    problems = submit.validate_submission(body, ["ID", "Label"], ["1", "2", "3"], ANIMALS)
+    assert any(problem in p for p in problems), problems
+    good = "ID,Label\n1,cane\n2,gatto\n3,gatto\n"
+    assert submit.validate_submission(good, ["ID", "Label"], ["1", "2", "3"], ANIMALS) == []
+
+
+def test_natural_order_and_missing_test_dir(tmp_path):
+    names = ["10.jpg", "2.jpg", "1.jpg", "img_3.png"]
+    assert sorted(names, key=submit.natural_key) == ["1.jpg", "2.jpg", "10.jpg", "img_3.png"]
+    with pytest.raises(submit.SubmissionError, match="does not exist"):
+        submit.list_test_images(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(submit.SubmissionError, match="holds no"):
+        submit.list_test_images(tmp_path / "empty")
+
+
+def test_corrupt_test_image_is_refused(trained, tmp_path):
+    out, test_dir, _ = trained
+    broken = tmp_path / "t"
+    shutil.copytree(test_dir, broken)
+    (broken / "5.jpg").write_bytes(b"not an image")
+    with pytest.raises(submit.SubmissionError, match="5.jpg cannot be decoded"):
+        run_submit("--ckpt", str(out / "best.pt"), "--test-dir", str(broken), "--no-upload", "--out-dir", str(tmp_path))
+    assert load_checkpoint(out / "best.pt")["arch"] == "scratch_cnn"
