@@ -18,6 +18,7 @@ $KAGGLE_COMPETITION.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import os
@@ -170,12 +171,16 @@ def best_checkpoints(runs_dir: Path, top: int) -> list[Path]:
 def upload(path: Path, message: str, competition: str) -> str:
     """Submit a CSV with the official kaggle client; returns the server's message or raises SubmissionError."""
     try:
-        import kaggle  # authenticates at import time, so only when uploading
-    except Exception as e:  # the client raises plain exceptions (OSError, ValueError, ...) for missing credentials
+        # kaggle authenticates at import time; without credentials it prints a help text and carries on
+        # unauthenticated, so authenticate explicitly (quietly) and turn its SystemExit into advice.
+        with contextlib.redirect_stdout(io.StringIO()):
+            import kaggle
+            kaggle.api.authenticate()
+    except (Exception, SystemExit) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() and not isinstance(e, SystemExit) else "no credentials"
         raise SubmissionError(
-            f"the kaggle client could not authenticate ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}); "
-            "put your API token in ~/.kaggle/kaggle.json (Kaggle > Settings > Create New Token) or set "
-            "KAGGLE_USERNAME and KAGGLE_KEY, or use --no-upload") from None
+            f"the kaggle client could not authenticate ({detail}); put your API token in ~/.kaggle/kaggle.json "
+            "(Kaggle > Settings > Create New Token) or set KAGGLE_USERNAME and KAGGLE_KEY, or use --no-upload") from None
     try:
         response = kaggle.api.competition_submit(str(path), message, competition, quiet=True)
     except Exception as e:
@@ -190,7 +195,8 @@ def upload(path: Path, message: str, competition: str) -> str:
         raise SubmissionError(f"could not reach Kaggle ({type(e).__name__}: {server}); check your network, "
                               f"the CSV is kept at {path}") from None
     text = getattr(response, "message", "") or ""
-    if "fail" in text.lower():
+    # A failed upload step does not raise: the client returns this message instead.
+    if text == getattr(kaggle.api, "COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE", None):
         raise SubmissionError(f"the upload of {path} failed ({text}); the CSV is kept, try again later")
     return text
 

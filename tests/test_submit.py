@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -12,7 +14,8 @@ import pytest
 import part1_scratch_cnn as part1
 import submit
 from common.runs import load_checkpoint
-from conftest import ANIMALS, class_image, make_dataset, tiny_args
+from conftest import ANIMALS, ROOT, class_image, make_dataset, tiny_args
+from kaggle_standin import KaggleStandIn, PortTaken, isolated_environ
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +113,62 @@ def test_corrupt_test_image_is_refused(trained, tmp_path):
     with pytest.raises(submit.SubmissionError, match="5.jpg cannot be decoded"):
         run_submit("--ckpt", str(out / "best.pt"), "--test-dir", str(broken), "--no-upload", "--out-dir", str(tmp_path))
     assert load_checkpoint(out / "best.pt")["arch"] == "scratch_cnn"
+
+
+# Uploads: the real kaggle client, in a subprocess whose environment routes it to a stand-in on loopback.
+
+def submit_process(tmp_path, out, test_dir, standin_port, *extra, credentials=True):
+    env = isolated_environ(tmp_path / "kaggle-home", port=standin_port)
+    if not credentials:
+        env.pop("KAGGLE_USERNAME")
+        env.pop("KAGGLE_KEY")
+    return subprocess.run([sys.executable, str(ROOT / "submit.py"), "--ckpt", str(out / "best.pt"),
+                           "--test-dir", str(test_dir), "--out-dir", str(tmp_path / "subs"),
+                           "--competition", "bbm409-animals", "--device", "cpu", *extra],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def standin(**kw):
+    try:
+        return KaggleStandIn(port=0, **kw)
+    except PortTaken as e:  # pragma: no cover - port 0 asks the OS for a free one
+        pytest.skip(f"no loopback port for the Kaggle stand-in: {e}")
+
+
+def test_upload_end_to_end_with_the_real_client(trained, tmp_path):
+    out, test_dir, _ = trained
+    with standin() as server:
+        proc = submit_process(tmp_path, out, test_dir, server.port)
+    assert proc.returncode == 0, proc.stderr
+    csv_file = next((tmp_path / "subs").glob("*.csv"))
+    assert server.uploads == [csv_file.read_bytes()]
+    (sub,) = server.submissions
+    assert sub["competition"] == "bbm409-animals" and sub["upload"] == csv_file.read_bytes()
+    assert "scratch_cnn/full val_acc=" in sub["description"]
+    assert "Successfully submitted" in proc.stdout
+
+
+def test_upload_403_shows_server_message_and_keeps_csv(trained, tmp_path):
+    out, test_dir, _ = trained
+    rules = "You must accept this competition's rules before you can submit"
+    with standin(fail_with=(403, rules)) as server:
+        proc = submit_process(tmp_path, out, test_dir, server.port)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "HTTP 403" in proc.stderr and rules in proc.stderr and "accepted the competition's rules" in proc.stderr
+    assert next((tmp_path / "subs").glob("*.csv")).stat().st_size > 0 and server.submissions == []
+
+
+def test_failed_upload_step_is_an_error(trained, tmp_path):
+    out, test_dir, _ = trained
+    with standin(fail_upload=True) as server:
+        proc = submit_process(tmp_path, out, test_dir, server.port)
+    assert proc.returncode == 1 and "upload of" in proc.stderr and "failed" in proc.stderr
+    assert server.submissions == []
+
+
+def test_missing_credentials_give_advice(trained, tmp_path):
+    out, test_dir, _ = trained
+    with standin() as server:
+        proc = submit_process(tmp_path, out, test_dir, server.port, credentials=False)
+    assert proc.returncode == 1 and "kaggle.json" in proc.stderr and "--no-upload" in proc.stderr
+    assert server.requests == [] and next((tmp_path / "subs").glob("*.csv")).exists()

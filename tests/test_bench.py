@@ -1,0 +1,59 @@
+"""The fast data path gives the baseline's images and labels; the benchmark script runs end to end."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import datasets
+
+from common.data import BatchLoader, load_or_build_cache, load_or_create_split, to_device
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import throughput  # noqa: E402
+
+
+def test_cache_matches_imagefolder_pil_path(dataset, tmp_path):
+    split, pixels = load_or_create_split(dataset, tmp_path / "split.json", 20, (12, 4, 4), 0, 48, 2, log=lambda *_: None)
+    images = load_or_build_cache(dataset, split, tmp_path / "cache", 48, pixels)
+    folder = datasets.ImageFolder(str(dataset))
+    assert folder.classes == split.classes
+    index = {p: i for i, (p, _) in enumerate(folder.samples)}
+    for k, entry in enumerate(split.entries):
+        path, label = folder.samples[index[str(dataset / entry["path"])]]
+        assert label == split.labels[k]
+        pil = np.asarray(Image.open(path).convert("RGB").resize((48, 48), Image.BILINEAR), dtype=np.int16)
+        # Same image, same size; only the decoders' and resize filters' rounding differs.
+        assert np.abs(pil - images[k].astype(np.int16)).mean() < 4
+
+
+def test_resident_tensor_path_equals_memmap_path(dataset, tmp_path):
+    split, pixels = load_or_create_split(dataset, tmp_path / "split.json", 20, (12, 4, 4), 0, 40, 2, log=lambda *_: None)
+    images = load_or_build_cache(dataset, split, tmp_path / "cache", 40, pixels)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resident = to_device(images, device) if device.type == "cuda" else torch.from_numpy(np.array(images))
+    a = BatchLoader(images, split.labels, split.indices["train"], 16, device, shuffle=True,
+                    generator=torch.Generator().manual_seed(3))
+    b = BatchLoader(resident, split.labels, split.indices["train"], 16, device, shuffle=True,
+                    generator=torch.Generator().manual_seed(3))
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_benchmark_script_writes_results(dataset, tmp_path):
+    args = throughput.get_args_parser().parse_args([
+        "--data-dir", str(dataset), "--output-dir", str(tmp_path / "runs"), "--per-class", "20", "--split", "12,4,4",
+        "--img-size", "72", "--crop-size", "64", "--quick", "--device", "cpu", "--loader-workers", "0",
+        "--models", "scratch_cnn:full,mobilenet_v2:fc", "--results-dir", str(tmp_path / "results")])
+    throughput.main(args)
+    result = json.loads(next((tmp_path / "results").glob("cpu-*.json")).read_text())
+    assert result["data"]["baseline_img_per_s"] > 0 and result["data"]["ours_img_per_s"] > 0
+    assert [(m["arch"], m["mode"]) for m in result["models"]] == [("scratch_cnn", "full"), ("mobilenet_v2", "fc")]
+    assert result["feature_cache"]["mobilenet_v2"]["speedup"] > 0
+    assert result["data"]["cache_mb"] == pytest.approx(200 * 72 * 72 * 3 / 2**20, rel=0.01)
+    md = next((tmp_path / "results").glob("cpu-*.md")).read_text()
+    assert "| baseline: ImageFolder" in md and "mobilenet_v2 | fc" in md
