@@ -36,6 +36,7 @@ DEFAULT_DATA_DIR = "data/animals10/raw-img"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLIT_FORMAT = "animals10-split/1"
+DECODE_VERSION = 2  # part of cache keys: bump when decode_image's output changes
 
 GET_DATA_ADVICE = (
     "download the Kaggle dataset with `kaggle datasets download -d alessiocorrado99/animals10 --unzip -p data/animals10` "
@@ -64,25 +65,53 @@ def add_data_args(parser) -> None:
                    help=f"folder of <class>/<images> (default: $ANIMALS10_DIR, else {DEFAULT_DATA_DIR})")
     g.add_argument("--output-dir", default="runs", help="where run folders, split.json and the cache go")
     g.add_argument("--split-file", default=None, help="saved split (default: <output-dir>/split.json)")
-    g.add_argument("--per-class", type=int, default=450, help="images drawn per class")
-    g.add_argument("--split", default="300,75,75", help="train,val,test images per class")
+    g.add_argument("--per-class", type=int, default=450, help="images drawn per class (0: all)")
+    g.add_argument("--split", default="300,75,75",
+                   help="train,val,test images per class, or fractions of each class (e.g. 0.7,0.15,0.15)")
+    g.add_argument("--no-dedup", dest="dedup", action="store_false",
+                   help="keep exact and near duplicates when drawing a new split (default: leave them out)")
+    g.add_argument("--near-threshold", type=int, default=4, help="dhash bits within which images count as near duplicates")
     g.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
     g.add_argument("--img-size", type=int, default=256, help="images are resized to this square size and cached")
     g.add_argument("--crop-size", type=int, default=224, help="networks see crops of this size")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
 
 
-def parse_split_sizes(text: str, per_class: int) -> tuple[int, int, int]:
-    """'300,75,75' -> (300, 75, 75); checked against the per-class count."""
+def parse_split_sizes(text: str, per_class: int) -> tuple[float, float, float]:
+    """'300,75,75' (images per class, adding up to --per-class) or '0.7,0.15,0.15' (fractions of each class)."""
     try:
-        sizes = tuple(int(v) for v in text.split(","))
+        sizes = tuple(float(v) for v in text.split(","))
     except ValueError:
         sizes = ()
-    if len(sizes) != 3 or min(sizes) < 1:
-        raise DataError(f"--split {text!r} is not three positive integers; use e.g. --split 300,75,75")
-    if sum(sizes) != per_class:
+    if len(sizes) != 3 or min(sizes) <= 0:
+        raise DataError(f"--split {text!r} is not three positive numbers; use counts like --split 300,75,75 "
+                        "or fractions like --split 0.7,0.15,0.15")
+    if all(v < 1 for v in sizes):
+        if abs(sum(sizes) - 1) > 1e-6:
+            raise DataError(f"--split {text} fractions add up to {sum(sizes):g}, not 1; make them add up to 1")
+        return sizes  # type: ignore[return-value]
+    if not all(v.is_integer() for v in sizes):
+        raise DataError(f"--split {text} mixes counts and fractions; give three counts or three fractions")
+    sizes = tuple(int(v) for v in sizes)
+    if per_class and sum(sizes) != per_class:
         raise DataError(f"--split {text} adds up to {sum(sizes)}, not --per-class {per_class}; make them agree")
     return sizes  # type: ignore[return-value]
+
+
+def class_split_sizes(cls: str, available: int, sizes: Sequence[float], per_class: int) -> tuple[int, int, int]:
+    """Train/val/test counts for one class: exact counts, or fractions of what the class has."""
+    if isinstance(sizes[0], int):
+        if available < sum(sizes):
+            raise DataError(f"class {cls!r} has only {available} usable images, fewer than --per-class {sum(sizes)}; "
+                            "add images, lower --per-class, or split proportionally with fractions "
+                            "(e.g. --split 0.7,0.15,0.15)")
+        return tuple(sizes)  # type: ignore[return-value]
+    n_val, n_test = round(available * sizes[1]), round(available * sizes[2])
+    n_train = available - n_val - n_test
+    if min(n_train, n_val, n_test) < 1:
+        raise DataError(f"class {cls!r} has only {available} usable images, too few to fill train, val and test; "
+                        "add images or remove the class folder")
+    return n_train, n_val, n_test
 
 
 def scan_folder(data_dir: Path) -> dict[str, list[str]]:
@@ -110,15 +139,46 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def to_bgr8(img: np.ndarray) -> np.ndarray:
+    """Any OpenCV decode (grayscale, BGR, BGRA; 8 or 16 bit) as 8-bit BGR; transparency is composited on white."""
+    if img.dtype == np.uint16:
+        img = (img // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 4:
+        alpha = img[..., 3:4].astype(np.float32) / 255
+        return (img[..., :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
+    return img[..., :3]
+
+
 def decode_image(path: Path, size: int) -> np.ndarray | None:
     """Decode an image file to RGB uint8 resized to size x size; None when it cannot be decoded."""
     data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode copes with non-ASCII paths
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    # PNGs keep their alpha (and 16 bits) to be converted by to_bgr8; JPEGs decode as colour, which applies
+    # EXIF rotation and converts grayscale and CMYK.
+    flags = cv2.IMREAD_UNCHANGED if data[:4].tobytes() == b"\x89PNG" else cv2.IMREAD_COLOR
+    img = cv2.imdecode(data, flags) if data.size else None
     if img is None or img.shape[0] < 2 or img.shape[1] < 2:
         return None
+    img = to_bgr8(img)
     interp = cv2.INTER_AREA if img.shape[0] * img.shape[1] > size * size else cv2.INTER_LINEAR
     img = cv2.resize(img, (size, size), interpolation=interp)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def dhash(rgb: np.ndarray) -> int:
+    """64-bit difference hash of an RGB image: near-identical images (re-encoded, resized) get near hashes."""
+    gray = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (9, 8), interpolation=cv2.INTER_AREA)
+    bits = (gray[:, 1:] > gray[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def hamming(a: int, hashes: np.ndarray) -> np.ndarray:
+    """Bit differences between one 64-bit hash and an array of them."""
+    x = np.bitwise_xor(hashes.astype(np.uint64), np.uint64(a))
+    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -166,56 +226,77 @@ class Split:
         return [data_dir / e["path"] for e in self.entries]
 
 
-def _check_split_counts(split: Split, sizes: Sequence[int]) -> None:
+def _check_split_counts(split: Split) -> None:
     paths = [e["path"] for e in split.entries]
     if len(set(paths)) != len(paths):
         raise DataError("the saved split lists a file twice; delete it to re-split")
-    for name, n in zip(("train", "val", "test"), sizes):
+    for k, name in enumerate(("train", "val", "test")):
         counts = np.bincount(split.labels[split.indices[name]], minlength=len(split.classes))
-        if not (counts == n).all():
-            raise DataError(f"the saved split's {name} set does not hold {n} images per class; delete it to re-split")
+        wanted = [split.meta["class_sizes"][c][k] for c in split.classes]
+        if counts.tolist() != wanted:
+            raise DataError(f"the saved split's {name} set does not hold the recorded images per class; delete it to re-split")
 
 
-def create_split(data_dir: Path, per_class: int, sizes: Sequence[int], seed: int, img_size: int,
-                 workers: int, log=print) -> tuple[Split, np.ndarray]:
-    """Draw per_class decodable images per class (seeded), split them stratified, and decode them once.
+def create_split(data_dir: Path, per_class: int, sizes: Sequence[float], seed: int, img_size: int,
+                 workers: int, log=print, dedup: bool = True, near_threshold: int = 4) -> tuple[Split, np.ndarray]:
+    """Draw up to per_class usable images per class (seeded; 0 = all), split them stratified, decode them once.
 
-    Returns the split and the decoded uint8 pixels in split order, so the caller can cache them
-    without decoding twice. Corrupt files are reported by path and skipped.
+    Unreadable files are reported and skipped. With dedup, an image whose bytes (sha256) or perceptual
+    hash (dhash within near_threshold bits) match an image already drawn, in any class, is left out, so no
+    duplicate can straddle train, val and test. Returns the split and the decoded uint8 pixels in split
+    order, so the caller can cache them without decoding twice.
     """
     found = scan_folder(data_dir)
     rng = np.random.default_rng(seed)
-    entries, pixels, skipped = [], [], []
+    entries, pixels, skipped, duplicates, class_sizes = [], [], [], [], {}
+    seen_sha: dict[str, str] = {}
+    hashes, hash_paths = np.zeros(0, np.uint64), []
     for cls, files in found.items():
         order = rng.permutation(len(files))
-        chosen = []
-        # Decode candidates in shuffled order until the class is full; corrupt ones are replaced.
-        start = 0
-        while len(chosen) < per_class and start < len(order):
-            batch = [files[i] for i in order[start:start + per_class - len(chosen)]]
+        limit = per_class or len(files)
+        chosen, start = [], 0
+        # Decode candidates in shuffled order until the class is full; unusable ones are replaced.
+        while len(chosen) < limit and start < len(order):
+            batch = [files[i] for i in order[start:start + limit - len(chosen)]]
             start += len(batch)
             for name, img in zip(batch, _decode_many([data_dir / cls / n for n in batch], img_size, workers)):
+                rel, path = f"{cls}/{name}", data_dir / cls / name
                 if img is None:
-                    skipped.append(f"{cls}/{name}")
-                    log(f"skipping unreadable image {data_dir / cls / name}")
-                else:
-                    chosen.append((name, img))
-        if len(chosen) < per_class:
-            raise DataError(f"class {cls!r} has only {len(chosen)} readable images, fewer than --per-class {per_class}; "
-                            f"add images to {data_dir / cls} or lower --per-class")
-        bounds = np.cumsum([0, *sizes])
+                    skipped.append(rel)
+                    log(f"skipping unreadable image {path}")
+                    continue
+                sha = file_sha256(path)
+                if dedup:
+                    h = dhash(img)
+                    twin = seen_sha.get(sha)
+                    if twin is None and len(hashes):
+                        near = np.flatnonzero(hamming(h, hashes) <= near_threshold)
+                        twin = hash_paths[near[0]] if len(near) else None
+                    if twin is not None:
+                        duplicates.append([rel, twin])
+                        continue
+                    hashes = np.append(hashes, np.uint64(h))
+                    hash_paths.append(rel)
+                seen_sha[sha] = rel
+                chosen.append((name, img, sha, path.stat().st_size))
+        n_train, n_val, n_test = class_split_sizes(cls, len(chosen), sizes, per_class)
+        class_sizes[cls] = [n_train, n_val, n_test]
+        bounds = np.cumsum([0, n_train, n_val, n_test])
         for subset, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
-            for name, img in chosen[lo:hi]:
-                path = data_dir / cls / name
-                entries.append({"path": f"{cls}/{name}", "subset": subset,
-                                "size": path.stat().st_size, "sha256": file_sha256(path)})
+            for name, img, sha, size in chosen[lo:hi]:
+                entries.append({"path": f"{cls}/{name}", "subset": subset, "size": size, "sha256": sha})
                 pixels.append(img)
     if skipped:
         log(f"skipped {len(skipped)} unreadable image(s)")
+    if dedup:
+        log(f"de-duplication left out {len(duplicates)} image(s) that repeat another drawn image"
+            + (f" (e.g. {duplicates[0][0]} ~ {duplicates[0][1]})" if duplicates else ""))
     meta = {"format": SPLIT_FORMAT, "classes": list(found), "per_class": per_class, "sizes": list(sizes),
-            "seed": seed, "skipped": skipped, "files": entries, "fingerprint": _split_fingerprint(entries)}
+            "seed": seed, "dedup": dedup, "near_threshold": near_threshold if dedup else None,
+            "class_sizes": class_sizes, "skipped": skipped, "duplicates_removed": duplicates,
+            "files": entries, "fingerprint": _split_fingerprint(entries)}
     split = Split(meta)
-    _check_split_counts(split, sizes)
+    _check_split_counts(split)
     return split, np.stack(pixels)
 
 
@@ -245,13 +326,17 @@ def load_split(split_file: Path, data_dir: Path) -> Split:
         raise DataError(f"{split_file} is not a readable split file ({e}); delete it to re-split") from None
     if meta.get("format") != SPLIT_FORMAT:
         raise DataError(f"{split_file} is not a split file of this project; delete it or pass another --split-file")
+    # Splits saved before per-class sizes and de-duplication were recorded: equal counts, no de-duplication.
+    meta.setdefault("class_sizes", {c: meta["sizes"] for c in meta["classes"]})
+    meta.setdefault("dedup", False)
     verify_split(split, data_dir)
+    _check_split_counts(split)
     return split
 
 
-def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450, sizes: Sequence[int] = (300, 75, 75),
-                         seed: int = 0, img_size: int = 256, workers: int = 2,
-                         log=print) -> tuple[Split, np.ndarray | None]:
+def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450, sizes: Sequence[float] = (300, 75, 75),
+                         seed: int = 0, img_size: int = 256, workers: int = 2, log=print, dedup: bool = True,
+                         near_threshold: int = 4) -> tuple[Split, np.ndarray | None]:
     """Reuse the saved split after verifying the data against it, or create and save it.
 
     Returns (split, pixels): pixels are the freshly decoded images when the split was just made, else None.
@@ -263,17 +348,21 @@ def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450,
         if saved != wanted:
             raise DataError(f"{split_file} was made with {saved}, not {wanted}; drop those options to reuse it, "
                             "or pass a new --split-file")
-        _check_split_counts(split, sizes)
+        if split.meta["dedup"] != dedup:
+            log(f"note: reusing {split_file}, made {'with' if split.meta['dedup'] else 'without'} de-duplication; "
+                "pass a new --split-file to re-split")
         return split, None
-    split, pixels = create_split(data_dir, per_class, sizes, seed, img_size, workers, log)
+    split, pixels = create_split(data_dir, per_class, sizes, seed, img_size, workers, log, dedup, near_threshold)
     atomic_write_text(split_file, json.dumps(split.meta, indent=1))
-    log(f"saved split to {split_file}: {len(split.classes)} classes x {sizes} train/val/test")
+    counts = {tuple(v) for v in split.meta["class_sizes"].values()}
+    log(f"saved split to {split_file}: {len(split.classes)} classes, train/val/test per class "
+        + (str(counts.pop()) if len(counts) == 1 else "proportional to each class"))
     return split, pixels
 
 
 def cache_path(cache_dir: Path, split: Split, img_size: int) -> Path:
     """The cache file for this split's exact file list and this image size."""
-    return cache_dir / f"{split.fingerprint[:16]}-{img_size}px.npy"
+    return cache_dir / f"{split.fingerprint[:16]}-{img_size}px-d{DECODE_VERSION}.npy"
 
 
 def load_or_build_cache(data_dir: Path, split: Split, cache_dir: Path, img_size: int,
@@ -312,7 +401,7 @@ def prepare_data(args, log=print) -> tuple[Split, np.ndarray]:
     split_file = Path(args.split_file) if args.split_file else out / "split.json"
     sizes = parse_split_sizes(args.split, args.per_class)
     split, pixels = load_or_create_split(data_dir, split_file, args.per_class, sizes, args.seed,
-                                         args.img_size, args.workers, log)
+                                         args.img_size, args.workers, log, args.dedup, args.near_threshold)
     images = load_or_build_cache(data_dir, split, out / "cache", args.img_size, pixels, args.workers, log)
     return split, images
 

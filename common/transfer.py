@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.data import (IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_data_args, eval_transform,
+from common.data import (DECODE_VERSION, IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_data_args, eval_transform,
                          train_transform)
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, seed_everything
 from common.models import MODES, build_model
@@ -84,7 +84,7 @@ def extract_features(model: nn.Module, arch: str, images, split: Split, transfor
 def cached_features(model, arch, weights: dict, images, split, transform, device, cache_dir: Path, crop: int,
                     log=print) -> tuple[torch.Tensor, float]:
     """Features from the on-disk cache for these weights, split and crop, computing them once; (features, seconds)."""
-    key = f"features-{arch}-{(weights['sha256'] or 'random')[:12]}-{split.fingerprint[:16]}-{crop}px.pt"
+    key = f"features-{arch}-{(weights['sha256'] or 'random')[:12]}-{split.fingerprint[:16]}-{crop}px-d{DECODE_VERSION}.pt"
     path = cache_dir / key
     if path.exists() and weights["sha256"]:
         return torch.load(path, weights_only=True), 0.0

@@ -102,7 +102,7 @@ def test_corrupt_files_leaving_class_short_name_the_class(tmp_path):
     data = make_dataset(tmp_path / "raw", per_class=20)
     for i in range(3):
         (data / "mucca" / f"img{i:03d}.jpg").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="'mucca' has only 17 readable images"):
+    with pytest.raises(DataError, match="class 'mucca' has only 17 usable images.*fractions"):
         make_split(data, tmp_path)
 
 
@@ -118,7 +118,7 @@ def test_parse_split_sizes():
     assert parse_split_sizes("300,75,75", 450) == (300, 75, 75)
     with pytest.raises(DataError, match="adds up to"):
         parse_split_sizes("300,75,70", 450)
-    with pytest.raises(DataError, match="three positive integers"):
+    with pytest.raises(DataError, match="three positive numbers"):
         parse_split_sizes("300,75", 450)
 
 

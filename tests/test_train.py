@@ -123,7 +123,7 @@ def test_resume_refuses_checkpoint_from_another_model(dataset, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--data-dir", "/nonexistent/raw-img"], "does not exist"),
-    (["--split", "10,5"], "three positive integers"),
+    (["--split", "10,5"], "three positive numbers"),
     (["--sweep", "--lrs", "fast"], "--lrs"),
     (["--crop-size", "128"], "larger than the cached"),
 ])
