@@ -35,6 +35,7 @@ import torch
 
 from common.data import (IMAGENET_MEAN, IMAGENET_STD, BatchLoader, DataError, add_data_args, atomic_write_text, eval_transform,
                          prepare_data, to_device, train_transform, upscale_check)
+from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
 from common.models import build_model
 from common.runs import CheckpointError, write_json
@@ -50,6 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale-min", type=float, default=0.25,
                         help="smallest crop area of the random-resized crop (1 = plain random 224 crop of 256)")
     parser.add_argument("--jitter", type=float, default=0.3, help="brightness/contrast/saturation jitter (0 = off)")
+    parser.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
+    parser.add_argument("--dropout", type=float, default=0.3, help="dropout before the linear head")
     parser.add_argument("--sweep", action="store_true", help="train every --lrs x --batch-sizes configuration")
     parser.add_argument("--lrs", default="1e-2,1e-3,1e-4", help="learning rates of the sweep")
     parser.add_argument("--batch-sizes", default="16,32,64", help="batch sizes of the sweep")
@@ -58,22 +61,24 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def train(args, split, images, device) -> Path:
     """Train one configuration and return its run folder."""
-    generator = seed_everything(args.seed)
+    generators = seed_everything(args.seed)
     model, weights = build_model(ARCH, len(split.classes))
+    model.classifier[1].p = args.dropout
     model = model.to(device, memory_format=torch.channels_last)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     scale = None if args.scale_min >= 1 else (args.scale_min, 1.0)
+    eval_tf = partial(eval_transform, crop=args.crop_size, mean=mean, std=std)
     loaders = {name: BatchLoader(images, split.labels, split.indices[name], args.batch_size, device,
-                                 shuffle=name == "train", generator=generator, drop_last=name == "train")
+                                 shuffle=name == "train", generator=generators["data"], drop_last=name == "train")
                for name in ("train", "val", "test")}
     study = Study(split, loaders,
-                  partial(train_transform, crop=args.crop_size, mean=mean, std=std, generator=generator,
-                          scale=scale, jitter=args.jitter),
-                  partial(eval_transform, crop=args.crop_size, mean=mean, std=std),
-                  ARCH, "full",
+                  eval_tf if args.no_augment else partial(
+                      train_transform, crop=args.crop_size, mean=mean, std=std, generator=generators["augment"],
+                      scale=scale, jitter=args.jitter),
+                  eval_tf, ARCH, "full",
                   meta={"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(mean),
                         "std": list(std), "weights": weights})
-    return fit(model, study, args, generator, device)
+    return fit(model, study, args, generators, device)
 
 
 def parse_list(text: str, kind, flag: str) -> list:
@@ -106,11 +111,20 @@ def sweep_table(rows: list[dict]) -> tuple[str, str]:
 
 
 def main(args) -> None:
+    init_distributed(args.device)
+    try:
+        run(args)
+    finally:
+        cleanup()
+
+
+def run(args) -> None:
     device = resolve_device(args.device)
+    log = print if is_main() else (lambda *a, **k: None)
     t0 = time.perf_counter()
-    split, images = prepare_data(args)
+    split, images = prepare_data(args, log)
     upscale_check(images, args.crop_size)
-    print(f"data ready in {time.perf_counter() - t0:.1f}s: {len(split.entries)} images, {len(split.classes)} classes")
+    log(f"data ready in {time.perf_counter() - t0:.1f}s: {len(split.entries)} images, {len(split.classes)} classes")
     images = to_device(images, device)
     if not args.sweep:
         train(args, split, images, device)
@@ -120,27 +134,28 @@ def main(args) -> None:
     lrs = parse_list(args.lrs, float, "--lrs")
     batch_sizes = parse_list(args.batch_sizes, int, "--batch-sizes")
     sweep_dir = Path(args.output_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{ARCH}"
-    sweep_dir.mkdir(parents=True)
     rows = []
     for lr in lrs:
         for bs in batch_sizes:
             run_args = copy.copy(args)
             run_args.lr, run_args.batch_size = lr, bs
             run_args.tag = f"lr{lr:g}-bs{bs}" + (f"-{args.tag}" if args.tag else "")
-            print(f"== sweep: lr {lr:g}, batch size {bs}")
+            log(f"== sweep: lr {lr:g}, batch size {bs}")
             run_dir = train(run_args, split, images, device)
             metrics = json.loads((run_dir / "metrics.json").read_text())
             rows.append({**{k: metrics[k] for k in ("lr", "batch_size", "epochs_run", "best_val_acc", "best_epoch",
                                                     "test_acc", "seconds_per_epoch", "train_img_per_s")},
                          "run": run_dir.name})
             csv_text, md = sweep_table(rows)
-            atomic_write_text(sweep_dir / "sweep.csv", csv_text)
-            atomic_write_text(sweep_dir / "sweep.md", md)
+            if is_main():
+                atomic_write_text(sweep_dir / "sweep.csv", csv_text)
+                atomic_write_text(sweep_dir / "sweep.md", md)
     best = max(rows, key=lambda r: r["best_val_acc"])
-    write_json(sweep_dir / "best.json", best)
-    print(md)
-    print(f"best by val accuracy: lr {best['lr']:g}, batch size {best['batch_size']} -> {best['run']}; "
-          f"table in {sweep_dir}")
+    if is_main():
+        write_json(sweep_dir / "best.json", best)
+    log(md)
+    log(f"best by val accuracy: lr {best['lr']:g}, batch size {best['batch_size']} -> {best['run']}; "
+        f"table in {sweep_dir}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from common.data import DataError, prepare_data, to_device, upscale_check
+from common.distributed import cleanup, init_distributed, is_main
 from common.engine import resolve_device
 from common.models import WeightsError
 from common.runs import CheckpointError
@@ -29,10 +30,15 @@ def get_args_parser():
 
 
 def main(args) -> None:
-    device = resolve_device(args.device)
-    split, images = prepare_data(args)
-    upscale_check(images, args.crop_size)
-    transfer.train(args, ARCH, split, to_device(images, device), device)
+    init_distributed(args.device)  # a no-op unless started by torchrun
+    try:
+        device = resolve_device(args.device)
+        log = print if is_main() else (lambda *a, **k: None)
+        split, images = prepare_data(args, log)
+        upscale_check(images, args.crop_size)
+        transfer.train(args, ARCH, split, to_device(images, device), device, log)
+    finally:
+        cleanup()
 
 
 if __name__ == "__main__":

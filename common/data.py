@@ -19,12 +19,14 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torchvision.ops import roi_align
+
+from common import distributed
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ENGLISH_NAMES = {
@@ -181,17 +183,25 @@ def hamming(a: int, hashes: np.ndarray) -> np.ndarray:
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary file and os.replace, so readers never see half a file."""
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call write(temp_path) next to path, then os.replace it into place: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Atomically write a text file."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _split_fingerprint(entries: Sequence[dict]) -> str:
@@ -382,15 +392,11 @@ def load_or_build_cache(data_dir: Path, split: Split, cache_dir: Path, img_size:
             if img is None:
                 raise DataError(f"{p} is in the saved split but can no longer be decoded; restore it or re-split")
             pixels[i] = img
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object, so np.save does not append .npy to the name
             np.save(f, pixels)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return np.load(path, mmap_mode="r")
 
 
@@ -398,11 +404,15 @@ def prepare_data(args, log=print) -> tuple[Split, np.ndarray]:
     """Resolve paths from parsed arguments, then load or create the split and its pixel cache."""
     data_dir = resolve_data_dir(args.data_dir)
     out = Path(args.output_dir)
+    if not distributed.is_main():
+        distributed.barrier()  # let rank 0 draw the split and build the cache first
     split_file = Path(args.split_file) if args.split_file else out / "split.json"
     sizes = parse_split_sizes(args.split, args.per_class)
     split, pixels = load_or_create_split(data_dir, split_file, args.per_class, sizes, args.seed,
                                          args.img_size, args.workers, log, args.dedup, args.near_threshold)
     images = load_or_build_cache(data_dir, split, out / "cache", args.img_size, pixels, args.workers, log)
+    if distributed.is_main():
+        distributed.barrier()
     return split, images
 
 
@@ -424,23 +434,31 @@ class BatchLoader:
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray, indices: np.ndarray,
                  batch_size: int, device: torch.device, shuffle: bool = False,
-                 generator: torch.Generator | None = None, drop_last: bool = False):
+                 generator: torch.Generator | None = None, drop_last: bool = False,
+                 rank: int | None = None, world_size: int | None = None):
         self.images, self.labels = images, torch.as_tensor(labels)
         self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         self.batch_size, self.device, self.shuffle = batch_size, device, shuffle
         self.generator, self.drop_last = generator, drop_last
+        # Under torchrun each process takes its slice of every global batch of batch_size x world_size
+        # images, so N processes see exactly the batches one process with N times the batch would.
+        self.rank = distributed.rank() if rank is None else rank
+        self.world = distributed.world_size() if world_size is None else world_size
 
     def __len__(self) -> int:
-        n = len(self.indices)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n, step = len(self.indices), self.batch_size * self.world
+        return n // step if self.drop_last else math.ceil(n / step)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.indices
-        if self.shuffle:
+        if self.shuffle:  # the same generator state in every process, so all draw the same permutation
             order = order[torch.randperm(len(order), generator=self.generator)]
+        step = self.batch_size * self.world
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self._gather(idx), self.labels[idx].to(self.device, non_blocking=True)
+            start = b * step + self.rank * self.batch_size
+            idx = order[start:start + self.batch_size]
+            if len(idx):
+                yield self._gather(idx), self.labels[idx].to(self.device, non_blocking=True)
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
         if isinstance(self.images, torch.Tensor):  # resident images (N x H x W x 3) or cached features (N x D)

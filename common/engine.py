@@ -19,6 +19,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.data import Split, display_name
+from common.distributed import (barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across,
+                                world_size)
 from common.metrics import macro_f1
 from common.models import count_parameters, set_train_mode
 from common.runs import (CKPT_FORMAT, CheckpointError, load_checkpoint, make_run_dir, save_checkpoint,
@@ -44,6 +46,7 @@ def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) 
     g.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on CUDA (bf16 where supported)")
     g.add_argument("--tag", default=None, help="suffix for the run folder name")
     g.add_argument("--resume", default=None, help="continue a killed run from its runs/<run>/last.pt")
+    g.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronise BatchNorm statistics across processes")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,6 +55,8 @@ def resolve_device(name: str) -> torch.device:
         raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and is_distributed():
+        return torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK by init_distributed
     return torch.device(name)
 
 
@@ -78,7 +83,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, cr
     set_train_mode(model)
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main()):
         x = transform(x).contiguous(memory_format=torch.channels_last) if x.dim() == 4 else transform(x)
         with autocast(device, amp):
             logits = model(x)
@@ -99,21 +104,22 @@ def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, cr
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": seen, "seconds": seconds,
+    loss_sum, correct, seen = sum_across(loss_sum, correct, seen)
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": int(seen), "seconds": seconds,
             "img_per_s": seen / seconds if seconds > 0 else float("nan")}
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, transform: Transform, device: torch.device,
             amp: bool = False, desc: str = "eval", tta: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Eval-mode logits and labels for every batch of the loader, plus the seconds it took.
+    """Eval-mode logits and labels for every batch of the loader (of all processes under torchrun), and the seconds.
 
     With tta, the image and its mirror image are both scored and the log of their mean probabilities returned.
     """
     model.eval()
     logits, labels = [], []
     start = time.perf_counter()
-    for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main()):
         x = transform(x)
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -124,7 +130,9 @@ def predict(model: nn.Module, loader: Iterable, transform: Transform, device: to
         logits.append(out.cpu())
         labels.append(y.cpu())
     seconds = time.perf_counter() - start
-    return torch.cat(logits), torch.cat(labels), seconds
+    if not logits:  # this process's shard was empty
+        return gather_cat(torch.zeros(0, 0)), gather_cat(torch.zeros(0, dtype=torch.long)), seconds
+    return gather_cat(torch.cat(logits)), gather_cat(torch.cat(labels)), seconds
 
 
 def evaluate(model: nn.Module, loader: Iterable, transform: Transform, criterion: nn.Module,
@@ -170,10 +178,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, args):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch's global RNG (init, dropout) and return the generator used for shuffling and augmentation."""
+def seed_everything(seed: int) -> dict[str, torch.Generator]:
+    """Seed torch's global RNG (init, dropout); return the generators for shuffling and for augmentation.
+
+    The global RNG and the shuffling generator are the same in every process (identical initial weights;
+    one permutation that the processes split); the augmentation generator differs per process.
+    """
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return {"data": torch.Generator().manual_seed(seed),
+            "augment": torch.Generator().manual_seed(seed + 1_000_003 * (rank() + 1))}
 
 
 @dataclass
@@ -189,29 +202,51 @@ class Study:
     meta: dict = field(default_factory=dict)  # img_size, crop_size, mean, std, weights record, ...
 
 
-def _rng_state(generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "data": generator.get_state()}
+def _rng_state(generators: dict[str, torch.Generator]) -> list[dict]:
+    """RNG states of every process (index = rank), so a resumed run draws what an uninterrupted one would."""
+    state = {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in generators.items()}}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        state["cuda"] = torch.cuda.get_rng_state()
+    if not is_distributed():
+        return [state]
+    states = [None] * world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
 
 
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+def _set_rng_state(states: list[dict], generators: dict[str, torch.Generator]) -> None:
+    if len(states) != world_size():
+        raise CheckpointError(f"the checkpoint was written by {len(states)} process(es), this run has {world_size()}; "
+                              "resume with the same number of processes")
+    state = states[rank()]
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["data"])
+    for k, g in generators.items():
+        g.set_state(state[k])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
-def fit(model: nn.Module, study: Study, args, generator: torch.Generator, device: torch.device,
+def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Generator], device: torch.device,
         optimizer: torch.optim.Optimizer | None = None, save_model: nn.Module | None = None,
         extra_metrics: dict | None = None, log=print) -> Path:
     """Train with per-epoch validation, checkpoints and TensorBoard; test the best epoch; returns the run folder.
 
     `save_model` is the module whose state goes into checkpoints when it differs from the trained one
-    (a head trained on cached features is saved inside its full network).
+    (a head trained on cached features is saved inside its full network). Under torchrun the model is
+    wrapped in DistributedDataParallel, metrics are reduced over all processes, and only rank 0 writes.
     """
     save_model = save_model or model
+    main_process = is_main()
+    if not main_process:
+        log = lambda *a, **k: None  # noqa: E731
+    if args.sync_bn:
+        if not (is_distributed() and device.type == "cuda"):
+            raise SystemExit("error: --sync-bn synchronises BatchNorm across GPU processes; use it under torchrun on CUDA")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    train_model = model
+    if is_distributed():
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     amp = args.amp == "auto" and device.type == "cuda"
     output_dir = Path(args.output_dir)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
@@ -236,24 +271,26 @@ def fit(model: nn.Module, study: Study, args, generator: torch.Generator, device
         scheduler.load_state_dict(ckpt["scheduler_state"])
         if scaler is not None and ckpt.get("scaler_state"):
             scaler.load_state_dict(ckpt["scaler_state"])
-        _set_rng_state(ckpt["rng"], generator)
+        _set_rng_state(ckpt["rng"], generators)
         history = ckpt["history"]
         start_epoch = ckpt["epoch"] + 1
         best_acc, best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
         log(f"resuming {run_dir} at epoch {start_epoch + 1}/{args.epochs}")
     else:
-        run_dir = make_run_dir(output_dir, study.arch, study.mode, args.tag)
+        run_dir = broadcast(make_run_dir(output_dir, study.arch, study.mode, args.tag) if main_process else None)
 
     config = {"arch": study.arch, "mode": study.mode, **vars(args), "device": str(device), "amp": amp,
+              "world_size": world_size(),
               "classes": study.split.classes, "split_fingerprint": study.split.fingerprint,
               "trainable_params": trainable, "total_params": total, **study.meta,
               "torch": str(torch.__version__), "python": platform.python_version(), "host": platform.node()}
     config = json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
-    write_json(run_dir / "config.json", config)
+    if main_process:
+        write_json(run_dir / "config.json", config)
     log(f"run folder {run_dir}")
     log(f"{study.arch}/{study.mode}: {trainable:,} trainable of {total:,} parameters; device {device}"
-        + (" with AMP" if amp else ""))
-    writer = SummaryWriter(str(run_dir), purge_step=start_epoch if start_epoch else None)
+        + (" with AMP" if amp else "") + (f"; {world_size()} processes" if is_distributed() else ""))
+    writer = SummaryWriter(str(run_dir), purge_step=start_epoch if start_epoch else None) if main_process else None
 
     def checkpoint(epoch: int) -> dict:
         return {"format": CKPT_FORMAT, "arch": study.arch, "mode": study.mode, "classes": study.split.classes,
@@ -262,7 +299,7 @@ def fit(model: nn.Module, study: Study, args, generator: torch.Generator, device
                 "best_epoch": best_epoch, "model_state": save_model.state_dict(),
                 "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
                 "scaler_state": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(generator), "history": history, "config": config}
+                "rng": _rng_state(generators), "history": history, "config": config}
 
     epochs_without_gain = 0
     for epoch in range(start_epoch, args.epochs):
@@ -270,7 +307,7 @@ def fit(model: nn.Module, study: Study, args, generator: torch.Generator, device
             torch.cuda.reset_peak_memory_stats(device)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        tr = train_one_epoch(model, study.loaders["train"], study.train_transform, criterion, optimizer, device,
+        tr = train_one_epoch(train_model, study.loaders["train"], study.train_transform, criterion, optimizer, device,
                              amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}")
         va = evaluate(model, study.loaders["val"], study.eval_transform, criterion, device, amp, desc="val")
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -285,16 +322,17 @@ def fit(model: nn.Module, study: Study, args, generator: torch.Generator, device
                "val_acc": va["acc"], "epoch_seconds": epoch_seconds, "train_img_per_s": tr["img_per_s"],
                "eval_img_per_s": va["img_per_s"], "peak_memory_mb": peak_memory_mb(device)}
         history.append(row)
-        for key, tb in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
-                        ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
-                        ("train_img_per_s", "throughput/train_img_per_s"),
-                        ("eval_img_per_s", "throughput/eval_img_per_s")):
-            writer.add_scalar(tb, row[key], epoch + 1)
-        writer.flush()
-        ckpt = checkpoint(epoch)
-        save_checkpoint(ckpt, run_dir / "last.pt")
-        if improved:
-            save_checkpoint(ckpt, run_dir / "best.pt")
+        ckpt = checkpoint(epoch)  # every process takes part: it gathers their RNG states
+        if main_process:
+            for key, tb in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
+                            ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
+                            ("train_img_per_s", "throughput/train_img_per_s"),
+                            ("eval_img_per_s", "throughput/eval_img_per_s")):
+                writer.add_scalar(tb, row[key], epoch + 1)
+            writer.flush()
+            save_checkpoint(ckpt, run_dir / "last.pt")
+            if improved:
+                save_checkpoint(ckpt, run_dir / "best.pt")
         log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
             f"val loss {va['loss']:.4f} acc {va['acc']:.4f}{' *' if improved else '  '}  "
             f"{epoch_seconds:.1f}s  {tr['img_per_s']:.0f} img/s")
@@ -302,8 +340,9 @@ def fit(model: nn.Module, study: Study, args, generator: torch.Generator, device
         if args.patience and epochs_without_gain >= args.patience:
             log(f"early stop: no better val accuracy for {args.patience} epochs")
             break
-    writer.close()
-
+    if main_process:
+        writer.close()
+    barrier()  # best.pt is written by rank 0
     best = load_checkpoint(run_dir / "best.pt")
     save_model.load_state_dict(best["model_state"])
     logits, labels, test_seconds = predict(model, study.loaders["test"], study.eval_transform, device, amp, desc="test")
@@ -324,8 +363,10 @@ def fit(model: nn.Module, study: Study, args, generator: torch.Generator, device
     }
     if args.resume:
         metrics["resumed_from_epoch"] = start_epoch
-    write_json(run_dir / "metrics.json", metrics)
     log(f"best val acc {best_acc:.4f} (epoch {best_epoch + 1}); test acc {te['acc']:.4f}; "
         f"{train_seconds:.0f}s training")
-    update_global_best(output_dir, run_dir / "best.pt", best_acc, run_dir, log)
+    if main_process:
+        write_json(run_dir / "metrics.json", metrics)
+        update_global_best(output_dir, run_dir / "best.pt", best_acc, run_dir, log)
+    barrier()
     return run_dir

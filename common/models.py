@@ -1,12 +1,13 @@
 """Model building, pretrained-weight resolution, freezing by mode, and rebuilding from a checkpoint."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
+
+from common.data import file_sha256
 
 # Which top-level children each (architecture, mode) trains; every other parameter is frozen.
 TRAINABLE = {
@@ -71,15 +72,6 @@ def replace_head(model: nn.Module, arch: str, num_classes: int) -> None:
         model.classifier[1] = nn.Linear(model.classifier[1].in_features, num_classes)
 
 
-def sha256_of(path: Path) -> str:
-    """sha256 of a file, for recording which weights a run used."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_pretrained(model: nn.Module, arch: str, weights: str) -> dict:
     """Load ImageNet weights into a torchvision model; returns a record of what was loaded.
 
@@ -116,7 +108,7 @@ def load_pretrained(model: nn.Module, arch: str, weights: str) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"weights from {source} do not fit torchvision {arch}: {first}; "
                            f"pass {arch} ImageNet weights") from None
-    return {"source": source, "sha256": sha256_of(path) if path.is_file() else None}
+    return {"source": source, "sha256": file_sha256(path) if path.is_file() else None}
 
 
 def freeze(model: nn.Module, arch: str, mode: str) -> None:

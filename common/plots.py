@@ -1,8 +1,6 @@
 """Figures: confusion matrix, training curves, image grids and run comparisons, saved atomically as PNG."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,18 +9,13 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common.data import atomic_write  # noqa: E402
+
 
 def save_figure(fig, path: Path, dpi: int = 120) -> None:
-    """Write a figure as PNG via a temporary file and os.replace, then close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
+    """Write a figure as PNG atomically, then close it."""
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
     finally:
         plt.close(fig)
 

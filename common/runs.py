@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from common.data import atomic_write_text
+from common.data import atomic_write, atomic_write_text
 
 CKPT_FORMAT = "animals10-ckpt/1"
 
@@ -37,15 +35,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    """torch.save via a temporary file and os.replace: a kill never leaves a half-written checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save atomically: a kill never leaves a half-written checkpoint."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: Path | str, map_location="cpu") -> dict:

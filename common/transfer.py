@@ -15,6 +15,7 @@ from tqdm import tqdm
 from common.data import (DECODE_VERSION, IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_data_args, eval_transform,
                          train_transform)
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, seed_everything
+from common.distributed import is_main
 from common.models import MODES, build_model
 from common.runs import save_checkpoint
 
@@ -72,7 +73,8 @@ def headless(model: nn.Module, arch: str):
 def extract_features(model: nn.Module, arch: str, images, split: Split, transform, device: torch.device,
                      batch_size: int = 64) -> torch.Tensor:
     """Pooled backbone features of every image in the split (eval mode, centre crop), in split order."""
-    loader = BatchLoader(images, split.labels, np.arange(len(split.entries)), batch_size, device)
+    loader = BatchLoader(images, split.labels, np.arange(len(split.entries)), batch_size, device,
+                         rank=0, world_size=1)  # every process needs all features
     model.eval()
     out = []
     with headless(model, arch):
@@ -92,7 +94,7 @@ def cached_features(model, arch, weights: dict, images, split, transform, device
     feats = extract_features(model, arch, images, split, transform, device)
     seconds = time.perf_counter() - t0
     log(f"extracted {tuple(feats.shape)} features in {seconds:.1f}s")
-    if weights["sha256"]:
+    if weights["sha256"] and is_main():
         cache_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint(feats, path)
     return feats, seconds
@@ -106,14 +108,14 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
         raise SystemExit(f"error: --cache-features needs a frozen backbone; use it with --mode fc, not {args.mode}")
     if args.lr_decay != 1.0 and args.mode != "full":
         raise SystemExit("error: --lr-decay sets per-block rates for --mode full only")
-    generator = seed_everything(args.seed)
+    generators = seed_everything(args.seed)
     model, weights = build_model(arch, len(split.classes), args.mode, args.weights)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
     model = model.to(device, memory_format=torch.channels_last)
     mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, args.crop_size
     eval_tf = partial(eval_transform, crop=crop, mean=mean, std=std)
     train_tf = eval_tf if args.no_augment else partial(
-        train_transform, crop=crop, mean=mean, std=std, generator=generator,
+        train_transform, crop=crop, mean=mean, std=std, generator=generators["augment"],
         scale=(args.scale_min, 1.0), jitter=args.jitter)
     meta = {"img_size": args.img_size, "crop_size": crop, "mean": list(mean), "std": list(std), "weights": weights}
     extra = {}
@@ -125,12 +127,12 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
         images, trained, save_model = feats.to(device), getattr(model, HEAD[arch]), model
         train_tf = eval_tf = nn.Identity()
     loaders = {name: BatchLoader(images, split.labels, split.indices[name], args.batch_size, device,
-                                 shuffle=name == "train", generator=generator, drop_last=name == "train")
+                                 shuffle=name == "train", generator=generators["data"], drop_last=name == "train")
                for name in ("train", "val", "test")}
     lr_of = None
     if args.lr_decay != 1.0:
         lr_of = lambda name: args.lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
     optimizer = make_optimizer(param_groups(trained, args.weight_decay, args.lr, lr_of), args)
     study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta)
-    return fit(trained, study, args, generator, device, optimizer=optimizer, save_model=save_model,
+    return fit(trained, study, args, generators, device, optimizer=optimizer, save_model=save_model,
                extra_metrics=extra, log=log)

@@ -1,0 +1,57 @@
+"""torchrun with DistributedDataParallel on the CPU (gloo, 2 processes on loopback) against one process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from common.runs import load_checkpoint
+from conftest import ROOT, tiny_args
+
+# ResNet-18 fc mode: frozen BatchNorm in eval mode and no dropout, so two processes with batch 8
+# must follow one process with batch 16 step for step (SyncBatchNorm needs GPUs).
+COMMON = ["--mode", "fc", "--weights", "none", "--no-augment", "--sched", "none", "--lr", "3e-3",
+          "--label-smoothing", "0"]
+
+
+def run(argv: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+    script = str(ROOT / "part2_resnet18.py")
+    cmd = [sys.executable, script, *argv] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0 and "Address already in use" in proc.stderr:
+        pytest.skip("no free loopback port for torchrun's rendezvous")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def runs_in(out):
+    return [p for p in out.iterdir() if p.is_dir() and p.name.endswith("resnet18-fc")]
+
+
+def test_two_processes_match_one_and_resume(dataset, tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    run(tiny_args(dataset, single, *COMMON, "--epochs", "2", "--batch-size", "16"))
+    run(tiny_args(dataset, multi, *COMMON, "--epochs", "1", "--batch-size", "8"), nproc=2)
+    (run_dir,) = runs_in(multi)  # only rank 0 writes a run folder
+    assert (multi / "best.pt").exists()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["world_size"] == 2
+    # Continue the two-process run to epoch 2, as after a kill at the end of epoch 1.
+    run(tiny_args(dataset, multi, *COMMON, "--epochs", "2", "--batch-size", "8", "--resume",
+                  str(run_dir / "last.pt")), nproc=2)
+    assert runs_in(multi) == [run_dir]
+    a = load_checkpoint(runs_in(single)[0] / "last.pt")
+    b = load_checkpoint(run_dir / "last.pt")
+    assert b["epoch"] == 1 and len(b["rng"]) == 2
+    for key in ("fc.weight", "fc.bias"):
+        torch.testing.assert_close(b["model_state"][key], a["model_state"][key], rtol=1e-4, atol=1e-5)
+    assert [h["val_acc"] for h in b["history"]] == pytest.approx([h["val_acc"] for h in a["history"]])
+    assert [h["train_loss"] for h in b["history"]] == pytest.approx([h["train_loss"] for h in a["history"]], rel=1e-4)
+    ma = json.loads((runs_in(single)[0] / "metrics.json").read_text())
+    mb = json.loads((run_dir / "metrics.json").read_text())
+    assert mb["test_acc"] == pytest.approx(ma["test_acc"]) and mb["resumed_from_epoch"] == 1
