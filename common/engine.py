@@ -131,7 +131,8 @@ def predict(model: nn.Module, loader: Iterable, transform: Transform, device: to
         labels.append(y.cpu())
     seconds = time.perf_counter() - start
     if not logits:  # this process's shard was empty
-        return gather_cat(torch.zeros(0, 0)), gather_cat(torch.zeros(0, dtype=torch.long)), seconds
+        # 1-D empty tensors are skipped by torch.cat, whatever the other processes' shapes
+        return gather_cat(torch.empty(0)), gather_cat(torch.empty(0, dtype=torch.long)), seconds
     return gather_cat(torch.cat(logits)), gather_cat(torch.cat(labels)), seconds
 
 

@@ -13,6 +13,8 @@ import torchvision
 from torch import nn
 
 import part2_mobilenet
+from common import transfer
+from common.engine import param_groups
 from common.models import TV_WEIGHTS, WeightsError, build_model, count_parameters, load_pretrained, set_train_mode
 from common.runs import load_checkpoint
 from conftest import ROOT, tiny_args
@@ -138,3 +140,16 @@ def test_part2_cli_errors(dataset, tmp_path, argv, message):
                            *tiny_args(dataset, tmp_path / "runs", "--epochs", "1"), *argv],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_lr_decay_gives_deeper_blocks_smaller_rates():
+    model, _ = build_model("resnet18", 10, "full")
+    lr_of = lambda name: 1e-3 * 0.5 ** transfer.block_depth("resnet18", name)  # noqa: E731
+    groups = param_groups(model, 1e-4, 1e-3, lr_of)
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert rate[id(model.fc.weight)] == 1e-3 and rate[id(model.layer4[0].conv1.weight)] == 5e-4
+    assert rate[id(model.layer1[0].conv1.weight)] == 1e-3 / 16 and rate[id(model.conv1.weight)] == 1e-3 / 32
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    mnv2, _ = build_model("mobilenet_v2", 10, "full")
+    depths = {transfer.block_depth("mobilenet_v2", n) for n, _ in mnv2.named_parameters()}
+    assert depths == {0, 1, 2, 3, 4}
