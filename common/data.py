@@ -100,7 +100,7 @@ def parse_split_sizes(text: str, per_class: int) -> tuple[float, float, float]:
     return sizes  # type: ignore[return-value]
 
 
-def class_split_sizes(cls: str, available: int, sizes: Sequence[float], per_class: int) -> tuple[int, int, int]:
+def class_split_sizes(cls: str, available: int, sizes: Sequence[float]) -> tuple[int, int, int]:
     """Train/val/test counts for one class: exact counts, or fractions of what the class has."""
     if isinstance(sizes[0], int):
         if available < sum(sizes):
@@ -289,7 +289,7 @@ def create_split(data_dir: Path, per_class: int, sizes: Sequence[float], seed: i
                     hash_paths.append(rel)
                 seen_sha[sha] = rel
                 chosen.append((name, img, sha, path.stat().st_size))
-        n_train, n_val, n_test = class_split_sizes(cls, len(chosen), sizes, per_class)
+        n_train, n_val, n_test = class_split_sizes(cls, len(chosen), sizes)
         class_sizes[cls] = [n_train, n_val, n_test]
         bounds = np.cumsum([0, n_train, n_val, n_test])
         for subset, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
