@@ -28,13 +28,12 @@ import io
 import json
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
-from common.data import (IMAGENET_MEAN, IMAGENET_STD, BatchLoader, DataError, add_data_args, atomic_write_text, eval_transform,
-                         prepare_data, to_device, train_transform, upscale_check)
+from common.data import (IMAGENET_MEAN, IMAGENET_STD, DataError, add_augment_args, add_data_args, atomic_write_text,
+                         make_loaders, make_transforms, prepare_data, to_device, upscale_check)
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
 from common.models import build_model
@@ -48,10 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_data_args(parser)
     add_train_args(parser, lr=1e-3, epochs=40, batch_size=32)
-    parser.add_argument("--scale-min", type=float, default=0.25,
-                        help="smallest crop area of the random-resized crop (1 = plain random 224 crop of 256)")
-    parser.add_argument("--jitter", type=float, default=0.3, help="brightness/contrast/saturation jitter (0 = off)")
-    parser.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
+    add_augment_args(parser, scale_min=0.25, jitter=0.3)
     parser.add_argument("--dropout", type=float, default=0.3, help="dropout before the linear head")
     parser.add_argument("--sweep", action="store_true", help="train every --lrs x --batch-sizes configuration")
     parser.add_argument("--lrs", default="1e-2,1e-3,1e-4", help="learning rates of the sweep")
@@ -65,19 +61,11 @@ def train(args, split, images, device) -> Path:
     model, weights = build_model(ARCH, len(split.classes))
     model.classifier[1].p = args.dropout
     model = model.to(device, memory_format=torch.channels_last)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    scale = None if args.scale_min >= 1 else (args.scale_min, 1.0)
-    eval_tf = partial(eval_transform, crop=args.crop_size, mean=mean, std=std)
-    loaders = {name: BatchLoader(images, split.labels, split.indices[name], args.batch_size, device,
-                                 shuffle=name == "train", generator=generators["data"], drop_last=name == "train")
-               for name in ("train", "val", "test")}
-    study = Study(split, loaders,
-                  eval_tf if args.no_augment else partial(
-                      train_transform, crop=args.crop_size, mean=mean, std=std, generator=generators["augment"],
-                      scale=scale, jitter=args.jitter),
-                  eval_tf, ARCH, "full",
-                  meta={"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(mean),
-                        "std": list(std), "weights": weights})
+    train_tf, eval_tf = make_transforms(args, generators["augment"])
+    loaders = make_loaders(images, split, args.batch_size, device, generators["data"])
+    meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "weights": weights}
+    study = Study(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
     return fit(model, study, args, generators, device)
 
 

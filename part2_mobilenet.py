@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from common.data import DataError, prepare_data, to_device, upscale_check
-from common.distributed import cleanup, init_distributed, is_main
-from common.engine import resolve_device
+from common.data import DataError
 from common.models import WeightsError
 from common.runs import CheckpointError
 from common import transfer
@@ -30,15 +28,7 @@ def get_args_parser():
 
 
 def main(args) -> None:
-    init_distributed(args.device)  # a no-op unless started by torchrun
-    try:
-        device = resolve_device(args.device)
-        log = print if is_main() else (lambda *a, **k: None)
-        split, images = prepare_data(args, log)
-        upscale_check(images, args.crop_size)
-        transfer.train(args, ARCH, split, to_device(images, device), device, log)
-    finally:
-        cleanup()
+    transfer.main(args, ARCH)
 
 
 if __name__ == "__main__":

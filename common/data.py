@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -77,6 +78,34 @@ def add_data_args(parser) -> None:
     g.add_argument("--img-size", type=int, default=256, help="images are resized to this square size and cached")
     g.add_argument("--crop-size", type=int, default=224, help="networks see crops of this size")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
+
+
+def add_augment_args(parser, scale_min: float, jitter: float) -> None:
+    """Augmentation arguments of the training scripts, with the script's defaults."""
+    g = parser.add_argument_group("augmentation")
+    g.add_argument("--scale-min", type=float, default=scale_min,
+                   help="smallest crop area of the random-resized crop (1 = plain random crop of --crop-size)")
+    g.add_argument("--jitter", type=float, default=jitter, help="brightness/contrast/saturation jitter (0 = off)")
+    g.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
+
+
+def make_transforms(args, generator: torch.Generator, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> tuple[Callable, Callable]:
+    """(train, eval) batch transforms from the parsed arguments."""
+    eval_tf = partial(eval_transform, crop=args.crop_size, mean=mean, std=std)
+    if args.no_augment:
+        return eval_tf, eval_tf
+    scale = None if args.scale_min >= 1 else (args.scale_min, 1.0)
+    return partial(train_transform, crop=args.crop_size, mean=mean, std=std, generator=generator,
+                   scale=scale, jitter=args.jitter), eval_tf
+
+
+def make_loaders(images, split: "Split", batch_size: int, device: torch.device,
+                 generator: torch.Generator) -> dict[str, "BatchLoader"]:
+    """Train (shuffled, full batches only), val and test loaders over the split."""
+    return {name: BatchLoader(images, split.labels, split.indices[name], batch_size, device,
+                              shuffle=name == "train", generator=generator, drop_last=name == "train")
+            for name in ("train", "val", "test")}
 
 
 def parse_split_sizes(text: str, per_class: int) -> tuple[float, float, float]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import time
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.data import (DECODE_VERSION, IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_data_args, eval_transform,
-                         train_transform)
-from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, seed_everything
-from common.distributed import is_main
+from common.data import (DECODE_VERSION, IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_augment_args,
+                         add_data_args, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
+from common.distributed import cleanup, init_distributed, is_main
+from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
 from common.models import MODES, build_model
 from common.runs import save_checkpoint
 
@@ -36,9 +35,7 @@ def get_args_parser(arch: str, description: str) -> argparse.ArgumentParser:
                         help="fc mode: run the frozen backbone once (no augmentation) and train the head on its features")
     parser.add_argument("--lr-decay", type=float, default=1.0,
                         help="full mode: each block deeper from the head gets this factor more learning rate decay")
-    parser.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
-    parser.add_argument("--scale-min", type=float, default=0.35, help="smallest crop area of the random-resized crop")
-    parser.add_argument("--jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter")
+    add_augment_args(parser, scale_min=0.35, jitter=0.2)
     add_data_args(parser)
     add_train_args(parser, lr=None, epochs=20, batch_size=32)
     parser.set_defaults(weight_decay=1e-4, lr=None)
@@ -112,12 +109,10 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     model, weights = build_model(arch, len(split.classes), args.mode, args.weights)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
     model = model.to(device, memory_format=torch.channels_last)
-    mean, std, crop = IMAGENET_MEAN, IMAGENET_STD, args.crop_size
-    eval_tf = partial(eval_transform, crop=crop, mean=mean, std=std)
-    train_tf = eval_tf if args.no_augment else partial(
-        train_transform, crop=crop, mean=mean, std=std, generator=generators["augment"],
-        scale=(args.scale_min, 1.0), jitter=args.jitter)
-    meta = {"img_size": args.img_size, "crop_size": crop, "mean": list(mean), "std": list(std), "weights": weights}
+    crop = args.crop_size
+    train_tf, eval_tf = make_transforms(args, generators["augment"])
+    meta = {"img_size": args.img_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "weights": weights}
     extra = {}
     trained, save_model = model, None
     if args.cache_features:
@@ -126,9 +121,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
         extra["feature_extraction_seconds"] = seconds
         images, trained, save_model = feats.to(device), getattr(model, HEAD[arch]), model
         train_tf = eval_tf = nn.Identity()
-    loaders = {name: BatchLoader(images, split.labels, split.indices[name], args.batch_size, device,
-                                 shuffle=name == "train", generator=generators["data"], drop_last=name == "train")
-               for name in ("train", "val", "test")}
+    loaders = make_loaders(images, split, args.batch_size, device, generators["data"])
     lr_of = None
     if args.lr_decay != 1.0:
         lr_of = lambda name: args.lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
@@ -136,3 +129,16 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta)
     return fit(trained, study, args, generators, device, optimizer=optimizer, save_model=save_model,
                extra_metrics=extra, log=log)
+
+
+def main(args, arch: str) -> Path:
+    """What part2_resnet18.py and part2_mobilenet.py run: data, then one fine-tuning run (also under torchrun)."""
+    init_distributed(args.device)  # a no-op unless started by torchrun
+    try:
+        device = resolve_device(args.device)
+        log = print if is_main() else (lambda *a, **k: None)
+        split, images = prepare_data(args, log)
+        upscale_check(images, args.crop_size)
+        return train(args, arch, split, to_device(images, device), device, log)
+    finally:
+        cleanup()
