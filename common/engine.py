@@ -55,8 +55,10 @@ def resolve_device(name: str) -> torch.device:
         raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and is_distributed():
-        return torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK by init_distributed
+    if name == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
+        if is_distributed():
+            return torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK by init_distributed
     return torch.device(name)
 
 
