@@ -1,0 +1,315 @@
+"""app.py: predictions of a hand-built model with known answers, bad uploads, the JSON endpoints, the CLI, and
+the page in a real headless Chromium."""
+from __future__ import annotations
+
+import base64
+import functools
+import http.client
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import app
+from common.data import decode_image, display_name, eval_transform, load_or_create_split
+from common.models import ScratchCNN
+from common.runs import CKPT_FORMAT, save_checkpoint
+from conftest import ANIMALS, ROOT, make_dataset
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+IMG, CROP = 72, 64
+# BGR colours and the class the hand-built model must give them.
+RED, GREEN, BLUE = (0, 0, 255), (0, 255, 0), (255, 0, 0)
+KNOWN = [(RED, 0), (GREEN, 1), (BLUE, 2)]
+
+
+def colour_model() -> ScratchCNN:
+    """A scratch CNN that classifies by colour: red -> class 0, green -> 1, blue -> 2 (with mean 0, std 1).
+
+    Every conv passes the R, G, B channels through its centre tap, BatchNorm is the identity, ReLU and
+    max-pooling keep the non-negative values, so the pooled features are the image's colour; the head
+    scores class k by channel k minus the other two.
+    """
+    model = ScratchCNN(len(ANIMALS))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.zero_()
+                for c in range(3):
+                    m.weight[c, c, 1, 1] = 1
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_parameters()
+        head = model.classifier[-1]
+        head.weight.zero_()
+        head.bias.zero_()
+        for k in range(3):
+            head.weight[k, :3] = -12.0
+            head.weight[k, k] = 12.0
+    return model.eval()
+
+
+def encode(img: np.ndarray, ext: str = ".png") -> bytes:
+    ok, buf = cv2.imencode(ext, img)
+    assert ok
+    return buf.tobytes()
+
+
+def solid(bgr, h: int = 90, w: int = 120, seed: int = 0) -> np.ndarray:
+    """A noisy image of one colour, not square, so the resize and crop are exercised."""
+    noise = np.random.default_rng(seed).integers(-20, 21, (h, w, 3))
+    return np.clip(np.array(bgr)[None, None] + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """A runs folder: runs/best.pt (the colour model, with a real saved split), a copy in a run folder and a
+    run whose checkpoint records no split."""
+    root = tmp_path_factory.mktemp("app")
+    data = make_dataset(root / "raw-img")
+    out = root / "runs"
+    split, _ = load_or_create_split(data, out / "split.json", per_class=20, sizes=(12, 4, 4), img_size=IMG,
+                                    log=lambda *a: None)
+    ckpt = {"format": CKPT_FORMAT, "arch": "scratch_cnn", "mode": "full", "classes": split.classes,
+            "display_names": [display_name(c) for c in split.classes], "img_size": IMG, "crop_size": CROP,
+            "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "model_state": colour_model().state_dict(),
+            "best_val_acc": 1.0, "split_fingerprint": split.fingerprint,
+            "config": {"data_dir": str(data), "output_dir": str(out), "split_file": None}}
+    save_checkpoint(ckpt, out / "best.pt")
+    save_checkpoint(ckpt, out / "20260101-000000-scratch_cnn-full" / "best.pt")
+    foreign = {k: v for k, v in ckpt.items() if k not in ("config", "split_fingerprint")}
+    save_checkpoint(foreign, out / "20250101-000000-nosplit" / "best.pt")
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(runs) -> app.ModelBundle:
+    return app.load_bundle(runs / "best.pt", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_known_answers_and_pipeline_match(bundle, runs, tmp_path, ext):
+    for bgr, k in KNOWN:
+        data = encode(solid(bgr), ext)
+        r = app.predict_image(bundle, data)
+        assert "error" not in r, r
+        probs = [c["prob"] for c in r["top5"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+        assert r["top5"][0]["folder"] == ANIMALS[k] and r["top5"][0]["name"] == display_name(ANIMALS[k])
+        assert 0.99 < sum(probs) <= 1 + 1e-6 and probs[0] > 0.99
+        for key in ("image_png", "overlay_png"):
+            png = base64.b64decode(r[key])
+            assert png[:8] == b"\x89PNG\r\n\x1a\n"
+            assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED).shape == (CROP, CROP, 3)
+        # The same file through the project's own decode and eval transform gives the same probabilities.
+        path = tmp_path / f"img{k}{ext}"
+        path.write_bytes(data)
+        assert (app.decode_upload(data, IMG) == decode_image(path, IMG)).all()
+        x = eval_transform(torch.from_numpy(decode_image(path, IMG)).permute(2, 0, 1)[None], CROP, [0.0] * 3, [1.0] * 3)
+        with torch.no_grad():
+            expected = bundle.model(x).softmax(1)[0].topk(5).values
+        assert probs == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_grayscale_rgba_and_16_bit_uploads_work(bundle):
+    gray = cv2.cvtColor(solid(RED), cv2.COLOR_BGR2GRAY)
+    rgba = np.dstack([solid(RED), np.full((90, 120), 255, np.uint8)])
+    red16 = solid(RED).astype(np.uint16) * 257
+    for data in (encode(gray), encode(gray, ".jpg"), encode(rgba), encode(red16)):
+        r = app.predict_image(bundle, data)
+        assert "error" not in r and len(r["top5"]) == 5, r
+    assert app.predict_image(bundle, encode(rgba))["top5"][0]["name"] == "dog"
+    assert app.predict_image(bundle, encode(red16))["top5"][0]["name"] == "dog"
+    rgba[:, :60, 3] = 0  # transparent on the left: composited on white, as in training
+    rgb = app.decode_upload(encode(rgba), IMG)
+    assert (rgb[:, :30] == 255).all() and (rgb[:, -30:, 0] > 200).all() and (rgb[:, -30:, 1:] < 60).all()
+
+
+BAD = ["empty", "text", "bmp", "truncated jpeg", "truncated png", "jpeg header only", "corrupt png", "1x1",
+       "over 40 megapixels", "over 20 MB"]
+
+
+@functools.cache
+def bad_uploads() -> dict[str, tuple[bytes, str]]:
+    """Name -> (bytes, part of the expected message)."""
+    jpg, png = encode(solid(GREEN), ".jpg"), encode(solid(GREEN))
+    idat = png.index(b"IDAT")
+    corrupt_png = png[:idat + 8] + bytes(b ^ 0x5A for b in png[idat + 8:idat + 40]) + png[idat + 40:]
+    huge = np.zeros((6000, 7000), np.uint8)  # 42 megapixels, a few kB as PNG
+    return {
+        "empty": (b"", "the file is empty"),
+        "text": (b"just some text, not an image\n" * 10, "not a JPEG or PNG image"),
+        "bmp": (encode(solid(GREEN), ".bmp"), "not a JPEG or PNG image"),
+        "truncated jpeg": (jpg[:len(jpg) // 2], "JPEG file is truncated"),
+        "truncated png": (png[:len(png) // 2], "PNG file is truncated"),
+        "jpeg header only": (jpg[:20], "JPEG file is truncated or corrupt"),
+        "corrupt png": (corrupt_png, "corrupt and cannot be decoded"),
+        "1x1": (encode(np.zeros((1, 1, 3), np.uint8)), "only 1x1 pixels"),
+        "over 40 megapixels": (encode(huge), "7000x6000 (42 megapixels), more than the 40 allowed"),
+        "over 20 MB": (jpg + bytes(21 * 2**20), "more than the 20 MB allowed"),
+    }
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_uploads_give_clear_messages(bundle, name):
+    data, message = bad_uploads()[name]
+    assert message in app.predict_image(bundle, data)["error"]
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    """The app's server on a free loopback port, in a thread."""
+    checkpoints = app.Checkpoints(runs, runs / "best.pt", torch.device("cpu"))
+    srv = app.AppServer(("127.0.0.1", 0), checkpoints)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def call(srv, path: str, data: bytes | None = None) -> tuple[int, dict | str]:
+    url = f"http://127.0.0.1:{srv.server_address[1]}{path}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60) as r:
+            body, status, kind = r.read(), r.status, r.headers["Content-Type"]
+    except urllib.error.HTTPError as e:
+        body, status, kind = e.read(), e.code, e.headers["Content-Type"]
+    return status, json.loads(body) if kind == "application/json" else body.decode()
+
+
+def test_endpoints(server, runs):
+    status, page = call(server, "/")
+    assert status == 200 and 'id="file"' in page and not re.search(r"https?:|//cdn", page)  # works offline
+    status, r = call(server, "/checkpoints")
+    names = [str(runs / "best.pt"), str(runs / "20260101-000000-scratch_cnn-full" / "best.pt"),
+             str(runs / "20250101-000000-nosplit" / "best.pt")]
+    assert status == 200 and r == {"checkpoints": names, "default": names[0]}
+
+    status, r = call(server, "/predict", encode(solid(BLUE)))
+    assert status == 200 and r["top5"][0]["name"] == "elephant" and r["model"]["checkpoint"] == names[0]
+    status, r = call(server, f"/predict?ckpt={urllib.parse.quote(names[1])}", encode(solid(GREEN)))
+    assert status == 200 and r["top5"][0]["name"] == "horse" and r["model"]["checkpoint"] == names[1]
+    status, r = call(server, "/predict", b"GIF89a not really")
+    assert status == 400 and "not a JPEG or PNG" in r["error"]
+    status, r = call(server, "/predict?ckpt=/etc/passwd", encode(solid(GREEN)))
+    assert status == 400 and "no checkpoint named '/etc/passwd'" in r["error"]
+
+    status, r = call(server, "/test-images")
+    assert status == 200 and len(r["images"]) == 40 and "saved test split" in r["note"]
+    first = r["images"][0]
+    status, p = call(server, "/test-image/0")
+    assert status == 200 and p["name"] == first["name"] and p["true_label"] == first["label"] == "dog"
+    assert call(server, "/test-image/40")[0] == 404 and call(server, "/test-image/x")[0] == 404
+    status, r = call(server, f"/test-images?ckpt={urllib.parse.quote(names[2])}")
+    assert status == 200 and r["images"] == [] and "records no saved split" in r["note"]
+    assert call(server, "/nothing")[0] == 404
+
+    # Each checkpoint was loaded once and is reused.
+    loaded = server.checkpoints.get(names[0])
+    call(server, "/predict", encode(solid(RED)))
+    assert server.checkpoints.get(names[0]) is loaded and len(server.checkpoints._models) == 3
+
+
+@pytest.mark.parametrize("length, status, message", [(str(50 * 2**20), 413, "more than the 20 MB allowed"),
+                                                      ("-1", 411, "no valid Content-Length")])
+def test_bad_request_sizes_are_refused_unread(server, length, status, message):
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Length", length)  # announced, never sent
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == status and message in json.loads(response.read())["error"]
+    conn.close()
+
+
+def run_app(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_start_up_errors(runs, tmp_path):
+    proc = run_app("--ckpt", str(tmp_path / "missing.pt"), "--runs-dir", str(runs))
+    assert proc.returncode == 1 and proc.stderr.startswith("error: checkpoint") and "does not exist" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = run_app("--ckpt", str(runs / "best.pt"), "--runs-dir", str(runs), "--port", str(taken.getsockname()[1]))
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot listen on 127.0.0.1:")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--port" in proc.stderr
+
+
+@pytest.fixture
+def browser():
+    """Debian's Chromium driven by Playwright, or a skip saying what is missing."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no {CHROMIUM}: install Debian's chromium (apt-get install chromium) to run the browser test")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    try:
+        pw = playwright_api.sync_playwright().start()
+    except Exception as e:
+        pytest.skip(f"Playwright's driver cannot run here: {type(e).__name__}: {e}")
+    try:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+    except Exception as e:
+        pw.stop()
+        pytest.skip(f"Chromium cannot start here: {str(e).splitlines()[0]}")
+    yield b
+    b.close()
+    pw.stop()
+
+
+def test_page_in_chromium(runs, browser):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--ckpt", str(runs / "best.pt"), "--runs-dir",
+                             str(runs), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert match, f"the app did not start: {line + proc.stdout.read() if proc.poll() is not None else line!r}"
+        # Drain the request log so a full pipe never blocks the server.
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        page = browser.new_page()
+        # expect() polls through locators; wait_for_function would need eval, which the page's CSP forbids.
+        from playwright.sync_api import expect
+        page.set_default_timeout(30_000)
+        expect.set_options(timeout=30_000)
+        page.goto(match.group(0))
+        expect(page.locator("#ckpt option")).to_have_count(3)
+
+        red = {"name": "red.png", "mimeType": "image/png", "buffer": encode(solid(RED))}
+        page.set_input_files("#file", files=[red])
+        expect(page.locator("#top1")).to_have_text(re.compile(r"^dog \(\d+\.\d%\)$"))
+        expect(page.locator("#top5 tr")).to_have_count(5)
+        expect(page.locator("#error")).to_be_hidden()
+        expect(page.locator("#heatmap-caption")).to_have_text("Grad-CAM for dog")
+        expect(page.locator("#heatmap-img")).to_have_attribute("src", re.compile("^data:image/png;base64,"))
+        assert page.locator("#heatmap-img").evaluate("img => img.naturalWidth") == CROP
+
+        # Another checkpoint re-runs the shown image with that model.
+        other = str(runs / "20260101-000000-scratch_cnn-full" / "best.pt")
+        page.select_option("#ckpt", other)
+        expect(page.locator("#meta")).to_have_text(re.compile("^" + re.escape(other + ":")))
+        expect(page.locator("#top1")).to_have_text(re.compile("^dog"))
+
+        expect(page.locator("#test")).to_be_enabled()
+        page.select_option("#test", "0")
+        expect(page.locator("#top1")).to_contain_text("true label: dog")
+
+        page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+        expect(page.locator("#error")).to_contain_text("not a JPEG or PNG image")
+        expect(page.locator("#result")).to_be_hidden()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
