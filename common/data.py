@@ -502,12 +502,11 @@ class BatchLoader:
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 or [0, 1] float N x 3 x H x W -> normalised float."""
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255)
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
+    """uint8 or [0, 1] float N x 3 x H x W -> normalised float, in one fused pass."""
+    scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
+    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return torch.addcmul(-m / s, x.float(), scale / s)
 
 
 def eval_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -528,11 +527,12 @@ def train_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Sequ
     g = generator
     dev = x.device
     if scale is None:
-        # Classic random crop of crop x crop pixels at a random offset.
+        # Classic random crop of crop x crop pixels at a random offset; cropping and flipping stay in uint8.
         top = torch.randint(0, h - crop + 1, (n,), generator=g).tolist()
         left = torch.randint(0, w - crop + 1, (n,), generator=g).tolist()
-        out = torch.stack([x[i, :, t:t + crop, l:l + crop] for i, (t, l) in enumerate(zip(top, left))])
-        out = out.float().div_(255)
+        flip = (torch.rand(n, generator=g) < 0.5).tolist()
+        tiles = (x[i, :, t:t + crop, l:l + crop] for i, (t, l) in enumerate(zip(top, left)))
+        out = torch.stack([tile.flip(-1) if f else tile for tile, f in zip(tiles, flip)])
     else:
         area = h * w * torch.empty(n).uniform_(*scale, generator=g)
         log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
@@ -544,10 +544,10 @@ def train_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Sequ
         boxes = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], 1).to(dev)
         out = roi_align(x.float(), boxes, output_size=crop, spatial_scale=1.0, sampling_ratio=2, aligned=True)
         out = out.div_(255)
-    flip = (torch.rand(n, generator=g) < 0.5).to(dev)
-    out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+        flip = (torch.rand(n, generator=g) < 0.5).to(dev)
+        out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
     if jitter > 0:
-        out = _color_jitter(out, jitter, g)
+        out = _color_jitter(out.float() / 255 if out.dtype == torch.uint8 else out, jitter, g)
     return normalize(out, mean, std)
 
 
