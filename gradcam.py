@@ -118,11 +118,12 @@ def main(args) -> None:
               f"({n_err} misclassified)")
 
     x = transform(torch.from_numpy(np.ascontiguousarray(pixels[chosen])).permute(0, 3, 1, 2).to(device))
+    with torch.no_grad():
+        pred_logits = model(x)
+    target = pred_logits.argmax(1)
+    if args.target_class:
+        target = torch.full_like(target, class_index(args.target_class, classes))
     with GradCAM(model, layer) as cam:
-        pred_logits = model(x).detach()
-        target = pred_logits.argmax(1)
-        if args.target_class:
-            target = torch.full_like(target, class_index(args.target_class, classes))
         heat, _ = cam(x, target)
     heat = heat.cpu().numpy()
     probs = pred_logits.softmax(1).cpu().numpy()

@@ -64,7 +64,8 @@ class GradCAM:
     def _forward_hook(self, module, inputs, output) -> None:
         # Clone: an in-place op after this layer would otherwise change the saved values.
         self.activations = output.detach().clone()
-        output.register_hook(self._save_gradient)
+        if output.requires_grad:  # plain forward passes through a frozen model inside the block build no graph
+            output.register_hook(self._save_gradient)
 
     def _save_gradient(self, grad: torch.Tensor) -> None:
         self.gradients = grad.detach()

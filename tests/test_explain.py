@@ -77,8 +77,9 @@ def test_gradcam_on_our_models_frozen_and_in_place(arch, mode, layer):
         p.requires_grad_(False)  # fully frozen
     model.eval()
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():  # also works inside an outer no_grad block
+    with torch.no_grad():  # also works inside an outer no_grad block, beside plain forward passes
         with GradCAM(model, find_layer(model, layer)) as cam:
+            model(x)
             heat, _ = cam(x)
     assert heat.shape == (2, 64, 64) and heat.min() >= 0 and heat.max() <= 1
     assert (heat.flatten(1).max(1).values == 1).all()
