@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 import evaluate
-from common.data import DataError, display_name, eval_transform, to_bgr8
+from common.data import DataError, decode_bytes, display_name, eval_transform
 from common.engine import resolve_device
 from common.explain import DEFAULT_LAYER, GradCAM, find_layer, overlay
 from common.models import model_from_checkpoint
@@ -111,7 +111,7 @@ def image_header(data: bytes) -> tuple[str, int, int, int]:
 
 
 def decode_upload(data: bytes, size: int) -> np.ndarray:
-    """Uploaded bytes to RGB uint8 size x size, converted as common.data.decode_image does, or UploadError."""
+    """Uploaded bytes to RGB uint8 size x size, decoded as training decodes files, or UploadError."""
     if not data:
         raise UploadError("the file is empty; upload a .jpg or .png photo")
     if len(data) > MAX_UPLOAD_BYTES:
@@ -126,18 +126,10 @@ def decode_upload(data: bytes, size: int) -> np.ndarray:
     # OpenCV decodes a JPEG cut short without complaint (grey below the cut), so check that it ends.
     if (fmt == "JPEG" and data.find(b"\xff\xd9", start) < 0) or (fmt == "PNG" and data.rfind(b"IEND") < 0):
         raise UploadError(f"the {fmt} file is truncated (it stops before its end); upload the complete file")
-    # As decode_image: PNGs keep alpha and 16 bits for to_bgr8; JPEGs decode as colour (EXIF rotation, CMYK).
-    flags = cv2.IMREAD_UNCHANGED if fmt == "PNG" else cv2.IMREAD_COLOR
-    try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    except cv2.error:
-        img = None
+    img = decode_bytes(np.frombuffer(data, np.uint8), size)
     if img is None:
         raise UploadError(f"the {fmt} file is corrupt and cannot be decoded; upload another image")
-    img = to_bgr8(img)
-    interp = cv2.INTER_AREA if img.shape[0] * img.shape[1] > size * size else cv2.INTER_LINEAR
-    img = cv2.resize(img, (size, size), interpolation=interp)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
 
 
 def png_base64(rgb: np.ndarray) -> str:

@@ -184,19 +184,26 @@ def to_bgr8(img: np.ndarray) -> np.ndarray:
     return img[..., :3]
 
 
-def decode_image(path: Path, size: int) -> np.ndarray | None:
-    """Decode an image file to RGB uint8 resized to size x size; None when it cannot be decoded."""
-    data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode copes with non-ASCII paths
+def decode_bytes(data: np.ndarray, size: int) -> np.ndarray | None:
+    """Decode encoded image bytes (uint8 array) to RGB uint8 resized to size x size; None when undecodable."""
     # PNGs keep their alpha (and 16 bits) to be converted by to_bgr8; JPEGs decode as colour, which applies
     # EXIF rotation and converts grayscale and CMYK.
     flags = cv2.IMREAD_UNCHANGED if data[:4].tobytes() == b"\x89PNG" else cv2.IMREAD_COLOR
-    img = cv2.imdecode(data, flags) if data.size else None
+    try:
+        img = cv2.imdecode(data, flags) if data.size else None
+    except cv2.error:
+        img = None
     if img is None or img.shape[0] < 2 or img.shape[1] < 2:
         return None
     img = to_bgr8(img)
     interp = cv2.INTER_AREA if img.shape[0] * img.shape[1] > size * size else cv2.INTER_LINEAR
     img = cv2.resize(img, (size, size), interpolation=interp)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(path: Path, size: int) -> np.ndarray | None:
+    """Decode an image file to RGB uint8 resized to size x size; None when it cannot be decoded."""
+    return decode_bytes(np.fromfile(path, dtype=np.uint8), size)  # np.fromfile copes with non-ASCII paths
 
 
 def dhash(rgb: np.ndarray) -> int:
