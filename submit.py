@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data import IMAGE_EXTENSIONS, BatchLoader, DataError, atomic_write_text, decode_image, display_name, eval_transform
+from common.data import IMAGE_EXTENSIONS, BatchLoader, DataError, atomic_write_text, decode_many, display_name, eval_transform
 from common.engine import predict, resolve_device
 from common.metrics import collect_runs
 from common.models import model_from_checkpoint
@@ -143,18 +143,21 @@ def validate_submission(text: str, columns: list[str], expected_ids: list[str], 
     return problems
 
 
-def predict_folder(ckpt: dict, files: list[Path], device: torch.device, batch_size: int, tta: bool) -> np.ndarray:
-    """Predicted class index for each test image."""
+def decode_folder(files: list[Path], size: int) -> np.ndarray:
+    """Every test image as RGB uint8 size x size; an unreadable one is an error (each needs a prediction)."""
     pixels = []
-    for f in files:
-        img = decode_image(f, ckpt["img_size"])
+    for f, img in zip(files, decode_many(files, size)):
         if img is None:
             raise SubmissionError(f"test image {f} cannot be decoded; every test image needs a prediction, "
                                   "so restore the file from the competition's data")
         pixels.append(img)
-    images = np.stack(pixels)
+    return np.stack(pixels)
+
+
+def predict_folder(ckpt: dict, images: np.ndarray, device: torch.device, batch_size: int, tta: bool) -> np.ndarray:
+    """Predicted class index for each decoded test image."""
     model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last)
-    loader = BatchLoader(images, np.zeros(len(files), np.int64), np.arange(len(files)), batch_size, device)
+    loader = BatchLoader(images, np.zeros(len(images), np.int64), np.arange(len(images)), batch_size, device)
     transform = partial(eval_transform, crop=ckpt["crop_size"], mean=ckpt["mean"], std=ckpt["std"])
     logits, _, _ = predict(model, loader, transform, device, amp=device.type == "cuda", tta=tta, desc="predict")
     return logits.argmax(1).numpy()
@@ -234,12 +237,14 @@ def main(args) -> None:
         order = [position[i] for i in sample_ids]
 
     chosen = [Path(p) for p in args.ckpt] if args.ckpt else best_checkpoints(Path(args.runs_dir), args.top)
-    written = []
+    written, decoded = [], {}
     for path in chosen:
         ckpt = load_checkpoint(path)
         name = path.parent.name if path.parent.name != Path(args.runs_dir).name else path.stem
         vocab = label_vocabulary(ckpt["classes"], args.label_form)
-        pred = predict_folder(ckpt, files, device, args.batch_size, args.tta)
+        if ckpt["img_size"] not in decoded:  # models of one size share one decode of the test folder
+            decoded[ckpt["img_size"]] = decode_folder(files, ckpt["img_size"])
+        pred = predict_folder(ckpt, decoded[ckpt["img_size"]], device, args.batch_size, args.tta)
         rows = [(ids[k], vocab[pred[k]]) for k in order]
         text = render_csv(columns, rows)
         problems = validate_submission(text, columns, ids, vocab)

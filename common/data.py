@@ -247,7 +247,8 @@ def _split_fingerprint(entries: Sequence[dict]) -> str:
     return h.hexdigest()
 
 
-def _decode_many(paths: Sequence[Path], size: int, workers: int) -> Iterator[np.ndarray | None]:
+def decode_many(paths: Sequence[Path], size: int, workers: int = 2) -> Iterator[np.ndarray | None]:
+    """decode_image over many files, in order, on a thread pool."""
     # cv2 releases the GIL while decoding and resizing, so threads scale across cores.
     with ThreadPoolExecutor(max(1, workers)) as pool:
         yield from pool.map(lambda p: decode_image(p, size), paths)
@@ -305,7 +306,7 @@ def create_split(data_dir: Path, per_class: int, sizes: Sequence[float], seed: i
         while len(chosen) < limit and start < len(order):
             batch = [files[i] for i in order[start:start + limit - len(chosen)]]
             start += len(batch)
-            for name, img in zip(batch, _decode_many([data_dir / cls / n for n in batch], img_size, workers)):
+            for name, img in zip(batch, decode_many([data_dir / cls / n for n in batch], img_size, workers)):
                 rel, path = f"{cls}/{name}", data_dir / cls / name
                 if img is None:
                     skipped.append(rel)
@@ -424,7 +425,7 @@ def load_or_build_cache(data_dir: Path, split: Split, cache_dir: Path, img_size:
     if pixels is None:
         log(f"decoding {n} images into {path} (once)")
         pixels = np.empty((n, img_size, img_size, 3), np.uint8)
-        for i, (p, img) in enumerate(zip(split.paths(data_dir), _decode_many(split.paths(data_dir), img_size, workers))):
+        for i, (p, img) in enumerate(zip(split.paths(data_dir), decode_many(split.paths(data_dir), img_size, workers))):
             if img is None:
                 raise DataError(f"{p} is in the saved split but can no longer be decoded; restore it or re-split")
             pixels[i] = img
@@ -592,7 +593,7 @@ def load_folder(data_dir: Path, classes: list[str], img_size: int, workers: int 
                         "pass a folder whose classes are the checkpoint's")
     paths = [data_dir / c / f for c, files in found.items() for f in files]
     labels, pixels, kept = [], [], []
-    for path, img in zip(paths, _decode_many(paths, img_size, workers)):
+    for path, img in zip(paths, decode_many(paths, img_size, workers)):
         if img is None:
             log(f"skipping unreadable image {path}")
             continue

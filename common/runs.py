@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def update_global_best(output_dir: Path, ckpt_path: Path, val_acc: float, run_di
             best = None
     if best is not None and best.get("val_acc", -1) >= val_acc and Path(best.get("run_dir", "")).exists():
         return False
-    save_checkpoint(torch.load(ckpt_path, map_location="cpu", weights_only=True), output_dir / "best.pt")
+    atomic_write(output_dir / "best.pt", lambda tmp: shutil.copyfile(ckpt_path, tmp))  # bytes as they are
     write_json(record_path, {"val_acc": val_acc, "run_dir": str(run_dir), "checkpoint": str(ckpt_path)})
     log(f"{output_dir / 'best.pt'} now holds {run_dir.name} (val acc {val_acc:.4f})")
     return True
