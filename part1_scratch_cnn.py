@@ -55,18 +55,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train(args, split, images, device) -> Path:
+def train(args, split, images, device, log=print) -> Path:
     """Train one configuration and return its run folder."""
     generators = seed_everything(args.seed)
     model, weights = build_model(ARCH, len(split.classes))
     model.classifier[1].p = args.dropout
     model = model.to(device, memory_format=torch.channels_last)
     train_tf, eval_tf = make_transforms(args, generators["augment"])
-    loaders = make_loaders(images, split, args.batch_size, device, generators["data"])
+    loaders = make_loaders(images, split, args, device, generators["data"], log)
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}
     study = Study(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
-    return fit(model, study, args, generators, device)
+    return fit(model, study, args, generators, device, log=log)
 
 
 def parse_list(text: str, kind, flag: str) -> list:
@@ -115,7 +115,7 @@ def run(args) -> None:
     log(f"data ready in {time.perf_counter() - t0:.1f}s: {len(split.entries)} images, {len(split.classes)} classes")
     images = to_device(images, device)
     if not args.sweep:
-        train(args, split, images, device)
+        train(args, split, images, device, log)
         return
     if args.resume:
         raise SystemExit("error: --resume continues one run; drop --sweep to resume it")
@@ -129,7 +129,7 @@ def run(args) -> None:
             run_args.lr, run_args.batch_size = lr, bs
             run_args.tag = f"lr{lr:g}-bs{bs}" + (f"-{args.tag}" if args.tag else "")
             log(f"== sweep: lr {lr:g}, batch size {bs}")
-            run_dir = train(run_args, split, images, device)
+            run_dir = train(run_args, split, images, device, log)
             metrics = json.loads((run_dir / "metrics.json").read_text())
             rows.append({**{k: metrics[k] for k in ("lr", "batch_size", "epochs_run", "best_val_acc", "best_epoch",
                                                     "test_acc", "seconds_per_epoch", "train_img_per_s")},

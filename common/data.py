@@ -25,7 +25,9 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 import torch
+from torch import nn
 from torchvision.ops import roi_align
+from torchvision.transforms import v2
 
 from common import distributed
 
@@ -78,6 +80,11 @@ def add_data_args(parser) -> None:
     g.add_argument("--img-size", type=int, default=256, help="images are resized to this square size and cached")
     g.add_argument("--crop-size", type=int, default=224, help="networks see crops of this size")
     g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
+    g.add_argument("--fraction", type=float, default=1.0,
+                   help="train on this fraction of each class's training images (stratified; val and test unchanged)")
+    g.add_argument("--imbalance", type=float, default=1.0,
+                   help="long-tailed training set: class k of C keeps n * RATIO^(-k/(C-1)) images, so the first "
+                        "class has RATIO times the last (1 = balanced)")
 
 
 def add_augment_args(parser, scale_min: float, jitter: float) -> None:
@@ -87,6 +94,14 @@ def add_augment_args(parser, scale_min: float, jitter: float) -> None:
                    help="smallest crop area of the random-resized crop (1 = plain random crop of --crop-size)")
     g.add_argument("--jitter", type=float, default=jitter, help="brightness/contrast/saturation jitter (0 = off)")
     g.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
+    g.add_argument("--auto-augment", choices=tuple(AUTO_AUGMENT), default="none",
+                   help="torchvision's RandAugment or TrivialAugmentWide on each training image before cropping")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
+    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                   help="CutMix with Beta(ALPHA, ALPHA) (0 = off); with --mixup too, each batch uses one of them")
+
+
+AUTO_AUGMENT = {"none": None, "randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
 
 
 def make_transforms(args, generator: torch.Generator, mean: Sequence[float] = IMAGENET_MEAN,
@@ -96,16 +111,94 @@ def make_transforms(args, generator: torch.Generator, mean: Sequence[float] = IM
     if args.no_augment:
         return eval_tf, eval_tf
     scale = None if args.scale_min >= 1 else (args.scale_min, 1.0)
-    return partial(train_transform, crop=args.crop_size, mean=mean, std=std, generator=generator,
-                   scale=scale, jitter=args.jitter), eval_tf
+    train_tf = partial(train_transform, crop=args.crop_size, mean=mean, std=std, generator=generator,
+                       scale=scale, jitter=args.jitter)
+    policy = AUTO_AUGMENT[args.auto_augment]
+    if policy is None:
+        return train_tf, eval_tf
+    augment = policy()
+    # One policy draw per image (a batch tensor would get one draw for all); torch's global RNG is seeded
+    # by seed_everything and saved in checkpoints, so runs stay reproducible and resumable.
+    return (lambda x: train_tf(torch.stack([augment(img) for img in x]))), eval_tf
 
 
-def make_loaders(images, split: "Split", batch_size: int, device: torch.device,
-                 generator: torch.Generator) -> dict[str, "BatchLoader"]:
-    """Train (shuffled, full batches only), val and test loaders over the split."""
-    return {name: BatchLoader(images, split.labels, split.indices[name], batch_size, device,
-                              shuffle=name == "train", generator=generator, drop_last=name == "train")
-            for name in ("train", "val", "test")}
+def train_subset(labels: np.ndarray, train_idx: np.ndarray, fraction: float = 1.0, imbalance: float = 1.0,
+                 seed: int = 0) -> np.ndarray:
+    """The training indices kept by --fraction (of every class) and --imbalance (long tail over the classes).
+
+    Each class keeps the first images of its own seeded permutation, so a smaller fraction is a subset of a
+    larger one. Class k of C keeps round(n_k * fraction * imbalance^(-k/(C-1))) images, at least one.
+    """
+    if not 0 < fraction <= 1:
+        raise DataError(f"--fraction {fraction:g} is not in (0, 1]; use e.g. --fraction 0.2")
+    if imbalance < 1:
+        raise DataError(f"--imbalance {imbalance:g} is below 1; give the ratio of the largest to the smallest class, e.g. 10")
+    train_idx = np.asarray(train_idx)
+    classes = np.unique(labels[train_idx])
+    kept = []
+    for rank, c in enumerate(classes):
+        members = train_idx[labels[train_idx] == c]
+        n = len(members) * fraction
+        if len(classes) > 1:
+            n *= imbalance ** (-rank / (len(classes) - 1))
+        order = np.random.default_rng([seed, int(c)]).permutation(len(members))
+        kept.append(members[order[:max(1, round(n))]])
+    return np.sort(np.concatenate(kept))
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights n / (C * n_c) for weighted cross-entropy (absent classes get 0)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.divide(len(labels), num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def make_loaders(images, split: "Split", args, device: torch.device, generator: torch.Generator,
+                 log=print) -> dict[str, "BatchLoader"]:
+    """Train (shuffled, full batches only; --fraction/--imbalance subset; --balance oversample), val and test loaders."""
+    train_idx = train_subset(split.labels, split.indices["train"], args.fraction, args.imbalance, args.seed)
+    if len(train_idx) != len(split.indices["train"]):
+        counts = np.bincount(split.labels[train_idx], minlength=len(split.classes))
+        log(f"training on {len(train_idx)} of {len(split.indices['train'])} training images "
+            f"(per class {counts.min()}-{counts.max()}; fraction {args.fraction:g}, imbalance {args.imbalance:g})")
+    if len(train_idx) < args.batch_size:
+        raise DataError(f"only {len(train_idx)} training images, fewer than --batch-size {args.batch_size}; "
+                        "lower --batch-size or raise --fraction")
+    sample_weights = None
+    if getattr(args, "balance", "none") == "oversample":
+        sample_weights = 1 / np.bincount(split.labels[train_idx])[split.labels[train_idx]]
+    indices = {"train": train_idx, "val": split.indices["val"], "test": split.indices["test"]}
+    return {name: BatchLoader(images, split.labels, idx, args.batch_size, device, shuffle=name == "train",
+                              generator=generator, drop_last=name == "train",
+                              sample_weights=sample_weights if name == "train" else None)
+            for name, idx in indices.items()}
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, cutmix: float,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp or CutMix of a normalised batch with a shuffled copy of itself; returns (images, soft targets).
+
+    With both alphas set, each batch uses one of the two at random (as in torchvision's references).
+    CutMix's mixing weight is the pasted box's actual share of the image, so targets always sum to one.
+    """
+    g = generator
+    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(1, generator=g).item() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    # torch's Beta sampler takes no generator; draw from numpy seeded by ours, so runs stay reproducible.
+    lam = float(np.random.default_rng(int(torch.randint(2**62, (1,), generator=g))).beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=g).to(x.device)
+    targets = nn.functional.one_hot(y, num_classes).float()
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        cy, cx = (torch.rand(2, generator=g) * torch.tensor([h, w])).long().tolist()
+        bh, bw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+        y0, y1, x0, x1 = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h), max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    return x, lam * targets + (1 - lam) * targets[perm]
 
 
 def parse_split_sizes(text: str, per_class: int) -> tuple[float, float, float]:
@@ -472,11 +565,13 @@ class BatchLoader:
     def __init__(self, images: np.ndarray | torch.Tensor, labels: np.ndarray, indices: np.ndarray,
                  batch_size: int, device: torch.device, shuffle: bool = False,
                  generator: torch.Generator | None = None, drop_last: bool = False,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, sample_weights: np.ndarray | None = None):
         self.images, self.labels = images, torch.as_tensor(labels)
         self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         self.batch_size, self.device, self.shuffle = batch_size, device, shuffle
         self.generator, self.drop_last = generator, drop_last
+        # Oversampling: each epoch draws len(indices) images with replacement, image i with weight sample_weights[i].
+        self.sample_weights = None if sample_weights is None else torch.as_tensor(sample_weights, dtype=torch.double)
         # Under torchrun each process takes its slice of every global batch of batch_size x world_size
         # images, so N processes see exactly the batches one process with N times the batch would.
         self.rank = distributed.rank() if rank is None else rank
@@ -488,7 +583,10 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.indices
-        if self.shuffle:  # the same generator state in every process, so all draw the same permutation
+        # The same generator state in every process, so all draw the same order and take their own slices.
+        if self.sample_weights is not None:
+            order = order[torch.multinomial(self.sample_weights, len(order), replacement=True, generator=self.generator)]
+        elif self.shuffle:
             order = order[torch.randperm(len(order), generator=self.generator)]
         step = self.batch_size * self.world
         for b in range(len(self)):

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from common.data import Split, display_name
+from common.data import Split, class_weights, display_name, mix_batch
 from common.distributed import (barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across,
                                 world_size)
 from common.metrics import macro_f1
@@ -41,6 +41,8 @@ def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) 
                    help="cosine decay after warmup, or ReduceLROnPlateau on val accuracy")
     g.add_argument("--warmup-epochs", type=int, default=1, help="linear warmup epochs (cosine schedule)")
     g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--balance", choices=("none", "weights", "oversample"), default="none",
+                   help="class-imbalance remedy: inverse-frequency weighted cross-entropy, or oversampling rare classes")
     g.add_argument("--patience", type=int, default=0, help="stop after this many epochs without a better val accuracy (0: never)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on CUDA (bf16 where supported)")
@@ -80,16 +82,21 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device, amp: bool = False,
-                    scaler: torch.amp.GradScaler | None = None, desc: str = "train") -> dict:
-    """One pass over the loader; returns mean loss, accuracy, images and seconds."""
+                    scaler: torch.amp.GradScaler | None = None, desc: str = "train",
+                    mix: Callable | None = None) -> dict:
+    """One pass over the loader; returns mean loss, accuracy, images and seconds.
+
+    mix(x, y) -> (x, soft targets) applies MixUp/CutMix; accuracy is then counted against the unmixed labels.
+    """
     set_train_mode(model)
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for x, y in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not is_main()):
         x = transform(x).contiguous(memory_format=torch.channels_last) if x.dim() == 4 else transform(x)
+        x, target = mix(x, y) if mix is not None else (x, y)
         with autocast(device, amp):
             logits = model(x)
-            loss = criterion(logits, y)
+            loss = criterion(logits, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -147,11 +154,15 @@ def evaluate(model: nn.Module, loader: Iterable, transform: Transform, criterion
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float,
-                 lr_of: Callable[[str], float] | None = None) -> list[dict]:
-    """Trainable parameters only, no weight decay on norms and biases; lr_of(name) sets per-parameter rates."""
+                 lr_of: Callable[[str], float] | None = None, include_frozen: bool = False) -> list[dict]:
+    """Trainable parameters only, no weight decay on norms and biases; lr_of(name) sets per-parameter rates.
+
+    include_frozen keeps frozen parameters too, for gradual unfreezing: the optimizer skips them while their
+    .grad is None and starts updating them once they are unfrozen.
+    """
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad and not include_frozen:
             continue
         wd = 0.0 if p.ndim <= 1 else weight_decay
         groups.setdefault((wd, lr_of(name) if lr_of else lr), []).append(p)
@@ -203,6 +214,7 @@ class Study:
     arch: str
     mode: str
     meta: dict = field(default_factory=dict)  # img_size, crop_size, mean, std, weights record, ...
+    on_epoch_start: Callable[[int], None] | None = None  # e.g. gradual unfreezing; also called on resume
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> list[dict]:
@@ -253,6 +265,15 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
     amp = args.amp == "auto" and device.type == "cuda"
     output_dir = Path(args.output_dir)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    num_classes = len(study.split.classes)
+    train_criterion = criterion
+    if args.balance == "weights":
+        train_labels = study.split.labels[study.loaders["train"].indices.numpy()]
+        train_criterion = nn.CrossEntropyLoss(weight=class_weights(train_labels, num_classes).to(device),
+                                              label_smoothing=args.label_smoothing)
+    mix = None
+    if args.mixup > 0 or args.cutmix > 0:
+        mix = lambda x, y: mix_batch(x, y, num_classes, args.mixup, args.cutmix, generators["augment"])  # noqa: E731
     optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, args.lr), args)
     scheduler = make_scheduler(optimizer, args)
     use_scaler = amp and not torch.cuda.is_bf16_supported()
@@ -308,10 +329,12 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
     for epoch in range(start_epoch, args.epochs):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        if study.on_epoch_start is not None:
+            study.on_epoch_start(epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        tr = train_one_epoch(train_model, study.loaders["train"], study.train_transform, criterion, optimizer, device,
-                             amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}")
+        tr = train_one_epoch(train_model, study.loaders["train"], study.train_transform, train_criterion, optimizer,
+                             device, amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}", mix=mix)
         va = evaluate(model, study.loaders["val"], study.eval_transform, criterion, device, amp, desc="val")
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(va["acc"])
@@ -360,7 +383,7 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),
         "train_img_per_s": float(np.mean([h["train_img_per_s"] for h in history])) if history else None,
         "eval_img_per_s": te["img_per_s"], "peak_memory_mb": max(h["peak_memory_mb"] for h in history) if history else None,
-        "trainable_params": trainable, "total_params": total, "device": str(device),
+        "trainable_params": count_parameters(save_model)[0], "total_params": total, "device": str(device),
         "checkpoint_mb": (run_dir / "best.pt").stat().st_size / 2**20, **(extra_metrics or {}),
         "history": history,
     }

@@ -10,19 +10,26 @@ from torch import nn
 from common.data import file_sha256
 
 # Which top-level children each (architecture, mode) trains; every other parameter is frozen.
+# "bn" also trains every BatchNorm layer; "gradual" starts as "fc" and unfreezes deeper blocks on a schedule.
 TRAINABLE = {
     ("scratch_cnn", "full"): None,
     ("resnet18", "fc"): ("fc",),
     ("resnet18", "blocks34"): ("layer3", "layer4", "fc"),
     ("resnet18", "full"): None,
+    ("resnet18", "bn"): ("fc",),
+    ("resnet18", "gradual"): ("fc",),
     ("mobilenet_v2", "fc"): ("classifier",),
     ("mobilenet_v2", "full"): None,
+    ("mobilenet_v2", "bn"): ("classifier",),
+    ("mobilenet_v2", "gradual"): ("classifier",),
 }
 MODES = {
     "scratch_cnn": ("full",),
-    "resnet18": ("fc", "blocks34", "full"),
-    "mobilenet_v2": ("fc", "full"),
+    "resnet18": ("fc", "blocks34", "full", "bn", "gradual"),
+    "mobilenet_v2": ("fc", "full", "bn", "gradual"),
 }
+HEAD = {"resnet18": "fc", "mobilenet_v2": "classifier"}
+MAX_DEPTH = {"resnet18": 5, "mobilenet_v2": 4}  # block_depth of the stem
 TV_WEIGHTS = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
     "mobilenet_v2": "MobileNet_V2_Weights.IMAGENET1K_V1",
@@ -111,11 +118,36 @@ def load_pretrained(model: nn.Module, arch: str, weights: str) -> dict:
     return {"source": source, "sha256": file_sha256(path) if path.is_file() else None}
 
 
+def block_depth(arch: str, name: str) -> int:
+    """How many blocks a parameter lies below the head (0 for the head), for per-block rates and unfreezing."""
+    top = name.split(".")[0]
+    if arch == "resnet18":
+        order = {"fc": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4}
+        return order.get(top, 5)
+    if top == "classifier":
+        return 0
+    index = int(name.split(".")[1])
+    return 1 if index >= 14 else 2 if index >= 7 else 3 if index >= 4 else 4
+
+
 def freeze(model: nn.Module, arch: str, mode: str) -> None:
-    """Set requires_grad so only the mode's trainable children learn."""
+    """Set requires_grad so only the mode's trainable children (and, in bn mode, all BatchNorm layers) learn."""
     trainable = TRAINABLE[(arch, mode)]
     for name, p in model.named_parameters():
         p.requires_grad = trainable is None or name.split(".")[0] in trainable
+    if mode == "bn":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.requires_grad_(True)
+
+
+def unfreeze_to_depth(model: nn.Module, arch: str, depth: int) -> bool:
+    """Make every block within `depth` of the head trainable (gradual unfreezing); True if anything changed."""
+    changed = False
+    for name, p in model.named_parameters():
+        if not p.requires_grad and block_depth(arch, name) <= depth:
+            p.requires_grad = changed = True
+    return changed
 
 
 def build_model(arch: str, num_classes: int, mode: str = "full", weights: str = "none") -> tuple[nn.Module, dict]:

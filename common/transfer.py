@@ -13,13 +13,12 @@ from tqdm import tqdm
 
 from common.data import (DECODE_VERSION, IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_augment_args,
                          add_data_args, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
-from common.distributed import cleanup, init_distributed, is_main
+from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
-from common.models import MODES, build_model
+from common.models import HEAD, MAX_DEPTH, MODES, block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
 
-DEFAULT_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4}
-HEAD = {"resnet18": "fc", "mobilenet_v2": "classifier"}
+DEFAULT_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4, "bn": 1e-3, "gradual": 3e-4}
 
 
 def get_args_parser(arch: str, description: str) -> argparse.ArgumentParser:
@@ -28,31 +27,23 @@ def get_args_parser(arch: str, description: str) -> argparse.ArgumentParser:
     lrs = ", ".join(f"{m} {DEFAULT_LR[m]:g}" for m in modes)
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--mode", choices=modes, default=modes[0],
-                        help=f"what is trained: {', '.join(modes)}")
+                        help=f"what is trained: {', '.join(modes)} (bn: BatchNorm layers + head; gradual: head "
+                             "first, then one block deeper every --unfreeze-every epochs)")
     parser.add_argument("--weights", default="imagenet",
                         help="'imagenet' (torchvision weights API and its cache), a state-dict file, or 'none'")
     parser.add_argument("--cache-features", action="store_true",
                         help="fc mode: run the frozen backbone once (no augmentation) and train the head on its features")
     parser.add_argument("--lr-decay", type=float, default=1.0,
-                        help="full mode: each block deeper from the head gets this factor more learning rate decay")
+                        help="full and gradual modes: each block deeper from the head gets this factor more learning "
+                             "rate decay (discriminative rates)")
+    parser.add_argument("--unfreeze-every", type=int, default=2,
+                        help="gradual mode: epochs between unfreezing the next block (head, then from the top down)")
     add_augment_args(parser, scale_min=0.35, jitter=0.2)
     add_data_args(parser)
     add_train_args(parser, lr=None, epochs=20, batch_size=32)
     parser.set_defaults(weight_decay=1e-4, lr=None)
     parser.description += f" Default learning rates fall as more is unfrozen: {lrs}; --lr overrides."
     return parser
-
-
-def block_depth(arch: str, name: str) -> int:
-    """How many blocks a parameter lies below the head (0 for the head), for per-block learning rates."""
-    top = name.split(".")[0]
-    if arch == "resnet18":
-        order = {"fc": 0, "layer4": 1, "layer3": 2, "layer2": 3, "layer1": 4}
-        return order.get(top, 5)
-    if top == "classifier":
-        return 0
-    index = int(name.split(".")[1])
-    return 1 if index >= 14 else 2 if index >= 7 else 3 if index >= 4 else 4
 
 
 @contextmanager
@@ -103,8 +94,15 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
         args.lr = DEFAULT_LR[args.mode]
     if args.cache_features and args.mode != "fc":
         raise SystemExit(f"error: --cache-features needs a frozen backbone; use it with --mode fc, not {args.mode}")
-    if args.lr_decay != 1.0 and args.mode != "full":
-        raise SystemExit("error: --lr-decay sets per-block rates for --mode full only")
+    if args.lr_decay != 1.0 and args.mode not in ("full", "gradual"):
+        raise SystemExit("error: --lr-decay sets per-block rates for --mode full or gradual only")
+    if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
+        raise SystemExit("error: --mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them")
+    if args.mode == "gradual" and is_distributed():
+        raise SystemExit("error: --mode gradual changes the trainable parameters during training, which "
+                         "DistributedDataParallel cannot follow; run it without torchrun")
+    if args.unfreeze_every < 1:
+        raise SystemExit("error: --unfreeze-every must be at least 1 epoch")
     generators = seed_everything(args.seed)
     model, weights = build_model(arch, len(split.classes), args.mode, args.weights)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
@@ -121,12 +119,20 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
         extra["feature_extraction_seconds"] = seconds
         images, trained, save_model = feats.to(device), getattr(model, HEAD[arch]), model
         train_tf = eval_tf = nn.Identity()
-    loaders = make_loaders(images, split, args.batch_size, device, generators["data"])
+    loaders = make_loaders(images, split, args, device, generators["data"], log)
     lr_of = None
     if args.lr_decay != 1.0:
         lr_of = lambda name: args.lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
-    optimizer = make_optimizer(param_groups(trained, args.weight_decay, args.lr, lr_of), args)
-    study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta)
+    gradual = args.mode == "gradual"
+    optimizer = make_optimizer(param_groups(trained, args.weight_decay, args.lr, lr_of, include_frozen=gradual), args)
+
+    def unfreeze(epoch: int) -> None:
+        depth = min(epoch // args.unfreeze_every, MAX_DEPTH[arch])
+        if unfreeze_to_depth(model, arch, depth):
+            log(f"gradual unfreezing: blocks up to depth {depth} of {MAX_DEPTH[arch]} now train "
+                f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)")
+
+    study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta, on_epoch_start=unfreeze if gradual else None)
     return fit(trained, study, args, generators, device, optimizer=optimizer, save_model=save_model,
                extra_metrics=extra, log=log)
 

@@ -1,0 +1,183 @@
+"""Study options: data fractions, class imbalance and its remedies, MixUp/CutMix, auto-augment, bn and gradual modes."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import part1_scratch_cnn as part1
+import part2_mobilenet
+from common.data import BatchLoader, DataError, class_weights, make_transforms, mix_batch, train_subset
+from common.engine import param_groups, seed_everything
+from common.models import build_model, count_parameters, set_train_mode, unfreeze_to_depth
+from common.runs import load_checkpoint
+from conftest import tiny_args
+
+LABELS = np.repeat(np.arange(10), 50)          # 10 classes x 50 images
+TRAIN = np.flatnonzero(np.tile(np.arange(50) < 30, 10))  # 30 training images per class
+
+
+def per_class(idx: np.ndarray) -> list[int]:
+    return np.bincount(LABELS[idx], minlength=10).tolist()
+
+
+def test_fraction_is_stratified_nested_and_seeded():
+    fifth, half = train_subset(LABELS, TRAIN, 0.2, seed=1), train_subset(LABELS, TRAIN, 0.5, seed=1)
+    assert per_class(fifth) == [6] * 10 and per_class(half) == [15] * 10
+    assert set(fifth) < set(half) < set(TRAIN)
+    assert np.array_equal(fifth, train_subset(LABELS, TRAIN, 0.2, seed=1))
+    assert not np.array_equal(fifth, train_subset(LABELS, TRAIN, 0.2, seed=2))
+    assert np.array_equal(train_subset(LABELS, TRAIN), TRAIN)
+
+
+@pytest.mark.parametrize("ratio, fraction, head", [(10, 1.0, 30), (3, 1.0, 30), (5, 0.5, 15)])
+def test_imbalance_ratio_is_exact_and_long_tailed(ratio, fraction, head):
+    counts = per_class(train_subset(LABELS, TRAIN, fraction, ratio))
+    assert counts[0] == head and counts[-1] == head / ratio
+    assert counts[0] / counts[-1] == ratio
+    assert all(a >= b for a, b in zip(counts, counts[1:])) and counts[4] < head
+
+
+@pytest.mark.parametrize("fraction, ratio", [(0, 1), (1.5, 1), (1, 0.5)])
+def test_bad_fraction_or_ratio_is_a_clear_error(fraction, ratio):
+    with pytest.raises(DataError, match="--fraction|--imbalance"):
+        train_subset(LABELS, TRAIN, fraction, ratio)
+
+
+def test_class_weights_are_inverse_frequency():
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    w = class_weights(labels, 4)
+    assert torch.allclose(w, torch.tensor([10 / 24, 10 / 12, 10 / 4, 0.0]))
+    assert torch.allclose(w[:3] * torch.tensor([6.0, 3.0, 1.0]), torch.full((3,), 10 / 4))  # every class weighs the same
+
+
+def test_oversampling_balances_classes_reproducibly():
+    idx = train_subset(LABELS, TRAIN, 1.0, 10)
+    weights = 1 / np.bincount(LABELS[idx])[LABELS[idx]]
+    images = np.zeros((len(LABELS), 4, 4, 3), np.uint8)
+
+    def draw(seed: int) -> np.ndarray:
+        loader = BatchLoader(images, LABELS, idx, 50, torch.device("cpu"), shuffle=True,
+                             generator=torch.Generator().manual_seed(seed), sample_weights=weights)
+        return np.concatenate([y.numpy() for _ in range(20) for _, y in loader])
+
+    seen = draw(0)
+    assert len(seen) == 20 * len(idx)  # an epoch is as long as the training set
+    share = np.bincount(seen, minlength=10) / len(seen)
+    assert share.min() > 0.07 and share.max() < 0.13  # balanced, although the data is 10:1
+    assert np.array_equal(seen, draw(0)) and not np.array_equal(seen, draw(1))
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0), (0, 1.0), (0.4, 1.0)])
+def test_mixup_cutmix_targets_sum_to_one_and_match_the_pixels(mixup, cutmix):
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(8) % 5
+    # Each image is filled with its label, so its mean pixel must equal the target-weighted label.
+    x = y.float().view(-1, 1, 1, 1).expand(-1, 3, 32, 32).contiguous()
+    for _ in range(10):
+        mixed, targets = mix_batch(x, y, 5, mixup, cutmix, g)
+        assert mixed.shape == x.shape and targets.shape == (8, 5)
+        assert torch.allclose(targets.sum(1), torch.ones(8))
+        assert torch.allclose(mixed.mean((1, 2, 3)), targets @ torch.arange(5.0), atol=1e-5)
+    assert torch.equal(x, y.float().view(-1, 1, 1, 1).expand(-1, 3, 32, 32))  # input untouched
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment"])
+def test_auto_augment_changes_images_per_image_and_keeps_shape(policy):
+    args = argparse.Namespace(crop_size=32, no_augment=False, scale_min=1.0, jitter=0.0, auto_augment=policy)
+    x = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
+
+    def augment(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)  # the policy draws from torch's global RNG, the crops from the generator
+        return make_transforms(args, torch.Generator().manual_seed(0))[0](x)
+
+    out = augment(0)
+    assert out.shape == (16, 3, 32, 32) and out.dtype == torch.float32
+    assert torch.equal(out, augment(0)) and not torch.equal(out, augment(1))
+    args.auto_augment = "none"
+    plain = augment(0)
+    differs = [not torch.equal(a, b) for a, b in zip(out, plain)]
+    assert sum(differs) >= 8  # drawn per image: most images get a visible operation
+
+
+def test_bn_mode_trains_batchnorm_and_head_only():
+    model, _ = build_model("mobilenet_v2", 10, "bn")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    bn = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) for k in ("weight", "bias")}
+    assert trainable == bn | {"classifier.1.weight", "classifier.1.bias"}
+    assert count_parameters(model)[0] == 34_112 + 12_810
+    set_train_mode(model)
+    assert all(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))  # its statistics adapt
+
+
+def test_gradual_unfreezing_goes_deeper_block_by_block():
+    model, _ = build_model("resnet18", 10, "gradual")
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"fc"}
+    groups = param_groups(model, 1e-4, 1e-3, include_frozen=True)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert unfreeze_to_depth(model, "resnet18", 2)
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"fc", "layer4", "layer3"}
+    assert not unfreeze_to_depth(model, "resnet18", 2)
+    unfreeze_to_depth(model, "resnet18", 5)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_gradual_run_leaves_deeper_blocks_untouched_until_their_epoch(dataset, tmp_path):
+    out = tmp_path / "runs"
+    argv = tiny_args(dataset, out, "--mode", "gradual", "--weights", "none", "--unfreeze-every", "1",
+                     "--epochs", "2", "--batch-size", "16", "--lr", "1e-2", "--warmup-epochs", "0")
+    part2_mobilenet.main(part2_mobilenet.get_args_parser().parse_args(argv))
+    run = next(p for p in out.iterdir() if p.is_dir() and p.name.endswith("gradual"))
+    seed_everything(0)
+    initial = build_model("mobilenet_v2", 10, "gradual")[0].state_dict()
+    last = load_checkpoint(run / "last.pt")["model_state"]
+    changed = {k.split(".")[1] for k, v in last.items() if k.startswith("features.") and not torch.equal(v, initial[k])}
+    assert changed == {"14", "15", "16", "17", "18"}  # depth 1, unfrozen for epoch 2; BatchNorm stats of frozen blocks kept
+    assert not torch.equal(last["classifier.1.weight"], initial["classifier.1.weight"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["trainable_params"] > 12_810
+
+
+def test_study_options_run_end_to_end_and_are_recorded(dataset, tmp_path):
+    out = tmp_path / "runs"
+    argv = tiny_args(dataset, out, "--epochs", "1", "--batch-size", "8", "--mixup", "0.2", "--cutmix", "1.0",
+                     "--auto-augment", "trivialaugment", "--fraction", "0.5", "--imbalance", "3",
+                     "--balance", "weights")
+    part1.main(part1.get_args_parser().parse_args(argv))
+    run = next(p for p in out.iterdir() if p.is_dir() and p.name.endswith("full"))
+    config = json.loads((run / "config.json").read_text())
+    assert (config["fraction"], config["imbalance"], config["balance"]) == (0.5, 3, "weights")
+    assert (config["mixup"], config["cutmix"], config["auto_augment"]) == (0.2, 1.0, "trivialaugment")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["history"][0]["train_loss"] > 0 and 0 <= metrics["test_acc"] <= 1
+
+
+def test_oversampled_run_sees_a_full_epoch(dataset, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = tiny_args(dataset, out, "--epochs", "1", "--batch-size", "8", "--imbalance", "6", "--balance", "oversample")
+    part1.main(part1.get_args_parser().parse_args(argv))
+    assert "training on 57 of 120 training images (per class 2-12" in capsys.readouterr().out
+    metrics = json.loads(next(out.glob("*/metrics.json")).read_text())
+    assert metrics["history"][0]["train_img_per_s"] > 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mode", "fc", "--cache-features", "--mixup", "0.2"], "drop --cache-features"),
+    (["--mode", "bn", "--lr-decay", "0.5"], "full or gradual only"),
+    (["--mode", "gradual", "--unfreeze-every", "0"], "at least 1 epoch"),
+])
+def test_conflicting_options_are_refused(dataset, tmp_path, extra, message):
+    argv = tiny_args(dataset, tmp_path / "runs", "--weights", "none", "--epochs", "1", *extra)
+    with pytest.raises(SystemExit, match=message):
+        part2_mobilenet.main(part2_mobilenet.get_args_parser().parse_args(argv))
+
+
+def test_fraction_smaller_than_a_batch_is_a_clear_error(dataset, tmp_path):
+    argv = tiny_args(dataset, tmp_path / "runs", "--epochs", "1", "--fraction", "0.05", "--batch-size", "32")
+    with pytest.raises(DataError, match="raise --fraction"):
+        part1.main(part1.get_args_parser().parse_args(argv))
