@@ -227,8 +227,8 @@ def class_split_sizes(cls: str, available: int, sizes: Sequence[float]) -> tuple
     if isinstance(sizes[0], int):
         if available < sum(sizes):
             raise DataError(f"class {cls!r} has only {available} usable images, fewer than --per-class {sum(sizes)}; "
-                            "add images, lower --per-class, or split proportionally with fractions "
-                            "(e.g. --split 0.7,0.15,0.15)")
+                            "add images, lower --per-class, keep duplicates with --no-dedup, or split "
+                            "proportionally with fractions (e.g. --split 0.7,0.15,0.15)")
         return tuple(sizes)  # type: ignore[return-value]
     n_val, n_test = round(available * sizes[1]), round(available * sizes[2])
     n_train = available - n_val - n_test

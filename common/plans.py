@@ -1,0 +1,160 @@
+"""The study's plans as plain data: which runs to train, with which arguments, and which question each answers.
+
+A plan is a dict (or a JSON file of the same shape, passed as `study.py --plan FILE.json`):
+
+    {"name": "quick", "description": "...",
+     "robustness": {"severities": "1,3,5", "ood_count": 300},
+     "groups": {"scratch_grid": {"title": ..., "question": ..., "vars": ["lr", "batch_size"]}, ...},
+     "runs": [{"name": "scratch-lr0.001-bs32", "script": "part1_scratch_cnn.py", "args": ["--lr", "0.001", ...],
+               "groups": ["scratch_grid", "regularization"], "vars": {"lr": 0.001, "batch_size": 32, ...}}, ...]}
+
+study.py adds --data-dir, --output-dir, --tag <plan>-<name> and, for the part 2 scripts, --weights to every
+run. A run may belong to several groups (the baseline of one experiment is a point of another), so it is
+trained once. Group keys are the ones common/report.py knows how to plot; see GROUPS.
+"""
+from __future__ import annotations
+
+import itertools
+
+SCRATCH = "part1_scratch_cnn.py"
+SCRIPTS = {"scratch_cnn": SCRATCH, "mobilenet_v2": "part2_mobilenet.py", "resnet18": "part2_resnet18.py"}
+
+GROUPS = {
+    "scratch_grid": {"title": "Scratch CNN: learning rate x batch size",
+                     "question": "How do learning rate and batch size affect the CNN trained from scratch?",
+                     "vars": ["lr", "batch_size"]},
+    "strategies": {"title": "Fine-tuning strategies",
+                   "question": "How much of the pretrained network should be trained: head only, BatchNorm only, "
+                               "the top blocks, everything, gradually, or with per-block learning rates?",
+                   "vars": ["model", "strategy"]},
+    "transfer_lr": {"title": "Transfer learning: learning rate",
+                    "question": "How sensitive is the chosen transfer model and mode to its learning rate?",
+                    "vars": ["model", "strategy", "lr"]},
+    "fractions": {"title": "Training-data fractions",
+                  "question": "How much training data does each approach need?",
+                  "vars": ["model", "fraction"]},
+    "regularization": {"title": "Regularization and augmentation",
+                       "question": "Do label smoothing, MixUp, CutMix, RandAugment or TrivialAugment help on this data?",
+                       "vars": ["option"]},
+    "imbalance": {"title": "Class imbalance",
+                  "question": "What does a long-tailed training set do to per-class recall, and do weighted "
+                              "cross-entropy or oversampling repair it?",
+                  "vars": ["ratio", "remedy"]},
+}
+
+STRATEGY_ARGS = {  # strategy -> --mode and extra arguments of the part 2 scripts
+    "fc": ["--mode", "fc"], "blocks34": ["--mode", "blocks34"], "full": ["--mode", "full"], "bn": ["--mode", "bn"],
+    "gradual": ["--mode", "gradual"], "discriminative": ["--mode", "full", "--lr-decay", "0.5"],
+}
+REGULARIZATION_ARGS = {
+    "no_label_smoothing": ["--label-smoothing", "0"], "mixup": ["--mixup", "0.2"], "cutmix": ["--cutmix", "1.0"],
+    "randaugment": ["--auto-augment", "randaugment"], "trivialaugment": ["--auto-augment", "trivialaugment"],
+}
+
+
+def _run(name: str, model: str, args: list[str], groups: list[str], **vars_) -> dict:
+    return {"name": name, "script": SCRIPTS[model], "args": [str(a) for a in args], "groups": groups,
+            "vars": {"model": model, **vars_}}
+
+
+def _merge(runs: list[dict]) -> list[dict]:
+    """One entry per distinct (script, args): a run listed by several experiments is trained once."""
+    merged: dict[tuple, dict] = {}
+    for r in runs:
+        key = (r["script"], tuple(r["args"]))
+        if key in merged:
+            merged[key]["groups"] += [g for g in r["groups"] if g not in merged[key]["groups"]]
+            merged[key]["vars"].update(r["vars"])
+        else:
+            merged[key] = r
+    return list(merged.values())
+
+
+def make_plan(name: str, description: str, *, data: list[str], scratch: list[str], scratch_lrs: list[float], batch_sizes: list[int],
+              base_lr: float, base_bs: int, strategies: dict[str, list[str]], strategy_args: list[str],
+              lr_model: str, lr_strategy: str, lr_args: list[str], transfer_lrs: list[float], base_transfer_lr: float,
+              fractions: list[float], imbalance_ratio: float, severities: str, ood_count: int,
+              notes: list[str] = ()) -> dict:
+    """Expand the experiments of the assignment into one list of runs sharing their common points.
+
+    `data` goes to every run (split options: the first run draws runs/split.json, the others reuse it).
+    """
+    runs = []
+    for lr, bs in itertools.product(scratch_lrs, batch_sizes):
+        runs.append(_run(f"scratch-lr{lr:g}-bs{bs}", "scratch_cnn", [*scratch, "--lr", lr, "--batch-size", bs],
+                         ["scratch_grid"], lr=lr, batch_size=bs))
+    base = [*scratch, "--lr", base_lr, "--batch-size", base_bs]
+    runs.append(_run(f"scratch-lr{base_lr:g}-bs{base_bs}", "scratch_cnn", base, ["regularization", "fractions"],
+                     option="baseline", fraction=1.0, lr=base_lr, batch_size=base_bs))
+    for option, extra in REGULARIZATION_ARGS.items():
+        runs.append(_run(f"scratch-{option}", "scratch_cnn", [*base, *extra], ["regularization"], option=option))
+    for model, names in strategies.items():
+        for s in names:
+            runs.append(_run(f"{model}-{s}", model, [*STRATEGY_ARGS[s], *strategy_args], ["strategies"], strategy=s))
+    lr_base = [*STRATEGY_ARGS[lr_strategy], *lr_args]
+    for lr in transfer_lrs:
+        runs.append(_run(f"{lr_model}-{lr_strategy}-lr{lr:g}", lr_model, [*lr_base, "--lr", lr], ["transfer_lr"],
+                         strategy=lr_strategy, lr=lr))
+    transfer_base = [*lr_base, "--lr", base_transfer_lr]
+    runs.append(_run(f"{lr_model}-{lr_strategy}-lr{base_transfer_lr:g}", lr_model, transfer_base,
+                     ["fractions", "imbalance"], strategy=lr_strategy, lr=base_transfer_lr, fraction=1.0, ratio=1,
+                     remedy="none"))
+    for f in fractions:
+        if f < 1:
+            runs.append(_run(f"scratch-fraction{f:g}", "scratch_cnn", [*base, "--fraction", f], ["fractions"], fraction=f))
+            runs.append(_run(f"{lr_model}-{lr_strategy}-fraction{f:g}", lr_model, [*transfer_base, "--fraction", f],
+                             ["fractions"], fraction=f))
+    for remedy in ("none", "weights", "oversample"):
+        runs.append(_run(f"{lr_model}-{lr_strategy}-imbalance{imbalance_ratio:g}-{remedy}", lr_model,
+                         [*transfer_base, "--imbalance", imbalance_ratio, "--balance", remedy], ["imbalance"],
+                         ratio=imbalance_ratio, remedy=remedy))
+    for r in runs:
+        r["args"] = [*data, *r["args"]]
+    runs = _merge(runs)
+    used = {g for r in runs for g in r["groups"]}
+    return {"name": name, "description": description, "robustness": {"severities": severities, "ood_count": ood_count},
+            "notes": list(notes), "groups": {k: v for k, v in GROUPS.items() if k in used}, "runs": runs}
+
+
+# The assignment's split is 300/75/75 of 450 images per class. A folder with exactly 450 per class (like the
+# shared subset) cannot fill that once near duplicates are left out, so the study keeps them.
+SPLIT = ["--per-class", "450", "--split", "300,75,75", "--no-dedup"]
+SPLIT_NOTE = ("The split is 300/75/75 images per class drawn without de-duplication (--no-dedup): near-duplicate "
+              "images (eda.py finds 59 within-class groups in the shared subset) can fall on both sides of the split.")
+
+
+def quick() -> dict:
+    """Minutes on a 2-core CPU: few epochs, 112 px crops for trained backbones, 224 px cached features for the head."""
+    small = ["--img-size", "128", "--crop-size", "112"]
+    return make_plan(
+        "quick",
+        "A smoke run of the whole study for a CPU: the scratch CNN and the fine-tuning strategies train for 5 and "
+        "3 epochs on 112x112 crops of 128x128 images; the learning-rate, data-fraction and imbalance experiments "
+        "train a MobileNetV2 head for 15 epochs on cached 224x224 ImageNet features. Read the numbers for their "
+        "ranking, not their level: every model here is far from converged.",
+        data=SPLIT, notes=[SPLIT_NOTE], scratch=[*small, "--epochs", "5"], scratch_lrs=[3e-3, 1e-3, 3e-4], batch_sizes=[32, 64], base_lr=1e-3,
+        base_bs=32, strategies={"mobilenet_v2": ["fc", "bn", "gradual", "full", "discriminative"]},
+        strategy_args=[*small, "--epochs", "3", "--unfreeze-every", "1"],
+        lr_model="mobilenet_v2", lr_strategy="fc", lr_args=["--cache-features", "--epochs", "15"],
+        transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
+        severities="1,3,5", ood_count=300)
+
+
+def full() -> dict:
+    """The complete study at 224 px and full length: hours on a GPU, days on a CPU."""
+    return make_plan(
+        "full",
+        "The complete study at the assignment's resolution (224x224 crops of 256x256 images): a 3x3 learning-rate x "
+        "batch-size grid for the scratch CNN (40 epochs), every fine-tuning strategy for ResNet-18 and MobileNetV2 "
+        "(15 epochs), a learning-rate study of fully fine-tuned ResNet-18, data fractions, regularization and "
+        "class imbalance.",
+        data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "40"], scratch_lrs=[1e-2, 1e-3, 1e-4], batch_sizes=[16, 32, 64], base_lr=1e-3,
+        base_bs=32, strategies={"resnet18": ["fc", "bn", "blocks34", "gradual", "full", "discriminative"],
+                                "mobilenet_v2": ["fc", "bn", "gradual", "full", "discriminative"]},
+        strategy_args=["--epochs", "15"],
+        lr_model="resnet18", lr_strategy="full", lr_args=["--epochs", "15"],
+        transfer_lrs=[3e-5, 1e-4, 3e-4], base_transfer_lr=1e-4, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
+        severities="1,2,3,4,5", ood_count=1000)
+
+
+PLANS = {"quick": quick, "full": full}
