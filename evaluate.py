@@ -4,28 +4,41 @@ Examples:
     python evaluate.py --ckpt runs/best.pt                    # the best model so far, on the saved test split
     python evaluate.py --ckpt runs/<run>/best.pt --data-dir holdout/   # any folder of <class>/ images
     python evaluate.py --compare runs/                        # one table and two plots over every run
+    python evaluate.py --ckpt runs/best.pt --corruptions      # + accuracy under 6 corruptions x 5 severities
+    python evaluate.py --ckpt runs/best.pt --corruptions --severities 1,3,5 --corruption-seed 1
+    python evaluate.py --ckpt runs/best.pt --ood synthetic    # + OOD detection of 500 synthetic textures
+    python evaluate.py --ckpt runs/best.pt --ood other_photos/   # + OOD detection of every image under a folder
 
 For a checkpoint it prints accuracy, macro and weighted precision/recall/F1 and the per-class report,
 and writes eval.json, confusion_matrix.png (counts and row-normalised), curves.png (loss and accuracy
 per epoch) and misclassified.png next to the checkpoint (into eval-<folder>/ for --data-dir).
 The model is rebuilt from the checkpoint alone; the device is chosen automatically.
+
+--corruptions scores the same images again under gaussian noise, gaussian blur, brightness, contrast,
+JPEG and rotation (ImageNet-C-style severities 1-5, applied to the uncropped images batch by batch)
+and writes corruptions.json and corruptions.png. --ood scores the same images against out-of-distribution
+ones (every .jpg/.jpeg/.png under a folder, or synthetic textures) by maximum softmax probability and
+writes ood.json (AUROC, FPR at 95% TPR) and ood_hist.png. Both reuse the clean predictions of eval.json.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.data import (BatchLoader, DataError, atomic_write_text, display_name, eval_transform, load_folder, load_or_build_cache,
-                         load_split, resolve_data_dir)
+from common.data import (IMAGE_EXTENSIONS, BatchLoader, DataError, atomic_write_text, decode_many, display_name,
+                         eval_transform, load_folder, load_or_build_cache, load_split, resolve_data_dir)
 from common.engine import predict, resolve_device
 from common.metrics import classification_metrics, collect_runs, comparison_tables
 from common.models import model_from_checkpoint
-from common.plots import plot_comparison, plot_confusion_matrix, plot_curves, plot_image_grid
+from common.plots import (plot_comparison, plot_confusion_matrix, plot_corruptions, plot_curves, plot_image_grid,
+                          plot_ood_hist)
+from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
 from common.runs import CheckpointError, load_checkpoint, write_json
 
 
@@ -44,8 +57,56 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true", help="average the predictions for each image and its mirror image")
     parser.add_argument("--max-errors", type=int, default=20, help="misclassified images shown in the grid")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--workers", type=int, default=2, help="decoding threads for --data-dir")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads for --data-dir and --ood DIR")
+    g = parser.add_argument_group("robustness")
+    g.add_argument("--corruptions", action="store_true",
+                   help=f"also evaluate under every corruption ({', '.join(CORRUPTIONS)}) and severity")
+    g.add_argument("--severities", default="1,2,3,4,5", help="corruption severities (integers 1 to 5)")
+    g.add_argument("--corruption-seed", type=int, default=0, help="seed of the random corruptions (noise, rotation sign)")
+    g.add_argument("--ood", default=None, metavar="DIR|synthetic",
+                   help="also score out-of-distribution images: every image under DIR, or synthetic textures "
+                        "(write ./synthetic for a folder of that name)")
+    g.add_argument("--ood-count", type=int, default=500, help="number of synthetic textures for --ood synthetic")
     return parser
+
+
+def parse_severities(text: str) -> list[int]:
+    """'1,3,5' -> [1, 3, 5] (sorted, distinct), or a DataError naming the valid values."""
+    try:
+        severities = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        severities = []
+    if not severities or not set(severities) <= set(SEVERITIES):
+        raise DataError(f"--severities {text!r} is not a list of integers from 1 to 5; use e.g. --severities 1,3,5")
+    return severities
+
+
+def ood_files(folder: Path) -> list[Path]:
+    """Every .jpg/.jpeg/.png under folder, recursively, in sorted order; a DataError when there are none."""
+    if not folder.is_dir():
+        raise DataError(f"--ood folder {folder} does not exist; pass a folder of .jpg/.jpeg/.png images or --ood synthetic")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not paths:
+        raise DataError(f"--ood folder {folder} holds no .jpg/.jpeg/.png images; add some or pass --ood synthetic")
+    return paths
+
+
+class Corrupted:
+    """Images under one corruption, made batch by batch when BatchLoader gathers them, so memory stays small."""
+
+    def __init__(self, images: np.ndarray, name: str, severity: int, seed: int):
+        self.images, self.name, self.severity, self.seed = images, name, severity, seed
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        # Passing the global indices makes each image's corruption independent of how batches fall.
+        return corrupt(np.asarray(self.images[idx]), self.name, self.severity, self.seed, index=idx)
+
+
+def predict_images(model: torch.nn.Module, images, labels: np.ndarray, idx: np.ndarray, transform, device: torch.device,
+                   args, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Logits, labels and seconds for images[idx], batch by batch (AMP only on CUDA)."""
+    loader = BatchLoader(images, labels, idx, args.batch_size, device)
+    return predict(model, loader, transform, device, amp=device.type == "cuda", desc=desc, tta=args.tta)
 
 
 def test_data(ckpt: dict, args) -> tuple:
@@ -68,7 +129,14 @@ def test_data(ckpt: dict, args) -> tuple:
 
 
 def evaluate_checkpoint(args) -> dict:
-    """Predict, score and plot one checkpoint; returns the eval.json content."""
+    """Predict, score and plot one checkpoint, then the optional robustness studies; returns the eval.json content."""
+    # Check the robustness options before the slow work, so a typo fails at once.
+    severities = parse_severities(args.severities) if args.corruptions else []
+    ood_paths = ood_files(Path(args.ood)) if args.ood and args.ood != "synthetic" else None
+    if args.ood == "synthetic" and args.ood_count < 1:
+        raise DataError(f"--ood-count {args.ood_count} must be at least 1")
+    if args.corruptions and args.corruption_seed < 0:
+        raise DataError(f"--corruption-seed {args.corruption_seed} must be 0 or more")
     device = resolve_device(args.device)
     ckpt_path = Path(args.ckpt)
     ckpt = load_checkpoint(ckpt_path)
@@ -77,8 +145,8 @@ def evaluate_checkpoint(args) -> dict:
     out = Path(args.out_dir) if args.out_dir else (
         ckpt_path.parent / f"eval-{Path(args.data_dir).name}" if args.data_dir else ckpt_path.parent)
     transform = partial(eval_transform, crop=ckpt["crop_size"], mean=ckpt["mean"], std=ckpt["std"])
-    loader = BatchLoader(images, labels, idx, args.batch_size, device)
-    logits, y, seconds = predict(model, loader, transform, device, amp=device.type == "cuda", tta=args.tta)
+    run = partial(predict_images, model, transform=transform, device=device, args=args)
+    logits, y, seconds = run(images, labels, idx)
     probs = logits.softmax(1).numpy()
     y, pred = y.numpy(), probs.argmax(1)
     class_names = [display_name(c) for c in ckpt["classes"]]
@@ -106,7 +174,72 @@ def evaluate_checkpoint(args) -> dict:
     plot_image_grid(tiles, captions, out / "misclassified.png",
                     f"{title}: {len(wrong)} of {m['n']} misclassified (most confident first)")
     print(f"wrote eval.json, confusion_matrix.png, curves.png, misclassified.png to {out}")
+    if args.corruptions:
+        corruption_study(run, images, labels, idx, severities, result, args, out, title)
+    if args.ood:
+        ood_study(run, msp(logits), ood_paths, ckpt["img_size"], result, args, out, title)
     return result
+
+
+def corruption_study(run, images: np.ndarray, labels: np.ndarray, idx: np.ndarray, severities: list[int],
+                     result: dict, args, out: Path, title: str) -> dict:
+    """Accuracy on the same images under every corruption and severity; writes corruptions.json and .png."""
+    start = time.perf_counter()
+    accuracy = {}
+    for name in CORRUPTIONS:
+        accuracy[name] = []
+        for s in severities:
+            logits, y, _ = run(Corrupted(images, name, s, args.corruption_seed), labels, idx, desc=f"{name} {s}")
+            accuracy[name].append((logits.argmax(1) == y).double().mean().item())
+    by_severity = np.mean(list(accuracy.values()), axis=0).tolist()
+    report = {"checkpoint": result["checkpoint"], "arch": result["arch"], "mode": result["mode"], "data": result["data"],
+              "seed": args.corruption_seed, "n": result["n"], "clean_acc": result["accuracy"], "severities": severities,
+              "accuracy": accuracy, "mean_acc_by_severity": by_severity, "mean_corrupted_acc": float(np.mean(by_severity)),
+              "device": result["device"], "seconds": time.perf_counter() - start}
+    print(f"\naccuracy under corruptions ({report['n']} images, seed {args.corruption_seed}, "
+          f"{report['seconds']:.1f}s); clean {report['clean_acc']:.4f}")
+    print(f"{'corruption':<16}" + "".join(f"{'sev ' + str(s):>8}" for s in severities) + f"{'mean':>8}")
+    for name, accs in [*accuracy.items(), ("mean", by_severity)]:
+        print(f"{name:<16}" + "".join(f"{a:>8.4f}" for a in accs) + f"{np.mean(accs):>8.4f}")
+    write_json(out / "corruptions.json", report)
+    plot_corruptions(accuracy, severities, report["clean_acc"], by_severity, out / "corruptions.png",
+                     f"{title}: accuracy under corruptions (n={report['n']})")
+    print(f"wrote corruptions.json and corruptions.png to {out}")
+    return report
+
+
+def ood_study(run, msp_in: np.ndarray, paths: list[Path] | None, img_size: int, result: dict, args, out: Path,
+              title: str) -> dict:
+    """Separate the evaluated images from out-of-distribution ones by max softmax probability; writes ood.json and .png."""
+    if paths is None:
+        source, images = "synthetic", synthetic_textures(args.ood_count, img_size)
+    else:
+        source, pixels = args.ood, []
+        for path, img in zip(paths, decode_many(paths, img_size, args.workers)):
+            if img is None:
+                print(f"note: skipping unreadable image {path}")
+            else:
+                pixels.append(img)
+        if not pixels:
+            raise DataError(f"--ood folder {source} holds no readable images; add some or pass --ood synthetic")
+        images = np.stack(pixels)
+    n = len(images)
+    logits, _, _ = run(images, np.zeros(n, np.int64), np.arange(n), desc="ood")
+    msp_out = msp(logits)
+    report = {"checkpoint": result["checkpoint"], "ood_source": source, "n_in": len(msp_in), "n_out": n,
+              "auroc": auroc(msp_in, msp_out), "fpr_at_95_tpr": fpr_at_tpr(msp_in, msp_out, 0.95),
+              "msp_in_mean": float(msp_in.mean()), "msp_out_mean": float(msp_out.mean()),
+              "score": "max softmax probability"}
+    write_json(out / "ood.json", report)
+    short = Path(source).name or source  # a folder's full path would not fit in the title
+    plot_ood_hist(msp_in, msp_out, out / "ood_hist.png",
+                  f"{title}: in-distribution vs {short} (AUROC {report['auroc']:.3f}, "
+                  f"FPR@95%TPR {report['fpr_at_95_tpr']:.3f})",
+                  (f"in: {Path(args.data_dir).name if args.data_dir else 'test split'}", f"out: {short}"))
+    print(f"OOD {source} ({n} images) vs {len(msp_in)} in-distribution images by max softmax probability: "
+          f"AUROC {report['auroc']:.4f}, FPR at 95% TPR {report['fpr_at_95_tpr']:.4f}, mean MSP in "
+          f"{report['msp_in_mean']:.3f} / out {report['msp_out_mean']:.3f}; wrote ood.json and ood_hist.png to {out}")
+    return report
 
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:

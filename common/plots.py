@@ -100,3 +100,34 @@ def plot_comparison(rows: list[dict], path_val: Path, path_time: Path) -> None:
     ax.set(xlabel="training time (s, device as in the table)", ylabel="test accuracy", title="accuracy vs training time")
     ax.grid(alpha=0.3)
     save_figure(fig, path_time)
+
+
+def plot_corruptions(accuracy: dict[str, list[float]], severities: list[int], clean_acc: float,
+                     mean_by_severity: list[float], path: Path, title: str = "") -> None:
+    """Accuracy against corruption severity, one line per corruption and the mean in bold; clean at severity 0."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs = [0, *severities]
+    for name, accs in accuracy.items():
+        ax.plot(xs, [clean_acc, *accs], marker="o", linewidth=1.2, alpha=0.85, label=name.replace("_", " "))
+    ax.plot(xs, [clean_acc, *mean_by_severity], color="black", linewidth=3, marker="s", label="mean")
+    ax.set_xticks(xs, ["clean", *map(str, severities)])
+    ax.set(xlabel="severity", ylabel="accuracy", ylim=(0, 1), title=title or "accuracy under corruptions")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    save_figure(fig, path)
+
+
+def plot_ood_hist(score_in: np.ndarray, score_out: np.ndarray, path: Path, title: str = "",
+                  labels: tuple[str, str] = ("in-distribution", "out-of-distribution")) -> None:
+    """Histograms of a confidence score for in- and out-of-distribution images, each summing to 1."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bins = np.linspace(0, 1, 41)
+    for scores, label, color in ((score_in, labels[0], "tab:blue"), (score_out, labels[1], "tab:orange")):
+        scores = np.asarray(scores)
+        ax.hist(scores, bins=bins, weights=np.full(len(scores), 1 / max(len(scores), 1)), alpha=0.6, color=color,
+                label=f"{label} (n={len(scores)}, mean {scores.mean():.2f})")
+    ax.set(xlabel="maximum softmax probability", ylabel="fraction of images", xlim=(0, 1), title=title)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # headroom, so the legend never covers a bar
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    save_figure(fig, path)
