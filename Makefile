@@ -1,11 +1,14 @@
 # make setup  - virtual environment with the pinned requirements
 # make test   - the whole test suite (CPU, offline, synthetic data)
-# make study  - on DATA: scratch CNN (part 1), MobileNetV2 head on cached features (part 2), evaluation, comparison
-#               MOBILENET_WEIGHTS=imagenet uses torchvision's download/cache; offline, give a state-dict file
+# make study  - study.py with PLAN on DATA: every experiment, evaluation, robustness, Grad-CAM and
+#               runs/report/index.html. PLAN=quick takes minutes on a CPU; PLAN=full is the complete study (GPU).
+#               *_WEIGHTS=imagenet uses torchvision's download/cache; offline, give a state-dict file
 PYTHON ?= python3
 VENV ?= .venv
 DATA ?= ../shared/data/animals10/raw-img
 MOBILENET_WEIGHTS ?= imagenet
+RESNET_WEIGHTS ?= imagenet
+PLAN ?= quick
 PY := $(VENV)/bin/python
 
 .PHONY: setup test study
@@ -23,7 +26,4 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 study: setup
-	$(PY) part1_scratch_cnn.py --data-dir $(DATA)
-	$(PY) part2_mobilenet.py --mode fc --cache-features --epochs 30 --data-dir $(DATA) --weights $(MOBILENET_WEIGHTS)
-	$(PY) evaluate.py --ckpt runs/best.pt
-	$(PY) evaluate.py --compare runs
+	$(PY) study.py --plan $(PLAN) --data-dir $(DATA) --mobilenet-weights $(MOBILENET_WEIGHTS) --resnet-weights $(RESNET_WEIGHTS)

@@ -5,6 +5,10 @@ Examples:
     python part1_scratch_cnn.py --lr 1e-3 --batch-size 32 --epochs 40
     python part1_scratch_cnn.py --sweep --lrs 1e-2,1e-3,1e-4 --batch-sizes 16,32,64 --epochs 15
     python part1_scratch_cnn.py --resume runs/<run>/last.pt       # continue a killed run
+    python part1_scratch_cnn.py --fraction 0.2                    # 20% of each class's training images
+    python part1_scratch_cnn.py --mixup 0.2 --cutmix 1.0          # MixUp or CutMix on each batch
+    python part1_scratch_cnn.py --auto-augment trivialaugment     # or randaugment
+    python part1_scratch_cnn.py --imbalance 10 --balance oversample   # long-tailed training set, and a remedy
     tensorboard --logdir runs
 
 Architecture (input 3 x 224 x 224, 10 classes; 1,278,250 parameters, all trainable):

@@ -5,6 +5,8 @@ Examples:
     python part2_mobilenet.py --mode fc --cache-features    # frozen backbone runs once; each epoch is near-instant
     python part2_mobilenet.py --mode full                   # everything (lr 1e-4)
     python part2_mobilenet.py --mode fc --weights ../shared/weights/mobilenet_v2-4972ace1.pth
+    python part2_mobilenet.py --mode bn                     # BatchNorm layers + head only
+    python part2_mobilenet.py --mode gradual --unfreeze-every 2 # head first, one block deeper every 2 epochs
 
 Weights come from torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1` (downloaded once into $TORCH_HOME);
 offline, pass --weights with a state-dict file. Frozen parameters get requires_grad=False, are left out

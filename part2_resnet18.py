@@ -8,6 +8,8 @@ Examples:
     python part2_resnet18.py --mode full --lr-decay 0.5     # per-block rates: fc lr, layer4 lr/2, layer3 lr/4, ...
     python part2_resnet18.py --mode fc --weights path/to/resnet18.pth   # state-dict file instead of the torch cache
     python part2_resnet18.py --mode full --weights none     # random initialisation (not transfer learning)
+    python part2_resnet18.py --mode bn                      # BatchNorm layers + head only
+    python part2_resnet18.py --mode gradual --unfreeze-every 2 # head first, one block deeper every 2 epochs
 
 Weights come from torchvision's `ResNet18_Weights.IMAGENET1K_V1` (downloaded once into $TORCH_HOME);
 offline, pass --weights with a state-dict file. Frozen parameters get requires_grad=False, are left out

@@ -52,9 +52,12 @@ REGULARIZATION_ARGS = {
 }
 
 
-def _run(name: str, model: str, args: list[str], groups: list[str], **vars_) -> dict:
-    return {"name": name, "script": SCRIPTS[model], "args": [str(a) for a in args], "groups": groups,
-            "vars": {"model": model, **vars_}}
+MODEL_NAMES = {"scratch_cnn": "scratch CNN", "mobilenet_v2": "MobileNetV2", "resnet18": "ResNet-18"}
+
+
+def _run(name: str, model: str, args: list[str], groups: list[str], label: str, **vars_) -> dict:
+    return {"name": name, "label": f"{MODEL_NAMES[model]} {label}", "script": SCRIPTS[model],
+            "args": [str(a) for a in args], "groups": groups, "vars": {"model": model, **vars_}}
 
 
 def _merge(runs: list[dict]) -> list[dict]:
@@ -82,32 +85,35 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     runs = []
     for lr, bs in itertools.product(scratch_lrs, batch_sizes):
         runs.append(_run(f"scratch-lr{lr:g}-bs{bs}", "scratch_cnn", [*scratch, "--lr", lr, "--batch-size", bs],
-                         ["scratch_grid"], lr=lr, batch_size=bs))
+                         ["scratch_grid"], f"lr {lr:g}, batch {bs}", lr=lr, batch_size=bs))
     base = [*scratch, "--lr", base_lr, "--batch-size", base_bs]
     runs.append(_run(f"scratch-lr{base_lr:g}-bs{base_bs}", "scratch_cnn", base, ["regularization", "fractions"],
-                     option="baseline", fraction=1.0, lr=base_lr, batch_size=base_bs))
+                     f"lr {base_lr:g}, batch {base_bs}", option="baseline", fraction=1.0, lr=base_lr, batch_size=base_bs))
     for option, extra in REGULARIZATION_ARGS.items():
-        runs.append(_run(f"scratch-{option}", "scratch_cnn", [*base, *extra], ["regularization"], option=option))
+        runs.append(_run(f"scratch-{option}", "scratch_cnn", [*base, *extra], ["regularization"],
+                         option.replace("_", " "), option=option))
     for model, names in strategies.items():
         for s in names:
-            runs.append(_run(f"{model}-{s}", model, [*STRATEGY_ARGS[s], *strategy_args], ["strategies"], strategy=s))
+            runs.append(_run(f"{model}-{s}", model, [*STRATEGY_ARGS[s], *strategy_args], ["strategies"], s, strategy=s))
     lr_base = [*STRATEGY_ARGS[lr_strategy], *lr_args]
     for lr in transfer_lrs:
         runs.append(_run(f"{lr_model}-{lr_strategy}-lr{lr:g}", lr_model, [*lr_base, "--lr", lr], ["transfer_lr"],
-                         strategy=lr_strategy, lr=lr))
+                         f"{lr_strategy}, lr {lr:g}", strategy=lr_strategy, lr=lr))
     transfer_base = [*lr_base, "--lr", base_transfer_lr]
     runs.append(_run(f"{lr_model}-{lr_strategy}-lr{base_transfer_lr:g}", lr_model, transfer_base,
-                     ["fractions", "imbalance"], strategy=lr_strategy, lr=base_transfer_lr, fraction=1.0, ratio=1,
+                     ["fractions", "imbalance"], f"{lr_strategy}, lr {base_transfer_lr:g}", strategy=lr_strategy, lr=base_transfer_lr, fraction=1.0, ratio=1,
                      remedy="none"))
     for f in fractions:
         if f < 1:
-            runs.append(_run(f"scratch-fraction{f:g}", "scratch_cnn", [*base, "--fraction", f], ["fractions"], fraction=f))
+            runs.append(_run(f"scratch-fraction{f:g}", "scratch_cnn", [*base, "--fraction", f], ["fractions"],
+                             f"{f:.0%} of the training data", fraction=f))
             runs.append(_run(f"{lr_model}-{lr_strategy}-fraction{f:g}", lr_model, [*transfer_base, "--fraction", f],
-                             ["fractions"], fraction=f))
+                             ["fractions"], f"{lr_strategy}, {f:.0%} of the training data", fraction=f))
     for remedy in ("none", "weights", "oversample"):
         runs.append(_run(f"{lr_model}-{lr_strategy}-imbalance{imbalance_ratio:g}-{remedy}", lr_model,
                          [*transfer_base, "--imbalance", imbalance_ratio, "--balance", remedy], ["imbalance"],
-                         ratio=imbalance_ratio, remedy=remedy))
+                         f"{lr_strategy}, imbalance {imbalance_ratio:g}, remedy {remedy}", ratio=imbalance_ratio,
+                         remedy=remedy))
     for r in runs:
         r["args"] = [*data, *r["args"]]
     runs = _merge(runs)

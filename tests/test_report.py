@@ -1,0 +1,256 @@
+"""The study report: files, images, numbers, failed runs, partial studies and escaping, on a synthetic study."""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from common.report import build_report, f_int, f_time, markdown_to_html
+
+CLASSES = ["cane", "cavallo", "elefante", "farfalla", "gallina", "gatto", "mucca", "pecora", "ragno", "scoiattolo"]
+ENGLISH = ["dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep", "spider", "squirrel"]
+ERROR_MD = """# Error analysis: mobilenet_v2/fc
+
+Checkpoint `runs/best.pt`, data: saved test split.
+
+## Most confused class pairs
+
+| pair | errors |
+|---|---:|
+| cat / dog | 9 |
+
+### raw-img/gatto/1.jpg
+
+- true: cat; predicted: dog
+- heat <script>alert("x")</script> & more
+"""
+
+
+def png(path: Path, value: int) -> str:
+    """A small solid PNG; returns its path as text, as the runner would store it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((24, 32, 3), value, np.uint8))
+    return str(path)
+
+
+def run(tmp: Path, name: str, groups: list[str], values: dict, arch: str, mode: str, val: float, test: float,
+        seconds: float, recall_dog: float = 0.9) -> dict:
+    """A finished run with metrics, config and eval.json content."""
+    per_class = {e: {"precision": 0.9, "recall": recall_dog if e == "dog" else 0.95, "f1-score": 0.9, "support": 75}
+                 for e in ENGLISH}
+    per_class["macro avg"] = {"precision": 0.9, "recall": 0.93, "f1-score": 0.92, "support": 750}
+    history = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "train_acc": val - 0.1 / e, "val_loss": 1 / e,
+                "val_acc": val - 0.05 / e, "epoch_seconds": seconds / 3} for e in (1, 2, 3)]
+    return {
+        "name": name, "groups": groups, "label": name.replace("-", " "), "vars": values,
+        "command": f"python train.py --run {name}", "status": "done", "error": None, "run_dir": str(tmp / name),
+        "metrics": {"arch": arch, "mode": mode, "lr": values.get("lr", 1e-3), "batch_size": 32, "epochs_run": 3,
+                    "best_epoch": 3, "best_val_acc": val, "test_acc": test, "test_loss": 0.3,
+                    "test_macro_f1": test - 0.01, "train_seconds": seconds, "seconds_per_epoch": seconds / 3,
+                    "train_img_per_s": 3000 / seconds, "eval_img_per_s": 500.0, "peak_memory_mb": 2048.0,
+                    "trainable_params": 12810 if mode == "fc" else 2236682, "total_params": 2236682,
+                    "device": "cpu", "checkpoint_mb": 9.0, "history": history},
+        "config": {"epochs": 3, "weights": {"source": "none" if arch == "scratch_cnn" else "imagenet", "sha256": None}},
+        "eval": {"accuracy": test, "n": 750, "macro": {"precision": 0.9, "recall": 0.93, "f1": test - 0.01},
+                 "weighted": {"precision": 0.9, "recall": 0.93, "f1": 0.9}, "per_class": per_class,
+                 "confusion_matrix": np.eye(10, dtype=int).tolist(), "classes": CLASSES, "misclassified": []},
+        "corruptions": None, "ood": None, "files": {},
+    }
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("runs")
+    mk = lambda *a, **k: run(tmp, *a, **k)  # noqa: E731
+    runs = [
+        mk("scratch-a", ["scratch_grid", "fractions"],
+           {"lr": 1e-3, "batch_size": 16, "model": "scratch_cnn", "fraction": 1.0}, "scratch_cnn", "full",
+           0.7067, 0.6747, 320.0),
+        mk("scratch-b", ["scratch_grid"], {"lr": 1e-2, "batch_size": 32}, "scratch_cnn", "full", 0.6267, 0.5893, 380.0),
+        mk("scratch-quarter", ["fractions"], {"model": "scratch_cnn", "fraction": 0.25}, "scratch_cnn", "full",
+           0.45, 0.4213, 90.0),
+        mk("mnv2-fc", ["strategies", "transfer_lr", "fractions", "regularization"],
+           {"model": "mobilenet_v2", "strategy": "fc", "lr": 1e-3, "fraction": 1.0, "option": "baseline"},
+           "mobilenet_v2", "fc", 0.9813, 0.9680, 75.0),
+        mk("mnv2-full", ["strategies"], {"model": "mobilenet_v2", "strategy": "full"}, "mobilenet_v2", "full",
+           0.9640, 0.9587, 590.0),
+        mk("mnv2-lr3e-3", ["transfer_lr"], {"model": "mobilenet_v2", "strategy": "fc", "lr": 3e-3}, "mobilenet_v2",
+           "fc", 0.9787, 0.9667, 74.0),
+        mk("mnv2-quarter", ["fractions"], {"model": "mobilenet_v2", "fraction": 0.25}, "mobilenet_v2", "fc",
+           0.9600, 0.9493, 20.0),
+        mk("mnv2-mixup", ["regularization"], {"option": "mixup 0.2"}, "mobilenet_v2", "fc", 0.9750, 0.9550, 240.0),
+        mk("imb-none", ["imbalance"], {"ratio": 10, "remedy": "none"}, "mobilenet_v2", "fc", 0.95, 0.94, 40.0,
+           recall_dog=0.4533),
+        mk("imb-weights", ["imbalance"], {"ratio": 10, "remedy": "class weights"}, "mobilenet_v2", "fc", 0.955, 0.945,
+           40.0, recall_dog=0.7867),
+        {"name": "scratch-oom", "groups": ["scratch_grid"], "label": "scratch OOM run",
+         "vars": {"lr": 1e-2, "batch_size": 64},
+         "command": "python part1_scratch_cnn.py --lr 0.01 --batch-size 64", "status": "failed",
+         "error": "RuntimeError: out of memory <b>boom</b>", "run_dir": None, "metrics": None, "config": None,
+         "eval": None, "corruptions": None, "ood": None, "files": {}},
+    ]
+    best = runs[3]
+    best["metrics"]["feature_extraction_seconds"] = 69.0
+    best["corruptions"] = {"n": 750, "seed": 0, "clean_acc": 0.968, "severities": [1, 2, 3],
+                           "accuracy": {"gaussian_noise": [0.9, 0.8, 0.6], "contrast": [0.95, 0.7, 0.3]},
+                           "mean_acc_by_severity": [0.925, 0.75, 0.45], "mean_corrupted_acc": 0.7083, "device": "cpu",
+                           "seconds": 30.0}
+    best["ood"] = {"ood_source": "synthetic noise", "n_in": 750, "n_out": 500, "auroc": 0.9312, "fpr_at_95_tpr": 0.312,
+                   "msp_in_mean": 0.95, "msp_out_mean": 0.61, "score": "msp"}
+    (tmp / "mnv2-fc").mkdir(exist_ok=True)
+    (tmp / "mnv2-fc" / "error_analysis.md").write_text(ERROR_MD)
+    best["files"] = {k: png(tmp / "mnv2-fc" / f"{k}.png", 40 * i) for i, k in enumerate(
+        ("curves", "confusion_matrix", "misclassified", "corruptions", "ood_hist", "gradcam_grid"))}
+    best["files"]["error_analysis"] = str(tmp / "mnv2-fc" / "error_analysis.md")
+    runs[0]["files"] = {"curves": png(tmp / "scratch-a" / "curves.png", 200),
+                        "confusion_matrix": str(tmp / "scratch-a" / "gone.png")}  # missing on disk: skipped
+    groups = {"scratch_grid": {"title": "Scratch CNN: learning rate x batch size",
+                               "question": "Which lr and batch size?", "vars": ["lr", "batch_size"]},
+              "strategies": {"title": "How much to unfreeze", "question": "Does unfreezing help?",
+                             "vars": ["model", "strategy"]},
+              "transfer_lr": {"title": "Transfer learning rate", "question": "Which lr?",
+                              "vars": ["model", "strategy", "lr"]},
+              "fractions": {"title": "Less data", "question": "How much data?", "vars": ["model", "fraction"]},
+              "regularization": {"title": "Regularization", "question": "Does it help?", "vars": ["option"]},
+              "imbalance": {"title": "Class imbalance", "question": "Which remedy?", "vars": ["ratio", "remedy"]}}
+    return {"plan": "quick", "description": "A test study.", "created": "2026-11-25 03:10", "data_dir": "data/x",
+            "device": "cpu", "torch": "2.14.1", "notes": ["Weights are a <reconstruction> & not official."],
+            "groups": groups, "runs": runs}
+
+
+@pytest.fixture(scope="module")
+def built(study, tmp_path_factory) -> tuple[Path, str, str]:
+    out = tmp_path_factory.mktemp("report")
+    index = build_report(study, out)
+    return out, index.read_text(), (out / "report.md").read_text()
+
+
+def section(page: str, anchor: str) -> str:
+    """The HTML from the heading with this id to the next level-2 heading."""
+    start = page.index(f'id="{anchor}"')
+    end = page.find("<h2 ", start)
+    return page[start:end if end > 0 else None]
+
+
+def test_files_images_and_no_network(built):
+    out, page, md = built
+    assert (out / "index.html").is_file() and (out / "report.md").is_file()
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) >= 10  # 6 copied files of the best run, the scratch curves, and the generated plots
+    for src in srcs:
+        assert src.startswith("img/") and (out / src).is_file(), src
+    for src in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (out / src).is_file(), src
+    assert "scratch-a-curves.png" in page and "gone.png" not in page  # the missing file is skipped
+    for link in re.findall(r'(?:src|href)="([^"]*)"', page):
+        assert not link.startswith(("http://", "https://", "//")), link
+    assert "<script" not in page.replace("&lt;script", "")  # no scripts at all, also no framework
+
+
+def test_copied_image_is_the_runs_file(built, study):
+    out, page, _ = built
+    src = Path(study["runs"][3]["files"]["gradcam_grid"])
+    assert (out / "img" / "mnv2-fc-gradcam_grid.png").read_bytes() == src.read_bytes()
+
+
+def test_comparison_table_matches_input(built, study):
+    _, page, md = built
+    table = section(page, "all-runs")
+    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    first = re.findall(r"<td[^>]*>(.*?)</td>", rows[1])  # rows[0] is the header
+    assert first[:2] == ["1", "mnv2 fc"]  # best validation accuracy first
+    best = study["runs"][3]["metrics"]
+    for text in ("0.9813", "0.9680", "0.9580", "2.4 min", "12,810", "2,048"):
+        assert text in first, (text, first)  # train time 75 s + 69 s feature extraction = 2.4 min
+    assert '<td class="n best">0.9680</td>' in rows[1]  # best test acc highlighted
+    assert f"{best['test_acc']:.4f}" in md.split("## All runs")[1].split("\n## ")[0]
+    assert len(rows) == 1 + 10  # header + the ten finished runs
+
+
+def test_summary_names_best_run_and_noise(built):
+    _, page, _ = built
+    summary = page[page.index('class="box summary"'):page.index('class="toc"')]
+    assert "Best model: mnv2 fc" in summary
+    assert "0.13 pp" in summary  # one test image of 750
+    assert "mixup 0.2 (-1.3 pp test" in summary  # regularization delta vs the baseline
+    assert "worst class dog 0.4533" in summary and "highest worst-class recall at ratio 10: class weights" in summary
+    assert "contrast hurts most" in summary and "AUROC 0.9312" in summary
+    assert "keeps 62% of its test acc with 25%" in summary  # scratch: 0.4213 / 0.6747
+    assert "at 3 epochs on cpu" in summary
+
+
+def test_failed_run_listed_with_error_and_left_out_of_tables(built):
+    _, page, md = built
+    box = page[page.index('class="box failed"'):]
+    box = box[:box.index("</div>")]
+    assert "scratch OOM run" in box and "RuntimeError: out of memory &lt;b&gt;boom&lt;/b&gt;" in box
+    tables = " ".join(re.findall(r"<table>.*?</table>", page, re.S))
+    assert "scratch OOM run" not in tables and "scratch-oom" not in tables
+    assert "<b>boom</b>" not in page
+    assert "python part1_scratch_cnn.py --lr 0.01 --batch-size 64" in page  # still in Reproduce
+    assert "scratch OOM run" in md
+
+
+def test_group_sections(built):
+    _, page, _ = built
+    grid = section(page, "scratch-cnn-learning-rate-x-batch-size")
+    assert "Which lr and batch size?" in grid and 'src="img/scratch_grid.png"' in grid
+    assert "0.7067" in grid and "0.6267" in grid
+    reg = section(page, "regularization")
+    assert "-1.3 pp" in reg and 'src="img/regularization.png"' in reg
+    imb = section(page, "class-imbalance")
+    assert "0.4533" in imb and "0.7867" in imb and 'src="img/imbalance.png"' in imb
+    rob = section(page, "robustness-and-out-of-distribution-detection")
+    assert "0.3000" in rob and "0.9312" in rob and "mnv2-fc-ood_hist.png" in rob
+
+
+def test_error_analysis_rendered_and_escaped(built):
+    _, page, md = built
+    detail = section(page, "per-model-detail")
+    assert "<table>" in detail and '<td class=n>9</td>' in detail
+    assert "<li>true: cat; predicted: dog</li>" in detail
+    assert "heat &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in detail
+    assert "<code>runs/best.pt</code>" in detail
+    assert "Weights are a &lt;reconstruction&gt; &amp; not official." in page
+    assert "#### Error analysis: mobilenet_v2/fc" in md  # headings moved below the run's own heading
+
+
+def test_partial_study_builds(study, tmp_path):
+    part = copy.deepcopy(study)
+    part["groups"] = {"scratch_grid": part["groups"]["scratch_grid"]}
+    part["runs"] = [r for r in part["runs"] if "scratch_grid" in r["groups"]]
+    for r in part["runs"]:
+        r.update(eval=None, files={})
+    page = build_report(part, tmp_path / "r").read_text()
+    assert 'id="scratch-cnn-learning-rate-x-batch-size"' in page
+    assert 'id="regularization"' not in page and 'id="robustness-and-out-of-distribution-detection"' not in page
+    assert "Best model: scratch a" in page
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (tmp_path / "r" / src).is_file()
+
+
+def test_input_is_not_modified(study, tmp_path):
+    before = copy.deepcopy(study)
+    build_report(study, tmp_path / "r")
+    assert study == before  # the runner saves study.json; the report must not change what it describes
+
+
+def test_study_without_finished_runs_builds(study, tmp_path):
+    empty = {**study, "runs": [study["runs"][-1]]}
+    page = build_report(empty, tmp_path / "r").read_text()
+    assert "scratch OOM run" in page and "<table>" not in page
+
+
+def test_markdown_and_number_formatting():
+    text = "# T\n\n| a | b |\n|---|--:|\n| `x<y` | 2 |\n\n- one\n  more\n- **two**\n\npara <i>"
+    out = markdown_to_html(text, shift=2)
+    assert "<h3>T</h3>" in out
+    assert "<th>a</th><th class=n>b</th>" in out and "<td><code>x&lt;y</code></td><td class=n>2</td>" in out
+    assert "<li>one more</li><li><strong>two</strong></li>" in out
+    assert "<p>para &lt;i&gt;</p>" in out
+    assert (f_time(45), f_time(600), f_time(3.1), f_int(1234567), f_int(None)) == (
+        "45.0 s", "10.0 min", "3.10 s", "1,234,567", "–")
