@@ -30,6 +30,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from common import distributed
+from common.cli import UserError, nonnegative_float, nonnegative_int, number, positive_int, probability
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ENGLISH_NAMES = {
@@ -49,7 +50,7 @@ GET_DATA_ADVICE = (
 )
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A problem with the input data that the user must fix; its message says how."""
 
 
@@ -70,34 +71,47 @@ def add_data_args(parser) -> None:
                    help=f"folder of <class>/<images> (default: $ANIMALS10_DIR, else {DEFAULT_DATA_DIR})")
     g.add_argument("--output-dir", default="runs", help="where run folders, split.json and the cache go")
     g.add_argument("--split-file", default=None, help="saved split (default: <output-dir>/split.json)")
-    g.add_argument("--per-class", type=int, default=450, help="images drawn per class (0: all)")
+    g.add_argument("--per-class", type=nonnegative_int, default=450, help="images drawn per class (0: all)")
     g.add_argument("--split", default="300,75,75",
                    help="train,val,test images per class, or fractions of each class (e.g. 0.7,0.15,0.15)")
     g.add_argument("--no-dedup", dest="dedup", action="store_false",
                    help="keep exact and near duplicates when drawing a new split (default: leave them out)")
-    g.add_argument("--near-threshold", type=int, default=4, help="dhash bits within which images count as near duplicates")
+    g.add_argument("--near-threshold", type=number(int, 0, 64), default=4, help="dhash bits within which images count as near duplicates")
     g.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
-    g.add_argument("--img-size", type=int, default=256, help="images are resized to this square size and cached")
-    g.add_argument("--crop-size", type=int, default=224, help="networks see crops of this size")
-    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
-    g.add_argument("--fraction", type=float, default=1.0,
+    g.add_argument("--img-size", type=positive_int, default=256, help="images are resized to this square size and cached")
+    g.add_argument("--crop-size", type=positive_int, default=224, help="networks see crops of this size")
+    g.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="decoding threads")
+    g.add_argument("--fraction", type=number(float, 0, 1, low_open=True), default=1.0,
                    help="train on this fraction of each class's training images (stratified; val and test unchanged)")
-    g.add_argument("--imbalance", type=float, default=1.0,
+    g.add_argument("--imbalance", type=number(float, 1), default=1.0,
                    help="long-tailed training set: class k of C keeps n * RATIO^(-k/(C-1)) images, so the first "
                         "class has RATIO times the last (1 = balanced)")
+
+
+def add_crop_check(parser, min_crop: int = 1) -> None:
+    """Refuse, when the arguments are parsed, a crop larger than the cached images or too small for the network."""
+    def check(args) -> str | None:
+        if args.crop_size > args.img_size:
+            return (f"--crop-size {args.crop_size} is larger than the cached --img-size {args.img_size} images; "
+                    "lower it or raise --img-size")
+        if args.crop_size < min_crop:
+            return f"--crop-size {args.crop_size} is too small for this network; give at least {min_crop}"
+        return None
+
+    parser.add_check(check)
 
 
 def add_augment_args(parser, scale_min: float, jitter: float) -> None:
     """Augmentation arguments of the training scripts, with the script's defaults."""
     g = parser.add_argument_group("augmentation")
-    g.add_argument("--scale-min", type=float, default=scale_min,
+    g.add_argument("--scale-min", type=number(float, 0, 1, low_open=True), default=scale_min,
                    help="smallest crop area of the random-resized crop (1 = plain random crop of --crop-size)")
-    g.add_argument("--jitter", type=float, default=jitter, help="brightness/contrast/saturation jitter (0 = off)")
+    g.add_argument("--jitter", type=probability, default=jitter, help="brightness/contrast/saturation jitter (0 = off)")
     g.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
     g.add_argument("--auto-augment", choices=tuple(AUTO_AUGMENT), default="none",
                    help="torchvision's RandAugment or TrivialAugmentWide on each training image before cropping")
-    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
-    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+    g.add_argument("--mixup", type=nonnegative_float, default=0.0, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
+    g.add_argument("--cutmix", type=nonnegative_float, default=0.0, metavar="ALPHA",
                    help="CutMix with Beta(ALPHA, ALPHA) (0 = off); with --mixup too, each batch uses one of them")
 
 
@@ -315,7 +329,8 @@ def hamming(a: int, hashes: np.ndarray) -> np.ndarray:
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call write(temp_path) next to path, then os.replace it into place: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's pid in the name lets remove_stale_temp_files tell a killed write from one in progress.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)

@@ -7,6 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
+from common.cli import UserError
 from common.data import file_sha256
 
 # Which top-level children each (architecture, mode) trains; every other parameter is frozen.
@@ -36,7 +37,7 @@ TV_WEIGHTS = {
 }
 
 
-class WeightsError(Exception):
+class WeightsError(UserError):
     """Pretrained weights could not be had or do not fit; the message says what to do."""
 
 

@@ -1,7 +1,6 @@
 """Fine-tuning ImageNet torchvision models (part 2): arguments, feature caching and one training run."""
 from __future__ import annotations
 
-import argparse
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,8 +10,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from common.cli import ArgumentParser, UserError, number, positive_int
 from common.data import (DECODE_VERSION, IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_augment_args,
-                         add_data_args, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
+                         add_crop_check, add_data_args, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
 from common.models import HEAD, MAX_DEPTH, MODES, block_depth, build_model, unfreeze_to_depth
@@ -21,11 +21,11 @@ from common.runs import save_checkpoint
 DEFAULT_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4, "bn": 1e-3, "gradual": 3e-4}
 
 
-def get_args_parser(arch: str, description: str) -> argparse.ArgumentParser:
+def get_args_parser(arch: str, description: str) -> ArgumentParser:
     """The part 2 command line for one architecture."""
     modes = MODES[arch]
     lrs = ", ".join(f"{m} {DEFAULT_LR[m]:g}" for m in modes)
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--mode", choices=modes, default=modes[0],
                         help=f"what is trained: {', '.join(modes)} (bn: BatchNorm layers + head; gradual: head "
                              "first, then one block deeper every --unfreeze-every epochs)")
@@ -33,17 +33,30 @@ def get_args_parser(arch: str, description: str) -> argparse.ArgumentParser:
                         help="'imagenet' (torchvision weights API and its cache), a state-dict file, or 'none'")
     parser.add_argument("--cache-features", action="store_true",
                         help="fc mode: run the frozen backbone once (no augmentation) and train the head on its features")
-    parser.add_argument("--lr-decay", type=float, default=1.0,
+    parser.add_argument("--lr-decay", type=number(float, 0, 1, low_open=True), default=1.0,
                         help="full and gradual modes: each block deeper from the head gets this factor more learning "
                              "rate decay (discriminative rates)")
-    parser.add_argument("--unfreeze-every", type=int, default=2,
+    parser.add_argument("--unfreeze-every", type=positive_int, default=2,
                         help="gradual mode: epochs between unfreezing the next block (head, then from the top down)")
     add_augment_args(parser, scale_min=0.35, jitter=0.2)
     add_data_args(parser)
+    add_crop_check(parser, min_crop=32)
     add_train_args(parser, lr=None, epochs=20, batch_size=32)
     parser.set_defaults(weight_decay=1e-4, lr=None)
     parser.description += f" Default learning rates fall as more is unfrozen: {lrs}; --lr overrides."
+    parser.add_check(check_mode_options)
     return parser
+
+
+def check_mode_options(args) -> str | None:
+    """Options that only some modes can use."""
+    if args.cache_features and args.mode != "fc":
+        return f"--cache-features needs a frozen backbone; use it with --mode fc, not {args.mode}"
+    if args.lr_decay != 1.0 and args.mode not in ("full", "gradual"):
+        return "--lr-decay sets per-block rates for --mode full or gradual only"
+    if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
+        return "--mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them"
+    return None
 
 
 @contextmanager
@@ -92,17 +105,12 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     """Build, freeze and fine-tune one model; returns its run folder."""
     if args.lr is None:
         args.lr = DEFAULT_LR[args.mode]
-    if args.cache_features and args.mode != "fc":
-        raise SystemExit(f"error: --cache-features needs a frozen backbone; use it with --mode fc, not {args.mode}")
-    if args.lr_decay != 1.0 and args.mode not in ("full", "gradual"):
-        raise SystemExit("error: --lr-decay sets per-block rates for --mode full or gradual only")
-    if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
-        raise SystemExit("error: --mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them")
+    problem = check_mode_options(args)
+    if problem:
+        raise UserError(problem)
     if args.mode == "gradual" and is_distributed():
-        raise SystemExit("error: --mode gradual changes the trainable parameters during training, which "
-                         "DistributedDataParallel cannot follow; run it without torchrun")
-    if args.unfreeze_every < 1:
-        raise SystemExit("error: --unfreeze-every must be at least 1 epoch")
+        raise UserError("--mode gradual changes the trainable parameters during training, which "
+                        "DistributedDataParallel cannot follow; run it without torchrun")
     generators = seed_everything(args.seed)
     model, weights = build_model(arch, len(split.classes), args.mode, args.weights)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
