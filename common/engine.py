@@ -52,6 +52,10 @@ def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) 
     g.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronise BatchNorm statistics across processes")
 
 
+class DivergedError(UserError):
+    """Training diverged (a non-finite loss); the message says which option to change."""
+
+
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu; a clear error when cuda is asked for and absent."""
     if name == "cuda" and not torch.cuda.is_available():
@@ -99,7 +103,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, cr
             logits = model(x)
             loss = criterion(logits, target)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()}; lower --lr")
+            raise DivergedError(f"the training loss became {loss.item()}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

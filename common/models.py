@@ -187,6 +187,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild an eval-mode model from a checkpoint dict alone (no weights download)."""
+    if ckpt["arch"] not in MODES or ckpt["mode"] not in MODES[ckpt["arch"]]:
+        raise WeightsError(f"the checkpoint is a {ckpt['arch']}/{ckpt['mode']} model, which this version cannot "
+                           "build; use a checkpoint written by this project's training scripts")
     model, _ = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["mode"], weights="none")
-    model.load_state_dict(ckpt["model_state"])
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"the checkpoint's weights do not fit {ckpt['arch']}/{ckpt['mode']} with "
+                           f"{len(ckpt['classes'])} classes ({first}); it was edited: use another checkpoint") from None
     return model.eval()
