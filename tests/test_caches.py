@@ -39,7 +39,11 @@ def split_and_pixels(dataset, tmp_path):
 def decodes(monkeypatch) -> list:
     """Counts decode passes of load_or_build_cache."""
     calls, real = [], common.data.decode_many
-    monkeypatch.setattr(common.data, "decode_many", lambda paths, size, workers=2: calls.append(size) or real(paths, size))
+
+    def counted(paths, size, workers=2):
+        calls.append(size)
+        return real(paths, size, workers)
+    monkeypatch.setattr(common.data, "decode_many", counted)
     return calls
 
 
