@@ -105,8 +105,11 @@ def load_pretrained(model: nn.Module, arch: str, weights: str) -> dict:
             raise WeightsError(f"--weights {weights}: no such file; pass a state-dict file, 'imagenet' or 'none'")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightsError(f"--weights {weights} is not a readable state-dict file ({e})") from None
+        except Exception as e:  # torch's own message suggests weights_only=False, i.e. running the file's code
+            raise WeightsError(
+                f"--weights {weights} cannot be read as a state dict ({type(e).__name__}: it is corrupt, or holds "
+                f"Python objects, which are never loaded); pass a file saved with torch.save(model.state_dict()) "
+                f"from torchvision's {arch}, or --weights imagenet / none") from None
         if isinstance(state, dict) and "model_state" in state:
             state = state["model_state"]
         source = str(path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ from torch import nn
 from tqdm import tqdm
 
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.data import (DECODE_VERSION, IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_augment_args,
-                         add_crop_check, add_data_args, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
+from common.data import (IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, BatchLoader, Split, add_augment_args,
+                         add_crop_check, add_data_args, cache_key, cache_mismatch, eval_transform, explain_miss,
+                         make_loaders, make_transforms, pixel_cache_fields, prepare_data, save_cache_key, to_device,
+                         upscale_check)
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
 from common.models import HEAD, MAX_DEPTH, MODES, block_depth, build_model, unfreeze_to_depth
@@ -84,19 +87,60 @@ def extract_features(model: nn.Module, arch: str, images, split: Split, transfor
     return torch.cat(out)
 
 
-def cached_features(model, arch, weights: dict, images, split, transform, device, cache_dir: Path, crop: int,
-                    log=print) -> tuple[torch.Tensor, float]:
-    """Features from the on-disk cache for these weights, split and crop, computing them once; (features, seconds)."""
-    key = f"features-{arch}-{(weights['sha256'] or 'random')[:12]}-{split.fingerprint[:16]}-{crop}px-d{DECODE_VERSION}.pt"
-    path = cache_dir / key
-    if path.exists() and weights["sha256"]:
-        return torch.load(path, weights_only=True), 0.0
+def feature_cache_fields(arch: str, weights_sha256: str, split: Split, img_size: int, crop: int,
+                         mean, std) -> dict:
+    """Everything that changes cached features: the pixels, the backbone and its weights, and the eval transform."""
+    return {**pixel_cache_fields(split, img_size), "cache": "features", "arch": arch, "weights_sha256": weights_sha256,
+            "crop_size": int(crop), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "transform_version": TRANSFORM_VERSION}
+
+
+def _feature_width(model: nn.Module, arch: str) -> int:
+    return next(m for m in getattr(model, HEAD[arch]).modules() if isinstance(m, nn.Linear)).in_features
+
+
+def _load_features(path: Path, fields: dict, shape: tuple[int, int], log=print) -> torch.Tensor | None:
+    """The cached features at path; None (after saying why) when unreadable, stale or the wrong shape."""
+    problem = cache_mismatch(path, fields)
+    if not problem:
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, never other objects
+        except Exception as e:  # truncated, garbage, or pickled objects that weights_only refuses
+            problem = f"is unreadable ({type(e).__name__})"
+        else:
+            if isinstance(feats, torch.Tensor) and tuple(feats.shape) == shape and feats.dtype == torch.float32:
+                return feats
+            got = f"{tuple(feats.shape)} {feats.dtype}" if isinstance(feats, torch.Tensor) else type(feats).__name__
+            problem = f"holds {got}, not a {shape} float32 tensor"
+    log(f"feature cache {path} {problem}; recomputing it (it is derived data)")
+    return None
+
+
+def cached_features(model, arch, weights: dict, images, split, device, cache_dir: Path, crop: int,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, log=print) -> tuple[torch.Tensor, float]:
+    """Backbone features of the centre-cropped images, from the on-disk cache when one fits; (features, seconds).
+
+    The cache file is keyed by feature_cache_fields, taken from the images and transform actually used.
+    Randomly initialised weights (no sha256) are never cached: they depend on the seed, not on a file.
+    """
+    path, note = None, " (random weights: not cached)"
+    if weights["sha256"]:
+        fields = feature_cache_fields(arch, weights["sha256"], split, images.shape[1], crop, mean, std)
+        path = cache_dir / f"features-{arch}-{cache_key(fields)}.pt"
+        if path.exists():
+            feats = _load_features(path, fields, (len(split.entries), _feature_width(model, arch)), log)
+            if feats is not None:
+                return feats, 0.0
+            note = f" into {path}"
+        else:
+            note = f" into {path}{explain_miss(path, fields)}"
     t0 = time.perf_counter()
-    feats = extract_features(model, arch, images, split, transform, device)
+    feats = extract_features(model, arch, images, split, partial(eval_transform, crop=crop, mean=mean, std=std), device)
     seconds = time.perf_counter() - t0
-    log(f"extracted {tuple(feats.shape)} features in {seconds:.1f}s")
-    if weights["sha256"] and is_main():
-        cache_dir.mkdir(parents=True, exist_ok=True)
+    log(f"extracted {tuple(feats.shape)} features in {seconds:.1f}s{note}")
+    if path is not None and is_main():
+        path.unlink(missing_ok=True)  # so a kill after the key record never leaves a stale cache under it
+        save_cache_key(path, fields)
         save_checkpoint(feats, path)
     return feats, seconds
 
@@ -122,8 +166,8 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     extra = {}
     trained, save_model = model, None
     if args.cache_features:
-        feats, seconds = cached_features(model, arch, weights, images, split, eval_tf, device,
-                                         Path(args.output_dir) / "cache", crop, log)
+        feats, seconds = cached_features(model, arch, weights, images, split, device, Path(args.output_dir) / "cache",
+                                         crop, IMAGENET_MEAN, IMAGENET_STD, log)
         extra["feature_extraction_seconds"] = seconds
         images, trained, save_model = feats.to(device), getattr(model, HEAD[arch]), model
         train_tf = eval_tf = nn.Identity()
