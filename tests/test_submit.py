@@ -210,6 +210,44 @@ def test_index_ids_follow_the_number_in_the_name(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+# Bad input to the scripts: one `error:` line on stderr, exit 1, no traceback.
+
+def script(*argv):
+    return subprocess.run([sys.executable, *map(str, argv), "--device", "cpu"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def assert_one_error_line(proc, *words):
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_gradcam_missing_image(trained, tmp_path):
+    out, _, _ = trained
+    proc = script(ROOT / "gradcam.py", "--ckpt", out / "best.pt", "--image", tmp_path / "missing.jpg",
+                  "--out-dir", tmp_path / "g")
+    assert_one_error_line(proc, "missing.jpg", "no such file")
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("name, key", [("evaluate.py", "model_state"), ("gradcam.py", "crop_size"),
+                                       ("submit.py", "classes")])
+def test_checkpoint_missing_a_key(trained, tmp_path, name, key):
+    out, test_dir, _ = trained
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    del ckpt[key]
+    edited = tmp_path / "edited" / "best.pt"
+    save_checkpoint(ckpt, edited)
+    extra = {"evaluate.py": ["--out-dir", tmp_path / "e"], "gradcam.py": ["--out-dir", tmp_path / "e"],
+             "submit.py": ["--test-dir", test_dir, "--no-upload", "--out-dir", tmp_path / "e"]}[name]
+    proc = script(ROOT / name, "--ckpt", edited, *extra)
+    assert_one_error_line(proc, str(edited), key)
+    assert not (tmp_path / "e").exists()
+
+
 # Uploads: the real kaggle client, in a subprocess whose environment routes it to a stand-in on loopback.
 
 def submit_process(tmp_path, out, test_dir, standin_port, *extra, credentials=True):
