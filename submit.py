@@ -153,7 +153,7 @@ def checkpoint_labels(path: Path, classes: list[str], form: str, vocabulary: tup
     reference = COMPETITION_CLASSES if set(classes) == set(COMPETITION_CLASSES) else None
     labels = label_vocabulary(classes, form, reference)
     if set(labels) != set(expected):
-        raise SubmissionError(f"checkpoint {path} was trained on {len(classes)} classes ({', '.join(labels)}) but a "
+        raise SubmissionError(f"checkpoint {path} was trained on {len(classes)} classes ({', '.join(classes)}) but a "
                               f"submission takes {source} ({', '.join(expected)}); {fix}")
     return labels
 
