@@ -76,6 +76,8 @@ def second_map(method: str, model, x: torch.Tensor, target: torch.Tensor) -> np.
 def main(args) -> None:
     if args.num < 5 and not args.image:
         raise SystemExit("error: --num must be at least 5")
+    if args.image and not Path(args.image).is_file():  # before the slow model load
+        raise DataError(f"--image {args.image}: no such file; pass a JPEG or PNG file")
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.ckpt)
     model = model_from_checkpoint(ckpt).to(device)
