@@ -22,37 +22,34 @@ $KAGGLE_COMPETITION.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
 import os
 import re
-import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.data import (ENGLISH_NAMES, IMAGE_EXTENSIONS, BatchLoader, DataError, atomic_write_text, decode_many,
+from common.cli import ArgumentParser, UserError, run_main
+from common.data import (ENGLISH_NAMES, IMAGE_EXTENSIONS, BatchLoader, atomic_write_text, decode_many,
                          display_name, eval_transform)
 from common.engine import predict, resolve_device
-from common.metrics import collect_runs
 from common.models import model_from_checkpoint
-from common.runs import CheckpointError, load_checkpoint
+from common.runs import load_checkpoint, runs_on_split
 
 DEFAULT_TEST_DIR = "data/animals10/cnn_test"
 COMPETITION_CLASSES = list(ENGLISH_NAMES)  # the course competition's labels: Animals-10's Italian folder names
 
 
-class SubmissionError(Exception):
+class SubmissionError(UserError):
     """A submission that cannot be written, validated or uploaded; the message says why and what to do."""
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Write, validate and upload Kaggle submissions.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Write, validate and upload Kaggle submissions.")
     parser.add_argument("--ckpt", nargs="+", default=None, help="checkpoints (default: the three best runs by val accuracy)")
     parser.add_argument("--runs-dir", default="runs", help="where to look for the best runs")
     parser.add_argument("--top", type=int, default=3, help="how many of the best runs to submit")
@@ -229,11 +226,12 @@ def predict_folder(ckpt: dict, images: np.ndarray, device: torch.device, batch_s
 
 
 def best_checkpoints(runs_dir: Path, top: int) -> list[Path]:
-    """best.pt of the `top` finished runs with the best validation accuracy."""
-    runs = [m for m in collect_runs(runs_dir) if (runs_dir / m["run"] / "best.pt").exists()]
+    """best.pt of the `top` finished runs with the best validation accuracy on the saved split and the 10 classes."""
+    runs = runs_on_split(runs_dir, "", COMPETITION_CLASSES)
     if not runs:
-        raise SubmissionError(f"no finished runs with best.pt under {runs_dir}; train models first or pass --ckpt")
-    return [runs_dir / m["run"] / "best.pt" for m in runs[:top]]
+        raise SubmissionError(f"no finished runs on {runs_dir / 'split.json'} and the {len(COMPETITION_CLASSES)} "
+                              "competition classes; train models first or pass --ckpt")
+    return [r["run_dir"] / "best.pt" for r in runs[:top]]
 
 
 def upload(path: Path, message: str, competition: str) -> str:
@@ -339,8 +337,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (SubmissionError, DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

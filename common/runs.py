@@ -200,6 +200,14 @@ def current_split(output_dir: Path, fingerprint: str, classes: list[str]) -> tup
     return fingerprint, classes
 
 
+def runs_on_split(output_dir: Path, fingerprint: str, classes: list[str]) -> list[dict]:
+    """Finished runs on the current split (see current_split) and these classes, best validation accuracy first."""
+    fingerprint, classes = current_split(output_dir, fingerprint, classes)
+    runs = [r for r in finished_runs(output_dir)
+            if r["config"].get("split_fingerprint") == fingerprint and r["config"].get("classes") == classes]
+    return sorted(runs, key=lambda r: -r["metrics"]["best_val_acc"])  # a stable sort keeps the earliest of equals
+
+
 def update_global_best(output_dir: Path, fingerprint: str, classes: list[str], log=print) -> None:
     """Make <output_dir>/best.pt the best finished run (by val accuracy) on the current split and classes.
 
@@ -208,11 +216,10 @@ def update_global_best(output_dir: Path, fingerprint: str, classes: list[str], l
     """
     with locked(output_dir / ".best.lock"):
         fingerprint, classes = current_split(output_dir, fingerprint, classes)
-        candidates = [r for r in finished_runs(output_dir)
-                      if r["config"].get("split_fingerprint") == fingerprint and r["config"].get("classes") == classes]
+        candidates = runs_on_split(output_dir, fingerprint, classes)
         if not candidates:
             return
-        best = max(candidates, key=lambda r: r["metrics"]["best_val_acc"])  # max keeps the earliest of equals
+        best = candidates[0]
         source = best["run_dir"] / "best.pt"
         record = {"val_acc": best["metrics"]["best_val_acc"], "run_dir": str(best["run_dir"]),
                   "checkpoint": str(source), "sha256": file_sha256(source), "split_fingerprint": fingerprint,
