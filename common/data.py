@@ -13,13 +13,13 @@ scripts read the memory-mapped uint8 cache and never decode again.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import os
 import struct
 import tempfile
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -391,19 +391,20 @@ class DecodeBudget:
         self.limit = limit
         self.in_use = 0
         self._cond = threading.Condition()
-        self._tickets = itertools.count()
-        self._serving = 0
+        self._waiting: deque[object] = deque()
 
     @contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
         """Wait until nbytes fit in the budget, hold them for the with block."""
-        nbytes = min(max(nbytes, 0), self.limit)
+        nbytes, me = min(max(nbytes, 0), self.limit), object()
         with self._cond:
-            ticket = next(self._tickets)
-            self._cond.wait_for(lambda: ticket == self._serving and self.in_use + nbytes <= self.limit)
-            self._serving += 1
+            self._waiting.append(me)
+            try:
+                self._cond.wait_for(lambda: self._waiting[0] is me and self.in_use + nbytes <= self.limit)
+            finally:  # also when interrupted, so that those behind are not stuck
+                self._waiting.remove(me)
+                self._cond.notify_all()
             self.in_use += nbytes
-            self._cond.notify_all()
         try:
             yield
         finally:

@@ -329,6 +329,32 @@ def test_budget_bounds_what_runs_at_once_and_serves_in_order():
     assert order == ["first", "large", "small"]
 
 
+def test_an_interrupted_wait_does_not_block_those_behind():
+    budget = DecodeBudget(100)
+    real_wait = budget._cond.wait_for
+    interrupts = [KeyboardInterrupt()]
+
+    def wait_for(predicate):
+        if interrupts:
+            raise interrupts.pop()  # as Ctrl-C would, while waiting
+        return real_wait(predicate)
+
+    budget._cond.wait_for = wait_for
+    with pytest.raises(KeyboardInterrupt):
+        with budget.reserve(10):
+            pass
+    done = []
+
+    def take():
+        with budget.reserve(10):
+            done.append(budget.in_use)
+
+    later = threading.Thread(target=take, daemon=True)
+    later.start()
+    later.join(5)
+    assert done == [10]
+
+
 def test_decodes_of_many_files_stay_within_the_budget(tmp_path, monkeypatch):
     paths = []
     for i in range(8):
