@@ -209,8 +209,8 @@ class Checkpoints:
             if key not in self._tests:
                 try:
                     self._tests[key] = evaluate.test_data(bundle.ckpt, self.split_args)
-                except KeyError as e:
-                    raise DataError(f"{bundle.name} records no saved split (no {e} entry)") from None
+                except CheckpointError as e:
+                    raise DataError(f"{bundle.name}: {e}") from None
                 except OSError as e:
                     raise DataError(f"the test split cannot be read ({e})") from None
             return self._tests[key]

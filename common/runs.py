@@ -21,8 +21,8 @@ from common.data import atomic_write, atomic_write_text, file_sha256
 
 CKPT_FORMAT = "animals10-ckpt/1"
 # What every script needs to rebuild and run a model from the file alone, and what --resume needs besides.
-MODEL_KEYS = ("arch", "mode", "classes", "model_state", "img_size", "crop_size", "mean", "std", "split_fingerprint")
-RESUME_KEYS = ("epoch", "best_epoch", "best_val_acc", "optimizer_state", "scheduler_state", "rng", "history", "config")
+MODEL_KEYS = ("arch", "mode", "classes", "model_state", "img_size", "crop_size", "mean", "std")
+RESUME_KEYS = ("split_fingerprint", "epoch", "best_epoch", "best_val_acc", "optimizer_state", "scheduler_state", "rng", "history", "config")
 
 
 class CheckpointError(UserError):
