@@ -31,7 +31,6 @@ import base64
 import ipaddress
 import json
 import re
-import sys
 import threading
 import time
 import traceback
@@ -51,6 +50,7 @@ from common.data import (JPEG_SIGNATURE, PNG_SIGNATURE, DataError, ImageHeader, 
 from common.engine import resolve_device
 from common.explain import DEFAULT_LAYER, GradCAM, find_layer, overlay
 from common.models import model_from_checkpoint
+from common.cli import ArgumentParser, run_main
 from common.runs import CheckpointError, load_checkpoint
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -515,9 +515,8 @@ class AppServer(ThreadingHTTPServer):
             self._slots.release()
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Local web demo: top-5 classes and Grad-CAM for uploaded images.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Local web demo: top-5 classes and Grad-CAM for uploaded images.")
     parser.add_argument("--ckpt", default="runs/best.pt", help="checkpoint selected when the page opens")
     parser.add_argument("--runs-dir", default="runs", help="offers every <runs-dir>/*/best.pt and <runs-dir>/best.pt")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this machine only)")
@@ -554,8 +553,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

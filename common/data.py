@@ -536,6 +536,25 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def remove_stale_temp_files(folder: Path) -> None:
+    """Delete the temp files of atomic writes whose writing process is gone (killed mid-write)."""
+    for tmp in folder.glob(".*.tmp"):
+        parts = tmp.name.split(".")
+        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+        if pid is None or not _alive(pid):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Atomically write a text file."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
@@ -835,6 +854,9 @@ def prepare_data(args, log=print) -> tuple[Split, np.ndarray]:
     out = Path(args.output_dir)
     if not distributed.is_main():
         distributed.barrier()  # let rank 0 draw the split and build the cache first
+    if distributed.is_main():
+        for folder in (out, out / "cache"):
+            remove_stale_temp_files(folder)
     split_file = Path(args.split_file) if args.split_file else out / "split.json"
     sizes = parse_split_sizes(args.split, args.per_class)
     split, pixels = load_or_create_split(data_dir, split_file, args.per_class, sizes, args.seed,

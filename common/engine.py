@@ -25,7 +25,7 @@ from common.distributed import (barrier, broadcast, gather_cat, is_distributed, 
 from common.metrics import macro_f1
 from common.models import count_parameters, set_train_mode
 from common.runs import (CKPT_FORMAT, MODEL_KEYS, RESUME_KEYS, CheckpointError, CheckpointSaver, check_resume_path,
-                         load_checkpoint, remove_stale_temp_files, require_keys, run_dir_name, update_global_best, write_json)
+                         load_checkpoint, require_keys, run_dir_name, update_global_best, write_json)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -327,7 +327,6 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
               "torch": str(torch.__version__), "python": platform.python_version(), "host": platform.node()}
     config = json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
     if main_process:
-        remove_stale_temp_files(output_dir)
         # Heals runs/best.pt when an earlier run was killed after its metrics.json, before updating it.
         update_global_best(output_dir, study.split.fingerprint, study.split.classes, log)
     if args.resume:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from common.cli import UserError
-from common.data import atomic_write, atomic_write_text, file_sha256
+from common.data import atomic_write, atomic_write_text, file_sha256, remove_stale_temp_files
 
 CKPT_FORMAT = "animals10-ckpt/1"
 # What every script needs to rebuild and run a model from the file alone, and what --resume needs besides.
@@ -132,25 +132,6 @@ class CheckpointSaver:
             found = "is missing" if best is None else f"holds epoch {best['epoch'] + 1}"
             raise CheckpointError(f"{self.best} {found}, but {self.last} records epoch {last['best_epoch'] + 1} as "
                                   "the best; the run folder was changed by hand: start a new run")
-
-
-def remove_stale_temp_files(folder: Path) -> None:
-    """Delete the temp files of atomic writes whose writing process is gone (killed mid-write)."""
-    for tmp in folder.glob(".*.tmp"):
-        parts = tmp.name.split(".")
-        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
-        if pid is None or not _alive(pid):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_resume_path(path: Path, output_dir: Path) -> Path:

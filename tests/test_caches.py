@@ -40,9 +40,9 @@ def decodes(monkeypatch) -> list:
     """Counts decode passes of load_or_build_cache."""
     calls, real = [], common.data.decode_many
 
-    def counted(paths, size, workers=2):
+    def counted(paths, size, *args, **kwargs):
         calls.append(size)
-        return real(paths, size, workers)
+        return real(paths, size, *args, **kwargs)
     monkeypatch.setattr(common.data, "decode_many", counted)
     return calls
 
