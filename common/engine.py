@@ -261,8 +261,9 @@ def _resume(args, study: Study, saver_config: dict, output_dir: Path) -> tuple[P
     if ckpt["split_fingerprint"] != study.split.fingerprint:
         raise CheckpointError(f"--resume {args.resume} was trained on another split; resume with its --output-dir/--split-file")
     saved = ckpt["config"]
+    # An option the saved config lacks was added since the run started; its default is what the run used.
     changed = [k for k, v in saver_config.items()
-               if k in vars(args) and k not in RESUME_MAY_DIFFER and saved.get(k) != v]
+               if k in vars(args) and k in saved and k not in RESUME_MAY_DIFFER and saved[k] != v]
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} (now {saver_config[k]})" for k in changed)
         raise CheckpointError(f"--resume {args.resume}: the run was started with {flags}; resume it with the "

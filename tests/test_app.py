@@ -31,6 +31,7 @@ from conftest import ANIMALS, ROOT, make_dataset
 from test_decode import bomb_png, png_bytes
 
 CHROMIUM = "/usr/bin/chromium"
+INSTALL_CHROMIUM = "sudo apt-get install -y chromium"  # the command README.md gives
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 IMG, CROP = 72, 64
@@ -370,7 +371,7 @@ def test_start_up_errors(runs, tmp_path):
 def browser():
     """Debian's Chromium driven by Playwright, or a skip saying what is missing."""
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no {CHROMIUM}: install Debian's chromium (apt-get install chromium) to run the browser test")
+        pytest.skip(f"no {CHROMIUM}: run `{INSTALL_CHROMIUM}` to run the browser test")
     playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     try:
         pw = playwright_api.sync_playwright().start()
