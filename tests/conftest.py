@@ -47,3 +47,20 @@ def tiny_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
     """Command-line arguments for a fast run on a make_dataset folder."""
     return ["--data-dir", str(data_dir), "--output-dir", str(out), "--per-class", "20", "--split", "12,4,4",
             "--img-size", "72", "--crop-size", "64", "--workers", "2", *extra]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (not even `except Exception` handlers)."""
+
+
+def kill_after(monkeypatch, name: str, epoch: int) -> None:
+    """Die right after the checkpoint file `name` of 0-based `epoch` is written (before anything else)."""
+    from common import runs  # after conftest put the project on sys.path
+    real_save = runs.save_checkpoint
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if path.name == name and obj["epoch"] == epoch:
+            raise Killed
+
+    monkeypatch.setattr(runs, "save_checkpoint", save_then_die)

@@ -17,15 +17,31 @@ COMMON = ["--mode", "fc", "--weights", "none", "--no-augment", "--sched", "none"
           "--label-smoothing", "0"]
 
 
-def run(argv: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
-    script = str(ROOT / "part2_resnet18.py")
+# Runs part2_resnet18.py, but rank 0 dies (os._exit, like SIGKILL) right after last.pt of the first epoch.
+DIE_AFTER_FIRST_EPOCH = """
+import os, runpy, sys
+sys.path.insert(0, sys.argv.pop(1))
+from common import runs
+real_save = runs.save_checkpoint
+def save_then_die(obj, path):
+    real_save(obj, path)
+    if path.name == "last.pt" and obj["epoch"] == 0:
+        os._exit(9)
+runs.save_checkpoint = save_then_die
+sys.argv[0] = os.path.join(sys.path[0], "part2_resnet18.py")
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run(argv: list[str], nproc: int = 1, script: str | None = None, ok: bool = True) -> subprocess.CompletedProcess:
+    script = script or str(ROOT / "part2_resnet18.py")
     cmd = [sys.executable, script, *argv] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0 and "Address already in use" in proc.stderr:
         pytest.skip("no free loopback port for torchrun's rendezvous")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
     return proc
 
 
@@ -36,15 +52,18 @@ def runs_in(out):
 def test_two_processes_match_one_and_resume(dataset, tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     run(tiny_args(dataset, single, *COMMON, "--epochs", "2", "--batch-size", "16"))
-    run(tiny_args(dataset, multi, *COMMON, "--epochs", "1", "--batch-size", "8"), nproc=2)
+    die = tmp_path / "die_after_first_epoch.py"
+    die.write_text(DIE_AFTER_FIRST_EPOCH)
+    argv = tiny_args(dataset, multi, *COMMON, "--epochs", "2", "--batch-size", "8")
+    run([str(ROOT), *argv], nproc=2, script=str(die), ok=False)
     (run_dir,) = runs_in(multi)  # only rank 0 writes a run folder
-    assert (multi / "best.pt").exists()
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 0 and not (run_dir / "metrics.json").exists()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["world_size"] == 2
-    # Continue the two-process run to epoch 2, as after a kill at the end of epoch 1.
+    # Continue the two-process run to epoch 2 after the kill at the end of epoch 1.
     run(tiny_args(dataset, multi, *COMMON, "--epochs", "2", "--batch-size", "8", "--resume",
                   str(run_dir / "last.pt")), nproc=2)
-    assert runs_in(multi) == [run_dir]
+    assert runs_in(multi) == [run_dir] and (multi / "best.pt").exists()
     a = load_checkpoint(runs_in(single)[0] / "last.pt")
     b = load_checkpoint(run_dir / "last.pt")
     assert b["epoch"] == 1 and len(b["rng"]) == 2

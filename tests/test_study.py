@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
+import part1_scratch_cnn as part1
 import study
 from common.data import DataError
 from common.plans import GROUPS, PLANS, SCRIPTS
-from conftest import ROOT
+from conftest import ROOT, Killed, kill_after
 
 TINY = ["--per-class", "20", "--split", "12,4,4", "--img-size", "72", "--crop-size", "64", "--workers", "2",
         "--epochs", "2", "--batch-size", "16", "--jitter", "0", "--warmup-epochs", "0"]
@@ -83,16 +83,19 @@ def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
     assert capsys.readouterr().out.count(": done (") == 2
 
 
-def test_killed_run_is_resumed_in_its_own_folder(dataset, tmp_path, capsys):
+def test_killed_run_is_resumed_in_its_own_folder(dataset, tmp_path, capsys, monkeypatch):
     out = tmp_path / "runs"
     plan_path = write_plan(tmp_path, [scratch_run(3e-3)])
     args = study.get_args_parser().parse_args(["--data-dir", str(dataset), "--output-dir", str(out), "--device", "cpu"])
     plan = study.load_plan(str(plan_path))
     cmd = study.train_command(plan["runs"][0], plan, args)
-    cmd[cmd.index("--epochs") + 1] = "1"
-    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    assert Path(cmd[1]).name == "part1_scratch_cnn.py" and cmd[cmd.index("--epochs") + 1] == "2"
+    kill_after(monkeypatch, "last.pt", 0)  # killed after epoch 1 of 2: last.pt, no metrics.json
+    with pytest.raises(Killed):
+        part1.main(part1.get_args_parser().parse_args(cmd[2:]))
+    monkeypatch.undo()
     folder = out / run_folders(out).pop()
-    (folder / "metrics.json").unlink()  # as if killed after epoch 1 of 2: last.pt, no metrics.json
+    assert not (folder / "metrics.json").exists()
     assert run_study(plan_path, dataset, out, "--list") == 0
     assert "[missing] scratch-lr0.003" in capsys.readouterr().out
     assert run_study(plan_path, dataset, out) == 0

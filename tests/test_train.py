@@ -13,9 +13,8 @@ import part1_scratch_cnn as part1
 from common.data import BatchLoader, eval_transform, prepare_data
 from common.engine import predict
 from common.models import model_from_checkpoint
-from common import runs
 from common.runs import CheckpointError, load_checkpoint
-from conftest import ROOT, tiny_args
+from conftest import ROOT, Killed, kill_after, tiny_args
 
 FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
 
@@ -64,22 +63,6 @@ def test_checkpoint_rebuilds_model_with_identical_predictions(dataset, tmp_path)
     assert torch.equal(a, b)
     metrics = json.loads((only_run(out) / "metrics.json").read_text())
     assert (a.argmax(1) == labels).float().mean().item() == pytest.approx(metrics["test_acc"])
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs (not even `except Exception` handlers)."""
-
-
-def kill_after(monkeypatch, name: str, epoch: int) -> None:
-    """Die right after the checkpoint file `name` of 0-based `epoch` is written (before anything else)."""
-    real_save = runs.save_checkpoint
-
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if path.name == name and obj["epoch"] == epoch:
-            raise Killed
-
-    monkeypatch.setattr(runs, "save_checkpoint", save_then_die)
 
 
 def assert_same_run(run: Path, straight: Path) -> None:
