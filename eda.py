@@ -4,13 +4,16 @@ Examples:
     python eda.py --data-dir data/animals10/raw-img                    # report into runs/eda/raw-img/
     python eda.py --data-dir holdout/ --out-dir /tmp/eda-holdout
     python eda.py --data-dir data/animals10/raw-img --near-threshold 6 # looser near-duplicate match
+    python eda.py --data-dir data/animals10/raw-img --split-file runs/split.json   # + leakage check of a split
 
 It counts images per class; reads every image's size and colour mode from its header (PIL, no decode);
 decodes every image once, small, with OpenCV (as training does) to find unreadable files and to hash
 it; and finds exact duplicates (same sha256) and near duplicates (64-bit dhash within --near-threshold
 bits), within and across classes. Duplicates across classes are label noise and leak between train
-and test. Writes report.md, eda.json, class_counts.png, sizes.png, samples.png and, when there are
-duplicates, duplicates.png into --out-dir (default runs/eda/<folder name>/).
+and test. With --split-file, it also reports the duplicate groups whose files fall into different subsets
+of that saved split (a leakage check, e.g. of a split made elsewhere or with --no-dedup). Writes report.md,
+eda.json, class_counts.png, sizes.png, samples.png and, when there are duplicates, duplicates.png into
+--out-dir (default runs/eda/<folder name>/).
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from common.data import (DataError, atomic_write_text, decode_image, dhash, display_name, file_sha256, hamming,
-                         resolve_data_dir, scan_folder)
+from common.data import (SUBSETS, DataError, DuplicateGroup, atomic_write_text, decode_image, dhash, display_name,
+                         Split, duplicate_groups, file_sha256, hamming, read_split, resolve_data_dir, scan_folder)
 from common.plots import save_figure
 
 MODE_NAMES = {
@@ -52,6 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", default=None, help="where the report goes (default: runs/eda/<folder name>)")
     parser.add_argument("--near-threshold", type=int, default=4,
                         help="near duplicates: dhashes at most this many bits (of 64) apart")
+    parser.add_argument("--split-file", default=None,
+                        help="a saved split (e.g. runs/split.json): report the duplicate groups that straddle its "
+                             "train, val and test subsets (leakage)")
     parser.add_argument("--tiny", type=int, default=64, help="images whose shorter side is below this many px are tiny")
     parser.add_argument("--decode-size", type=int, default=128, help="images are decoded once at this square size")
     parser.add_argument("--samples", type=int, default=5, help="sample images per class in samples.png")
@@ -101,69 +107,63 @@ def inspect_folder(data_dir: Path, found: dict[str, list[str]], size: int, worke
     return records, kept
 
 
-def near_pairs(hashes: np.ndarray, threshold: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs i < j of 64-bit hashes at most threshold bits apart (as common.data.hamming counts), as (i, j, bits).
-
-    Exhaustive and vectorised: a chunk of rows against every later hash at a time, so memory stays at
-    chunk x n and 26,000 hashes take a second or two.
-    """
-    h = np.asarray(hashes, dtype=np.uint64)
-    parts = [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint8))]
-    for lo in range(0, len(h), chunk):
-        bits = np.bitwise_count(h[lo:lo + chunk, None] ^ h[None, lo:])
-        i, j = np.nonzero(bits <= threshold)
-        upper = i < j  # column j stands for hash lo + j, row i for hash lo + i
-        parts.append((lo + i[upper], lo + j[upper], bits[i[upper], j[upper]]))
-    i, j, bits = (np.concatenate(p) for p in zip(*parts))
-    return i, j, bits
-
-
-def find_duplicates(paths: Sequence[str], sha256s: Sequence[str], hashes: Sequence[int | None],
-                    threshold: int) -> list[dict]:
+def find_duplicates(paths: Sequence[str], sha256s: Sequence[str], hashes: Sequence[int | None], threshold: int,
+                    components: Sequence[DuplicateGroup] | None = None) -> list[dict]:
     """Groups of exact duplicates (same sha256) and of near duplicates (dhash within threshold bits).
 
     A file's class is its parent folder's name (paths like 'cane/x.jpg', or full paths). hashes may hold
     None for unreadable files; they can only be exact duplicates. A near group is a connected set of at
-    least two distinct contents, joined pair by pair (so its ends can be further apart than threshold),
-    and lists every file of those contents, exact copies included. Each group is a dict: kind ('exact'
-    or 'near'), files (sorted), classes, cross_class, and max_bits (the largest distance of a joining
-    pair). Exact groups come first, then near ones; within each, cross-class groups, then larger ones.
+    least two distinct contents (common.data.duplicate_groups, which the split keeps whole; pass its result
+    as components to reuse it), and lists every file of those contents, exact copies included. Each group is
+    a dict: kind ('exact' or 'near'), files (sorted), classes, cross_class, and max_bits (the largest distance
+    of a joining pair). Exact groups come first, then near ones; within each, cross-class groups, then larger.
     """
     classes = [Path(p).parent.name for p in paths]
     copies = defaultdict(list)
     for i, sha in enumerate(sha256s):
         copies[sha].append(i)
 
-    def group(kind: str, members: list[int], max_bits: int) -> dict:
+    def group(kind: str, members: Sequence[int], max_bits: int) -> dict:
         names = sorted({classes[i] for i in members})
         return {"kind": kind, "files": sorted(str(paths[i]) for i in members), "classes": names,
                 "cross_class": len(names) > 1, "max_bits": max_bits}
 
+    if components is None:
+        components = duplicate_groups(sha256s, hashes, threshold)
     groups = [group("exact", members, 0) for members in copies.values() if len(members) > 1]
-    # One representative per content, so that exact copies alone never form a near group.
-    reps = [members[0] for members in copies.values() if hashes[members[0]] is not None]
-    a, b, bits = near_pairs(np.array([hashes[i] for i in reps], dtype=np.uint64), threshold)
-    parent = list(range(len(reps)))
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for x, y in zip(a.tolist(), b.tolist()):
-        parent[root(x)] = root(y)
-    components, max_bits = defaultdict(list), defaultdict(int)
-    for k in range(len(reps)):
-        components[root(k)].append(k)
-    for x, d in zip(a.tolist(), bits.tolist()):
-        max_bits[root(x)] = max(max_bits[root(x)], d)
-    for r, members in components.items():
-        if len(members) > 1:
-            files = [i for k in members for i in copies[sha256s[reps[k]]]]
-            groups.append(group("near", files, max_bits[r]))
+    groups += [group("near", g.members, g.max_bits) for g in components if g.contents > 1]
     groups.sort(key=lambda g: (g["kind"] != "exact", not g["cross_class"], -len(g["files"]), g["files"]))
     return groups
+
+
+def split_leakage(split: Split, split_file: Path, records: list[dict], components: Sequence[DuplicateGroup],
+                  data_dir: Path) -> dict:
+    """The duplicate groups (exact and near, joined) whose files in a saved split lie in more than one subset.
+
+    records are inspect_folder's, in the order the components index; the split's files must be in the
+    folder with the bytes they had when it was made.
+    """
+    by_path = {r["path"]: r for r in records}
+    for e in split.entries:
+        if by_path.get(e["path"], {}).get("sha256") != e["sha256"]:
+            raise DataError(f"{e['path']} of {split_file} is missing from {data_dir} or changed since the split was "
+                            "made; point --data-dir at the data the split was made from")
+    subset_of = {e["path"]: e["subset"] for e in split.entries}
+    in_split = [[records[i]["path"] for i in g.members if records[i]["path"] in subset_of] for g in components]
+    straddling = []
+    for g, files in zip(components, in_split):
+        if len({subset_of[f] for f in files}) > 1:
+            names = sorted({f.split("/")[0] for f in files})
+            straddling.append({"files": {f: subset_of[f] for f in sorted(files)}, "classes": names,
+                               "cross_class": len(names) > 1, "max_bits": g.max_bits})
+    straddling.sort(key=lambda g: (not g["cross_class"], -len(g["files"]), list(g["files"])))
+    pairs = Counter("+".join(s for s in SUBSETS if s in g["files"].values()) for g in straddling)
+    test_leaks = sum(sub == "test" for g in straddling if "train" in g["files"].values() for sub in g["files"].values())
+    group_aware = bool(split.meta["dedup"]) and "exact_copies_dropped" in split.meta  # made by a group-aware version
+    return {"split_file": str(split_file), "images": len(split.entries), "group_aware": group_aware,
+            "groups": sum(len(files) > 1 for files in in_split), "straddling_groups": len(straddling),
+            "straddling_images": sum(len(g["files"]) for g in straddling), "by_subsets": dict(sorted(pairs.items())),
+            "test_images_with_train_duplicate": test_leaks, "straddling": straddling}
 
 
 def _min_median_max(values: np.ndarray) -> dict:
@@ -351,6 +351,8 @@ def findings(result: dict) -> list[str]:
     n_cross = ex["cross_class_groups"] + near["cross_class_groups"]
     if n_cross:
         lines.append(f"**{n_cross} duplicate group(s) span classes: label noise, and they leak between train and test**")
+    if result.get("split_leakage"):
+        lines.append(_leakage_line(result["split_leakage"]))
     # Which classes a rare mode sits in matters: a mode (or format) peculiar to one class is a shortcut to learn.
     modes, classes, alpha = result["modes"], result["classes"], result["transparency"]
     other = [f", {n} {_mode_label(m)} in {_by_class({c: modes[c].get(m, 0) for c in classes}, classes)}"
@@ -365,6 +367,20 @@ def findings(result: dict) -> list[str]:
                      f"{s['height']['median']:.0f}); {s['tiny']} tiny (shorter side < {result['tiny']} px); "
                      f"aspect ratio {p['5']:.2f}-{p['95']:.2f} (5-95%), {s['aspect']['min']:.2f}-{s['aspect']['max']:.2f} in all")
     return lines
+
+
+def _leakage_line(leak: dict) -> str:
+    """The finding about a saved split: how many duplicate groups straddle its subsets, with an example."""
+    head = f"split {leak['split_file']} ({leak['images']} images{', group-aware' if leak['group_aware'] else ''}): "
+    n = leak["straddling_groups"]
+    if not n:
+        return head + f"no duplicate group straddles train/val/test ({leak['groups']} group(s), each within one subset)"
+    g = leak["straddling"][0]
+    example = " ~ ".join(f"{f} ({sub})" for f, sub in g["files"].items())
+    by = ", ".join(f"{k} {v}" for k, v in leak["by_subsets"].items())
+    return (f"**{head}{n} of its {leak['groups']} duplicate group(s) straddle train/val/test ({by}; "
+            f"{leak['straddling_images']} images); {leak['test_images_with_train_duplicate']} test image(s) have a "
+            f"duplicate in train; e.g. {example}**")
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -383,6 +399,21 @@ def _group_lines(groups: list[dict]) -> list[str]:
     return _listed([f"{g['kind']}, {len(g['files'])} files ({', '.join(display_name(c) for c in g['classes'])}"
                     + (f"; joined at up to {g['max_bits']} bits" if g["kind"] == "near" else "") + "): "
                     + ", ".join(f"`{f}`" for f in g["files"]) for g in groups])
+
+
+def _leakage_section(result: dict) -> list[str]:
+    leak = result.get("split_leakage")
+    if not leak:
+        return []
+    return ["## Leakage across the split", "",
+            f"Duplicate groups (exact, and near within {result['near_threshold']} bits, joined transitively) whose "
+            f"files in `{leak['split_file']}` lie in different subsets: a test or validation image with a copy in "
+            "another subset. A group-aware split (the default) keeps every group in one subset; groups found here "
+            "with another --near-threshold or --decode-size can still differ slightly.", "",
+            _leakage_line(leak), "",
+            *_listed([", ".join(f"`{f}` ({sub})" for f, sub in g["files"].items())
+                      + (f" (classes {', '.join(display_name(c) for c in g['classes'])})" if g["cross_class"] else "")
+                      for g in leak["straddling"]]), ""]
 
 
 def _min_median_max_text(s: dict, key: str, fmt: str) -> str:
@@ -407,6 +438,7 @@ def markdown_report(result: dict, figures: list[str]) -> str:
           "The same picture under two labels: label noise, and a leak between train and test when the copies "
           "land in different subsets.", "",
           *_group_lines([g for g in groups if g["cross_class"]]), "",
+          *_leakage_section(result),
           "## Unreadable files", "", *_listed([f"`{p}`" for p in result["unreadable"]]), "",
           "## Image sizes", "",
           f"From the file headers; tiny = shorter side below {result['tiny']} px; aspect ratio = width / height.", "",
@@ -438,6 +470,7 @@ def main(args) -> dict:
     start = time.perf_counter()
     data_dir = resolve_data_dir(args.data_dir)
     found = scan_folder(data_dir)
+    split = read_split(Path(args.split_file)) if args.split_file else None  # a bad file stops us before the work
     out = Path(args.out_dir) if args.out_dir else Path("runs/eda") / data_dir.resolve().name
     classes = list(found)
     rng = np.random.default_rng(args.seed)
@@ -447,8 +480,10 @@ def main(args) -> dict:
     records, thumbs = inspect_folder(data_dir, found, args.decode_size, args.workers,
                                      {p for chosen in sampled.values() for p in chosen})
     by_path = {r["path"]: r for r in records}
-    groups = find_duplicates([r["path"] for r in records], [r["sha256"] for r in records],
-                             [r["dhash"] for r in records], args.near_threshold)
+    paths, shas, hashes = ([r[k] for r in records] for k in ("path", "sha256", "dhash"))
+    components = duplicate_groups(shas, hashes, args.near_threshold)
+    groups = find_duplicates(paths, shas, hashes, args.near_threshold, components)
+    leakage = split_leakage(split, Path(args.split_file), records, components, data_dir) if split else None
     modes, transparency = mode_counts(records, classes)
     result = {"data_dir": str(data_dir), "n_images": len(records), "classes": classes,
               "display_names": {c: display_name(c) for c in classes},
@@ -457,7 +492,7 @@ def main(args) -> dict:
               "modes": modes, "transparency": transparency,
               "unreadable": [r["path"] for r in records if r["dhash"] is None],
               "near_threshold": args.near_threshold,
-              "duplicates": {"summary": duplicate_summary(groups), "groups": groups}}
+              "duplicates": {"summary": duplicate_summary(groups), "groups": groups}, "split_leakage": leakage}
 
     figures = ["class_counts.png", "sizes.png", "samples.png"]
     plot_class_counts(result["class_counts"], out / "class_counts.png")

@@ -2,7 +2,7 @@
 
 The flow every script shares:
 
-    split = load_or_create_split(data_dir, split_file, ...)   # runs/split.json, written once
+    split = load_or_create_split(data_dir, split_file, ...)   # runs/split.json, written once, exclusively
     images = load_or_build_cache(data_dir, split, cache_dir, img_size)   # uint8 memmap, N x H x W x 3
     loader = BatchLoader(images, labels, indices, batch_size, device)    # uint8 batches on the device
     x = train_transform(batch, crop, mean, std)                          # float, augmented, on the device
@@ -19,7 +19,7 @@ import os
 import struct
 import tempfile
 import threading
-from collections import deque
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +36,11 @@ from torchvision.transforms import v2
 
 from common import distributed
 from common.cli import UserError, nonnegative_float, nonnegative_int, number, positive_int, probability
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; atomic_create alone keeps a saved split from being replaced
+    fcntl = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ENGLISH_NAMES = {
@@ -81,9 +86,17 @@ def add_data_args(parser) -> None:
     g.add_argument("--split", default="300,75,75",
                    help="train,val,test images per class, or fractions of each class (e.g. 0.7,0.15,0.15)")
     g.add_argument("--no-dedup", dest="dedup", action="store_false",
-                   help="keep exact and near duplicates when drawing a new split (default: leave them out)")
-    g.add_argument("--near-threshold", type=number(int, 0, 64), default=4, help="dhash bits within which images count as near duplicates")
-    g.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
+                   help="draw a new split image by image: keep byte-identical copies and let near duplicates fall "
+                        "into different subsets (default: drop byte-identical copies, keep each group of near "
+                        "duplicates whole in train, val or test)")
+    g.add_argument("--near-threshold", type=number(int, 0, 64), default=4,
+                   help="dhash bits within which images count as near duplicates")
+    g.add_argument("--split-seed", type=nonnegative_int, default=0,
+                   help="seed for drawing the split and the --fraction/--imbalance subset (saved in split.json; a "
+                        "saved split is reused only with its own split seed)")
+    g.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed for initialisation, augmentation and batch order (repeat a run on the same split "
+                        "with --seed 0, 1, 2 to see the run-to-run spread)")
     g.add_argument("--img-size", type=positive_int, default=256, help="images are resized to this square size and cached")
     g.add_argument("--crop-size", type=positive_int, default=224, help="networks see crops of this size")
     g.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="decoding threads")
@@ -151,6 +164,8 @@ def train_subset(labels: np.ndarray, train_idx: np.ndarray, fraction: float = 1.
 
     Each class keeps the first images of its own seeded permutation, so a smaller fraction is a subset of a
     larger one. Class k of C keeps round(n_k * fraction * imbalance^(-k/(C-1))) images, at least one.
+    The subset is part of the data choice: training passes the split's seed, so repeats over --seed train
+    on the same images.
     """
     if not 0 < fraction <= 1:
         raise DataError(f"--fraction {fraction:g} is not in (0, 1]; use e.g. --fraction 0.2")
@@ -179,7 +194,7 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 def make_loaders(images, split: "Split", args, device: torch.device, generator: torch.Generator,
                  log=print) -> dict[str, "BatchLoader"]:
     """Train (shuffled, full batches only; --fraction/--imbalance subset; --balance oversample), val and test loaders."""
-    train_idx = train_subset(split.labels, split.indices["train"], args.fraction, args.imbalance, args.seed)
+    train_idx = train_subset(split.labels, split.indices["train"], args.fraction, args.imbalance, split.split_seed)
     if len(train_idx) != len(split.indices["train"]):
         counts = np.bincount(split.labels[train_idx], minlength=len(split.classes))
         log(f"training on {len(train_idx)} of {len(split.indices['train'])} training images "
@@ -245,18 +260,25 @@ def parse_split_sizes(text: str, per_class: int) -> tuple[float, float, float]:
     return sizes  # type: ignore[return-value]
 
 
-def class_split_sizes(cls: str, available: int, sizes: Sequence[float]) -> tuple[int, int, int]:
-    """Train/val/test counts for one class: exact counts, or fractions of what the class has."""
+def class_split_sizes(cls: str, available: int, sizes: Sequence[float], unreadable: int = 0,
+                      copies: int = 0) -> tuple[int, int, int]:
+    """Train/val/test counts for one class: exact counts, or fractions of what the class has.
+
+    unreadable and copies (byte-identical copies left out) say why a class has fewer images than files.
+    """
+    why = ", ".join(f"{n} {what}" for n, what in ((unreadable, "unreadable"), (copies, "byte-identical copies")) if n)
+    why = f" ({why} left out)" if why else ""
     if isinstance(sizes[0], int):
         if available < sum(sizes):
-            raise DataError(f"class {cls!r} has only {available} usable images, fewer than --per-class {sum(sizes)}; "
-                            "add images, lower --per-class, keep duplicates with --no-dedup, or split "
-                            "proportionally with fractions (e.g. --split 0.7,0.15,0.15)")
+            raise DataError(f"class {cls!r} has only {available} usable images{why}, fewer than --per-class "
+                            f"{sum(sizes)}; add images, lower --per-class, "
+                            + ("keep byte-identical copies with --no-dedup, " if copies else "")
+                            + "or split proportionally with fractions (e.g. --split 0.7,0.15,0.15)")
         return tuple(sizes)  # type: ignore[return-value]
     n_val, n_test = round(available * sizes[1]), round(available * sizes[2])
     n_train = available - n_val - n_test
     if min(n_train, n_val, n_test) < 1:
-        raise DataError(f"class {cls!r} has only {available} usable images, too few to fill train, val and test; "
+        raise DataError(f"class {cls!r} has only {available} usable images{why}, too few to fill train, val and test; "
                         "add images or remove the class folder")
     return n_train, n_val, n_test
 
@@ -590,8 +612,73 @@ class Split:
     def fingerprint(self) -> str:
         return self.meta["fingerprint"]
 
+    @property
+    def split_seed(self) -> int:
+        """The seed the split was drawn with (files saved before --split-seed existed call it 'seed')."""
+        return int(self.meta.get("split_seed", self.meta.get("seed", 0)))
+
     def paths(self, data_dir: Path) -> list[Path]:
         return [data_dir / e["path"] for e in self.entries]
+
+
+def near_pairs(hashes: np.ndarray, threshold: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs i < j of 64-bit hashes at most threshold bits apart (as `hamming` counts), as (i, j, bits).
+
+    Exhaustive and vectorised: a chunk of rows against every later hash at a time, so memory stays at
+    chunk x n and 26,000 hashes take a second or two.
+    """
+    h = np.asarray(hashes, dtype=np.uint64)
+    parts = [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.uint8))]
+    for lo in range(0, len(h), chunk):
+        bits = np.bitwise_count(h[lo:lo + chunk, None] ^ h[None, lo:])
+        i, j = np.nonzero(bits <= threshold)
+        upper = i < j  # column j stands for hash lo + j, row i for hash lo + i
+        parts.append((lo + i[upper], lo + j[upper], bits[i[upper], j[upper]]))
+    i, j, bits = (np.concatenate(p) for p in zip(*parts))
+    return i, j, bits
+
+
+@dataclass
+class DuplicateGroup:
+    """A connected set of duplicate files: their indices (sorted), how many distinct contents (sha256) they
+    hold, and the largest dhash distance of a pair that joined them (0 for byte-identical copies only)."""
+    members: list[int]
+    contents: int
+    max_bits: int
+
+
+def duplicate_groups(sha256s: Sequence[str], hashes: Sequence[int | None], threshold: int) -> list[DuplicateGroup]:
+    """Groups of at least two files joined by equal bytes (sha256) or by dhashes within threshold bits, in any class.
+
+    Union-find over one representative per content, joined pair by pair, so a group's ends can be further
+    apart than threshold. hashes may hold None (unreadable files), which join only by their bytes. The
+    split keeps each group whole in one subset; eda.py reports them. Groups come in order of first member.
+    """
+    copies: dict[str, list[int]] = defaultdict(list)
+    for i, sha in enumerate(sha256s):
+        copies[sha].append(i)
+    contents = list(copies.values())
+    hashed = [k for k, members in enumerate(contents) if hashes[members[0]] is not None]
+    a, b, bits = near_pairs(np.array([hashes[contents[k][0]] for k in hashed], dtype=np.uint64), threshold)
+    parent = list(range(len(contents)))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for x, y in zip(a.tolist(), b.tolist()):
+        parent[root(hashed[x])] = root(hashed[y])
+    max_bits: dict[int, int] = defaultdict(int)
+    for x, d in zip(a.tolist(), bits.tolist()):
+        max_bits[root(hashed[x])] = max(max_bits[root(hashed[x])], d)
+    components: dict[int, list[int]] = defaultdict(list)
+    for k in range(len(contents)):
+        components[root(k)].append(k)
+    groups = [DuplicateGroup(sorted(i for k in ks for i in contents[k]), len(ks), max_bits[r])
+              for r, ks in components.items() if sum(len(contents[k]) for k in ks) > 1]
+    return sorted(groups, key=lambda g: g.members[0])
 
 
 def _check_split_counts(split: Split) -> None:
@@ -603,71 +690,129 @@ def _check_split_counts(split: Split) -> None:
         wanted = [split.meta["class_sizes"][c][k] for c in split.classes]
         if counts.tolist() != wanted:
             raise DataError(f"the saved split's {name} set does not hold the recorded images per class; delete it to re-split")
+    subset_of = {e["path"]: e["subset"] for e in split.entries}
+    for group in split.meta.get("groups") or []:
+        if len({subset_of.get(p) for p in group}) != 1 or group[0] not in subset_of:
+            raise DataError(f"the saved split puts the near duplicates {group[:3]} into different subsets or leaves "
+                            "some out; delete it to re-split")
 
 
-def create_split(data_dir: Path, per_class: int, sizes: Sequence[float], seed: int, img_size: int,
+SUBSETS = ("train", "val", "test")
+
+
+def assign_subsets(labels: np.ndarray, groups: Sequence[Sequence[int]], quotas: np.ndarray, rng: np.random.Generator,
+                   paths: Sequence[str] = ()) -> np.ndarray:
+    """Subset of each image (0 train, 1 val, 2 test, -1 beyond the quotas): every group whole in one subset,
+    and class c gets exactly quotas[c] = (train, val, test) images.
+
+    Groups go biggest first (ties in seeded random order), each into a subset drawn with probability
+    proportional to its room, among the subsets with room for all its members in every class it spans;
+    the other images then fill what is left, in their (already random) drawn order. Without groups this
+    is the plain stratified split: the first images of each class train, the next validate, the rest test.
+    """
+    room = np.array(quotas, dtype=np.int64).reshape(-1, 3)
+    subset = np.full(len(labels), -1, np.int64)
+    for g in sorted(rng.permutation(len(groups)).tolist(), key=lambda k: -len(groups[k])):
+        members = np.asarray(groups[g])
+        need = np.bincount(labels[members], minlength=len(room))
+        fits = (room >= need[:, None]).all(0)
+        if not fits.any():
+            names = [paths[i] for i in members[:3]] if len(paths) else members[:3].tolist()
+            raise DataError(f"a group of {len(members)} near-duplicate images (e.g. {names}) does not fit whole into "
+                            "train, val or test; lower --near-threshold, split with fractions (e.g. --split "
+                            "0.7,0.15,0.15), or split image by image with --no-dedup")
+        weight = np.where(fits, room[need > 0].sum(0), 0)
+        s = int(rng.choice(3, p=weight / weight.sum()))
+        room[:, s] -= need
+        subset[members] = s
+    for c in range(len(room)):
+        rest = np.flatnonzero((labels == c) & (subset < 0))[:room[c].sum()]
+        subset[rest] = np.repeat(np.arange(3), room[c])[:len(rest)]
+    return subset
+
+
+def _draw_class(data_dir: Path, cls: str, files: list[str], order: np.ndarray, limit: int, img_size: int,
+                workers: int, log, seen: dict[str, str] | None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[tuple], list[str], list[list[str]]]:
+    """Decode a class's files in drawn order until limit are usable.
+
+    Returns (name, pixels, sha256, bytes) of each usable image, the unreadable files, and the byte-identical
+    copies left out as [copy, kept]; seen (sha256 -> path, shared by all classes) is None to keep copies.
+    """
+    chosen, skipped, copies, start = [], [], [], 0
+    # Decode candidates in shuffled order until the class is full; unusable ones are replaced.
+    while len(chosen) < limit and start < len(order):
+        batch = [files[i] for i in order[start:start + limit - len(chosen)]]
+        start += len(batch)
+        for name, img in zip(batch, decode_many([data_dir / cls / n for n in batch], img_size, workers, max_pixels)):
+            rel, path = f"{cls}/{name}", data_dir / cls / name
+            if img is None:
+                skipped.append(rel)
+                log(f"skipping image {path}: {undecodable_reason(path, max_pixels)}")
+                continue
+            sha = file_sha256(path)
+            if seen is not None:
+                if sha in seen:
+                    copies.append([rel, seen[sha]])
+                    continue
+                seen[sha] = rel
+            chosen.append((name, img, sha, path.stat().st_size))
+    return chosen, skipped, copies
+
+
+def create_split(data_dir: Path, per_class: int, sizes: Sequence[float], split_seed: int, img_size: int,
                  workers: int, log=print, dedup: bool = True, near_threshold: int = 4,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Split, np.ndarray]:
     """Draw up to per_class usable images per class (seeded; 0 = all), split them stratified, decode them once.
 
-    Unreadable files are reported and skipped. With dedup, an image whose bytes (sha256) or perceptual
-    hash (dhash within near_threshold bits) match an image already drawn, in any class, is left out, so no
-    duplicate can straddle train, val and test. Returns the split and the decoded uint8 pixels in split
-    order, so the caller can cache them without decoding twice. Files over max_pixels count as unreadable.
+    Unreadable files are reported and skipped. With dedup, byte-identical copies of an image already drawn
+    (in any class) are left out and counted, and each group of near duplicates (`duplicate_groups`, across
+    classes) goes whole into train, val or test (`assign_subsets`), so none straddles the split and none is
+    dropped. Returns the split and the decoded uint8 pixels in split order, so the caller can cache them
+    without decoding twice. Files over max_pixels count as unreadable.
     """
+    if split_seed < 0:
+        raise DataError(f"--split-seed {split_seed} is negative; use 0 or more")
     found = scan_folder(data_dir)
-    rng = np.random.default_rng(seed)
-    entries, pixels, skipped, duplicates, class_sizes = [], [], [], [], {}
-    seen_sha: dict[str, str] = {}
-    hashes, hash_paths = np.zeros(0, np.uint64), []
+    rng = np.random.default_rng(split_seed)
+    seen: dict[str, str] | None = {} if dedup else None
+    items, skipped, copies, class_sizes = [], [], [], {}
     for cls, files in found.items():
-        order = rng.permutation(len(files))
-        limit = per_class or len(files)
-        chosen, start = [], 0
-        # Decode candidates in shuffled order until the class is full; unusable ones are replaced.
-        while len(chosen) < limit and start < len(order):
-            batch = [files[i] for i in order[start:start + limit - len(chosen)]]
-            start += len(batch)
-            decoded = decode_many([data_dir / cls / n for n in batch], img_size, workers, max_pixels)
-            for name, img in zip(batch, decoded):
-                rel, path = f"{cls}/{name}", data_dir / cls / name
-                if img is None:
-                    skipped.append(rel)
-                    log(f"skipping image {path}: {undecodable_reason(path, max_pixels)}")
-                    continue
-                sha = file_sha256(path)
-                if dedup:
-                    h = dhash(img)
-                    twin = seen_sha.get(sha)
-                    if twin is None and len(hashes):
-                        near = np.flatnonzero(hamming(h, hashes) <= near_threshold)
-                        twin = hash_paths[near[0]] if len(near) else None
-                    if twin is not None:
-                        duplicates.append([rel, twin])
-                        continue
-                    hashes = np.append(hashes, np.uint64(h))
-                    hash_paths.append(rel)
-                seen_sha[sha] = rel
-                chosen.append((name, img, sha, path.stat().st_size))
-        n_train, n_val, n_test = class_split_sizes(cls, len(chosen), sizes)
-        class_sizes[cls] = [n_train, n_val, n_test]
-        bounds = np.cumsum([0, n_train, n_val, n_test])
-        for subset, lo, hi in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
-            for name, img, sha, size in chosen[lo:hi]:
-                entries.append({"path": f"{cls}/{name}", "subset": subset, "size": size, "sha256": sha})
-                pixels.append(img)
-    if skipped:
-        log(f"skipped {len(skipped)} unreadable or oversized image(s)")
-    if dedup:
-        log(f"de-duplication left out {len(duplicates)} image(s) that repeat another drawn image"
-            + (f" (e.g. {duplicates[0][0]} ~ {duplicates[0][1]})" if duplicates else ""))
+        chosen, bad, dup = _draw_class(data_dir, cls, files, rng.permutation(len(files)), per_class or len(files),
+                                       img_size, workers, log, seen, max_pixels)
+        class_sizes[cls] = list(class_split_sizes(cls, len(chosen), sizes, len(bad), len(dup)))
+        items += [(f"{cls}/{name}", img, sha, size) for name, img, sha, size in chosen]
+        skipped, copies = skipped + bad, copies + dup
+    paths = [it[0] for it in items]
+    labels = np.array([list(found).index(p.split("/")[0]) for p in paths], dtype=np.int64)
+    groups = [g.members for g in duplicate_groups([it[2] for it in items], [dhash(it[1]) for it in items],
+                                                  near_threshold)] if dedup else []
+    subset = assign_subsets(labels, groups, np.array(list(class_sizes.values())),
+                            np.random.default_rng([split_seed, 1]), paths)
+    order = sorted(np.flatnonzero(subset >= 0).tolist(), key=lambda i: (labels[i], subset[i]))  # stable: drawn order
+    entries = [{"path": paths[i], "subset": SUBSETS[subset[i]], "size": items[i][3], "sha256": items[i][2]}
+               for i in order]
+    _log_dedup(log, skipped, copies, [[paths[i] for i in g] for g in groups], dedup)
     meta = {"format": SPLIT_FORMAT, "classes": list(found), "per_class": per_class, "sizes": list(sizes),
-            "seed": seed, "dedup": dedup, "near_threshold": near_threshold if dedup else None,
-            "class_sizes": class_sizes, "skipped": skipped, "duplicates_removed": duplicates,
+            "split_seed": split_seed, "dedup": dedup, "near_threshold": near_threshold if dedup else None,
+            "class_sizes": class_sizes, "skipped": skipped, "exact_copies_dropped": len(copies),
+            "exact_copies": copies, "groups": sorted(sorted(paths[i] for i in g) for g in groups),
             "files": entries, "fingerprint": _split_fingerprint(entries)}
     split = Split(meta)
     _check_split_counts(split)
-    return split, np.stack(pixels)
+    return split, np.stack([items[i][1] for i in order])
+
+
+def _log_dedup(log, skipped: list[str], copies: list[list[str]], groups: list[list[str]], dedup: bool) -> None:
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable or oversized image(s)")
+    if not dedup:
+        return
+    log(f"left out {len(copies)} byte-identical copies of drawn images"
+        + (f" (e.g. {copies[0][0]} = {copies[0][1]})" if copies else ""))
+    cross = sum(len({p.split("/")[0] for p in g}) > 1 for g in groups)
+    log(f"kept {len(groups)} group(s) of near duplicates ({sum(map(len, groups))} images, {cross} spanning classes) "
+        "whole in train, val or test" + (f" (e.g. {' ~ '.join(groups[0][:2])})" if groups else ""))
 
 
 def verify_split(split: Split, data_dir: Path) -> None:
@@ -685,47 +830,113 @@ def verify_split(split: Split, data_dir: Path) -> None:
             raise DataError(f"{path} changed since the split was saved; restore it, or pass a new --split-file to re-split")
 
 
-def load_split(split_file: Path, data_dir: Path) -> Split:
-    """Read a saved split and verify the data folder still matches it."""
+def read_split(split_file: Path) -> Split:
+    """Read a saved split file, of this or an older version of the format, without looking at the data."""
     if not split_file.is_file():
         raise DataError(f"no saved split at {split_file}; train a model first, or pass --split-file")
     try:
         meta = json.loads(split_file.read_text())
+        if meta.get("format") != SPLIT_FORMAT:
+            raise DataError(f"{split_file} is not a split file of this project; delete it or pass another --split-file")
+        # Older files: their 'seed' drew the split; no per-class sizes (equal counts), no de-duplication, no groups.
+        meta.setdefault("split_seed", meta.get("seed", 0))
+        meta.setdefault("class_sizes", {c: meta["sizes"] for c in meta["classes"]})
+        meta.setdefault("dedup", False)
+        meta.setdefault("groups", [])
         split = Split(meta)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{split_file} is not a readable split file ({e}); delete it to re-split") from None
-    if meta.get("format") != SPLIT_FORMAT:
-        raise DataError(f"{split_file} is not a split file of this project; delete it or pass another --split-file")
-    # Splits saved before per-class sizes and de-duplication were recorded: equal counts, no de-duplication.
-    meta.setdefault("class_sizes", {c: meta["sizes"] for c in meta["classes"]})
-    meta.setdefault("dedup", False)
+    return split
+
+
+def load_split(split_file: Path, data_dir: Path) -> Split:
+    """Read a saved split and verify the data folder still matches it."""
+    split = read_split(split_file)
     verify_split(split, data_dir)
     _check_split_counts(split)
     return split
 
 
+def atomic_create(path: Path, text: str) -> bool:
+    """Write a text file atomically unless path exists; then leave it alone and return False."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The writer's pid in the name lets a clean-up tell a killed write from one in progress.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        try:
+            os.link(tmp, path)  # whole, and never over a file another process published first
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system: the caller's lock keeps the replace exclusive
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@contextmanager
+def _creation_lock(path: Path, log=print) -> Iterator[None]:
+    """Hold an exclusive lock (flock on a hidden .lock file beside path) while this process creates path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"waiting for another process to finish drawing {path}")
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def _options_text(options: dict) -> str:
+    flags = {"per_class": "--per-class", "sizes": "--split", "split_seed": "--split-seed"}
+    return " ".join(f"{flags[k]} {','.join(f'{x:g}' for x in v) if k == 'sizes' else v}" for k, v in options.items())
+
+
+def _reuse_split(split_file: Path, data_dir: Path, per_class: int, sizes: Sequence[float], split_seed: int,
+                 dedup: bool, log=print) -> Split:
+    """The saved split, when it was made with these options; else a clear error."""
+    split = load_split(split_file, data_dir)
+    wanted = {"per_class": per_class, "sizes": list(sizes), "split_seed": split_seed}
+    saved = {k: split.split_seed if k == "split_seed" else split.meta[k] for k in wanted}
+    if saved != wanted:
+        differ = {k: v for k, v in saved.items() if v != wanted[k]}
+        raise DataError(f"{split_file} was made with {_options_text(differ)}, not "
+                        f"{_options_text({k: wanted[k] for k in differ})}; pass {_options_text(differ)} (or drop "
+                        "those options) to reuse it, or pass a new --split-file")
+    if split.meta["dedup"] != dedup:
+        log(f"note: reusing {split_file}, made {'with' if split.meta['dedup'] else 'without'} de-duplication; "
+            "pass a new --split-file to re-split")
+    return split
+
+
 def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450, sizes: Sequence[float] = (300, 75, 75),
-                         seed: int = 0, img_size: int = 256, workers: int = 2, log=print, dedup: bool = True,
+                         split_seed: int = 0, img_size: int = 256, workers: int = 2, log=print, dedup: bool = True,
                          near_threshold: int = 4,
                          max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Split, np.ndarray | None]:
     """Reuse the saved split after verifying the data against it, or create and save it.
 
+    Creation is exclusive: of several processes starting together, one draws and saves the split while the
+    others wait, then reuse it, or stop with a clear error when their options differ.
     Returns (split, pixels): pixels are the freshly decoded images when the split was just made, else None.
     """
-    if split_file.exists():
-        split = load_split(split_file, data_dir)
-        wanted = {"per_class": per_class, "sizes": list(sizes), "seed": seed}
-        saved = {k: split.meta[k] for k in wanted}
-        if saved != wanted:
-            raise DataError(f"{split_file} was made with {saved}, not {wanted}; drop those options to reuse it, "
-                            "or pass a new --split-file")
-        if split.meta["dedup"] != dedup:
-            log(f"note: reusing {split_file}, made {'with' if split.meta['dedup'] else 'without'} de-duplication; "
-                "pass a new --split-file to re-split")
-        return split, None
-    split, pixels = create_split(data_dir, per_class, sizes, seed, img_size, workers, log, dedup, near_threshold,
-                                 max_pixels)
-    atomic_write_text(split_file, json.dumps(split.meta, indent=1))
+    reuse = partial(_reuse_split, split_file, data_dir, per_class, sizes, split_seed, dedup, log)
+    if split_file.exists():  # published whole by atomic_create, so reading needs no lock
+        return reuse(), None
+    with _creation_lock(split_file, log):
+        if split_file.exists():  # made by the process we waited for
+            return reuse(), None
+        split, pixels = create_split(data_dir, per_class, sizes, split_seed, img_size, workers, log, dedup,
+                                     near_threshold, max_pixels)
+        if not atomic_create(split_file, json.dumps(split.meta, indent=1)):
+            return reuse(), None  # published meanwhile by a process that took no lock (another file system?)
     counts = {tuple(v) for v in split.meta["class_sizes"].values()}
     log(f"saved split to {split_file}: {len(split.classes)} classes, train/val/test per class "
         + (str(counts.pop()) if len(counts) == 1 else "proportional to each class"))
@@ -859,7 +1070,7 @@ def prepare_data(args, log=print) -> tuple[Split, np.ndarray]:
             remove_stale_temp_files(folder)
     split_file = Path(args.split_file) if args.split_file else out / "split.json"
     sizes = parse_split_sizes(args.split, args.per_class)
-    split, pixels = load_or_create_split(data_dir, split_file, args.per_class, sizes, args.seed,
+    split, pixels = load_or_create_split(data_dir, split_file, args.per_class, sizes, args.split_seed,
                                          args.img_size, args.workers, log, args.dedup, args.near_threshold,
                                          args.max_pixels)
     images = load_or_build_cache(data_dir, split, out / "cache", args.img_size, pixels, args.workers, log,

@@ -1,20 +1,24 @@
 """Split, cache, decoding and batched transforms."""
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from common.data import (BatchLoader, DataError, decode_image, eval_transform, load_or_build_cache,
-                         load_or_create_split, parse_split_sizes, scan_folder, train_transform)
+from common.data import (BatchLoader, DataError, add_data_args, assign_subsets, atomic_create, decode_image,
+                         duplicate_groups, eval_transform, load_or_build_cache, load_or_create_split, make_loaders,
+                         parse_split_sizes, prepare_data, scan_folder, train_transform)
 from conftest import ANIMALS, make_dataset
 
 
 def make_split(data_dir: Path, out: Path, **kw):
-    opts = dict(per_class=20, sizes=(12, 4, 4), seed=0, img_size=40, workers=2, log=lambda *_: None)
+    opts = dict(per_class=20, sizes=(12, 4, 4), split_seed=0, img_size=40, workers=2, log=lambda *_: None)
     opts.update(kw)
     return load_or_create_split(data_dir, out / "split.json", **opts)
 
@@ -35,7 +39,7 @@ def test_split_sizes_stratified_disjoint(dataset, tmp_path):
 def test_split_is_deterministic_per_seed(dataset, tmp_path):
     a, _ = make_split(dataset, tmp_path / "a")
     b, _ = make_split(dataset, tmp_path / "b")
-    c, _ = make_split(dataset, tmp_path / "c", seed=1)
+    c, _ = make_split(dataset, tmp_path / "c", split_seed=1)
     assert a.entries == b.entries
     assert [e["path"] for e in a.entries] != [e["path"] for e in c.entries]
 
@@ -62,8 +66,168 @@ def test_split_mismatch_is_an_error(dataset, tmp_path):
 
 def test_split_options_must_match_saved_split(dataset, tmp_path):
     make_split(dataset, tmp_path)
-    with pytest.raises(DataError, match="was made with"):
-        make_split(dataset, tmp_path, seed=3)
+    with pytest.raises(DataError, match="was made with --split-seed 0, not --split-seed 3; pass --split-seed 0"):
+        make_split(dataset, tmp_path, split_seed=3)
+    with pytest.raises(DataError, match="was made with --per-class 20 --split 12,4,4, not --per-class 10 --split 6,2,2"):
+        make_split(dataset, tmp_path, per_class=10, sizes=(6, 2, 2))
+
+
+def smooth(seed: int, size: int = 96) -> np.ndarray:
+    """A photo-like BGR image (smooth blobs): its re-encoded copies stay near duplicates (dhash within 0-2 bits)."""
+    small = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return cv2.GaussianBlur(cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC), (0, 0), 3)
+
+
+def near_duplicate_data(root: Path) -> Path:
+    """3 classes of exactly 12 images: a near-duplicate pair in a, a triple in b, a pair across b and c."""
+    data = make_dataset(root, classes=["a", "b", "c"], per_class=12)
+    for name, seed, quality in (("a/img000.jpg", 1, 95), ("a/img001.jpg", 1, 60), ("b/img000.jpg", 2, 95),
+                                ("b/img001.jpg", 2, 70), ("b/img002.jpg", 2, 50), ("b/img004.jpg", 3, 95),
+                                ("c/img004.jpg", 3, 60)):
+        cv2.imwrite(str(data / name), smooth(seed), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return data
+
+
+GROUPS = [["a/img000.jpg", "a/img001.jpg"], ["b/img000.jpg", "b/img001.jpg", "b/img002.jpg"],
+          ["b/img004.jpg", "c/img004.jpg"]]
+
+
+def test_near_duplicates_are_grouped_not_dropped(tmp_path):
+    # Exactly --per-class images per class with near duplicates among them: the old split dropped them and
+    # stopped ("class 'a' has only 11 usable images"); now every image is kept and no group straddles.
+    data = near_duplicate_data(tmp_path / "raw")
+    placements = set()
+    for seed in range(4):
+        split, pixels = make_split(data, tmp_path / str(seed), per_class=12, sizes=(6, 3, 3), split_seed=seed)
+        assert len(split.entries) == len(pixels) == 36 and split.meta["class_sizes"] == {c: [6, 3, 3] for c in "abc"}
+        assert split.meta["groups"] == GROUPS and split.meta["exact_copies_dropped"] == 0
+        saved = json.loads((tmp_path / str(seed) / "split.json").read_text())
+        assert saved["groups"] == GROUPS and saved["split_seed"] == seed
+        subset_of = {e["path"]: e["subset"] for e in split.entries}
+        assert all(len({subset_of[p] for p in g}) == 1 for g in GROUPS)
+        placements.add(tuple(subset_of[g[0]] for g in GROUPS))
+    assert len(placements) > 1  # groups are placed at random (seeded), not always into train
+    plain, _ = make_split(data, tmp_path / "plain", per_class=12, sizes=(6, 3, 3), dedup=False)
+    assert plain.meta["groups"] == [] and len(plain.entries) == 36
+
+
+def test_assign_subsets_keeps_groups_whole_and_counts_exact():
+    labels = np.repeat([0, 1], 10)
+    groups = [[0, 1, 2, 3, 4, 5], [6, 7], [8, 10]]  # a big group, a small one, one spanning both classes
+    quotas = np.array([[6, 2, 2], [6, 2, 2]])
+    for seed in range(20):
+        subset = assign_subsets(labels, groups, quotas, np.random.default_rng(seed))
+        for c in (0, 1):
+            assert np.bincount(subset[labels == c], minlength=3).tolist() == [6, 2, 2]
+        assert all(len(set(subset[g])) == 1 for g in groups)
+        assert (subset[groups[0]] == 0).all()  # six images fit only into train
+    # Without groups: the plain stratified split, the first images of each class in train, then val, then test.
+    assert assign_subsets(labels, [], quotas, np.random.default_rng(0)).tolist() == [0] * 6 + [1] * 2 + [2] * 2 + [
+        0] * 6 + [1] * 2 + [2] * 2
+    with pytest.raises(DataError, match="group of 7 near-duplicate images .*does not fit.*--no-dedup"):
+        assign_subsets(labels, [list(range(7))], np.array([[5, 3, 2], [6, 2, 2]]), np.random.default_rng(0))
+
+
+def test_duplicate_groups_join_bytes_and_near_hashes():
+    base = 0x0123456789ABCDEF
+    sha = ["x", "x", "y", "z", "u", "v", "v"]
+    hashes = [base, base, base ^ 0b11, base ^ 0b11 ^ 0b1100, base ^ 0xFFFF_FFFF, None, None]
+    groups = duplicate_groups(sha, hashes, threshold=2)
+    # 0-1 by bytes, 2 within 2 bits of them, 3 within 2 bits of 2 (4 from 0: joined transitively); 5-6 by bytes.
+    assert [(g.members, g.contents, g.max_bits) for g in groups] == [([0, 1, 2, 3], 3, 2), ([5, 6], 1, 0)]
+    assert [g.members for g in duplicate_groups(sha, hashes, threshold=1)] == [[0, 1], [5, 6]]
+
+
+def test_byte_identical_copies_are_dropped_and_counted(tmp_path):
+    data = make_dataset(tmp_path / "raw", classes=["a", "b", "c"], per_class=10)
+    shutil.copy(data / "a" / "img000.jpg", data / "a" / "img000_copy.jpg")
+    shutil.copy(data / "a" / "img001.jpg", data / "b" / "copy_of_a.jpg")
+    split, _ = make_split(data, tmp_path, per_class=0, sizes=(0.6, 0.2, 0.2))
+    assert split.meta["exact_copies_dropped"] == 2 and len(split.entries) == 30
+    assert len({e["sha256"] for e in split.entries}) == 30
+    # Class a has 11 files but 10 different images: 11 per class is an error that says why and the way out.
+    with pytest.raises(DataError, match=r"class 'a' has only 10 usable images \(1 byte-identical copies left out\)"
+                                        ".*--no-dedup"):
+        make_split(data, tmp_path / "short", per_class=11, sizes=(7, 2, 2))
+    plain, _ = make_split(data, tmp_path / "plain", per_class=0, sizes=(0.6, 0.2, 0.2), dedup=False)
+    assert len(plain.entries) == 32 and plain.meta["exact_copies_dropped"] == 0
+
+
+def old_format(split_file: Path, oldest: bool = False) -> None:
+    """Rewrite a split file as the project wrote it before --split-seed (and, oldest, before per-class sizes)."""
+    meta = json.loads(split_file.read_text())
+    meta["seed"] = meta.pop("split_seed")
+    meta["duplicates_removed"] = []
+    for key in ("groups", "exact_copies", "exact_copies_dropped") + (("class_sizes", "dedup") if oldest else ()):
+        meta.pop(key)
+    split_file.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("oldest", [False, True])
+def test_older_split_files_are_reused(dataset, tmp_path, oldest):
+    first, _ = make_split(dataset, tmp_path, split_seed=2, dedup=False)
+    old_format(tmp_path / "split.json", oldest)
+    again, pixels = make_split(dataset, tmp_path, split_seed=2, dedup=False)
+    assert pixels is None and again.entries == first.entries and again.split_seed == 2
+    with pytest.raises(DataError, match="made with --split-seed 2, not --split-seed 0"):
+        make_split(dataset, tmp_path, dedup=False)
+
+
+def test_saved_split_with_a_straddling_group_is_refused(tmp_path):
+    data = near_duplicate_data(tmp_path / "raw")
+    make_split(data, tmp_path, per_class=12, sizes=(6, 3, 3))
+    meta = json.loads((tmp_path / "split.json").read_text())
+    files = {e["path"]: e for e in meta["files"]}
+    member = files["a/img000.jpg"]
+    other = next(e for e in meta["files"] if e["path"].startswith("a/") and e["subset"] != member["subset"])
+    member["subset"], other["subset"] = other["subset"], member["subset"]  # class counts stay right
+    (tmp_path / "split.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="puts the near duplicates .*into different subsets"):
+        make_split(data, tmp_path, per_class=12, sizes=(6, 3, 3))
+
+
+def data_args(data: Path, out: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_data_args(parser)
+    return parser.parse_args(["--data-dir", str(data), "--output-dir", str(out), "--per-class", "20", "--split",
+                              "12,4,4", "--img-size", "40", "--workers", "2", *extra])
+
+
+def test_seed_and_split_seed_are_separate(dataset, tmp_path):
+    first, _ = prepare_data(data_args(dataset, tmp_path), log=lambda *_: None)
+    # Another --seed (initialisation, augmentation, batch order) reuses the saved split ...
+    again, _ = prepare_data(data_args(dataset, tmp_path, "--seed", "1"), log=lambda *_: None)
+    assert again.entries == first.entries
+    # ... another --split-seed is refused, and with its own --split-file it draws another split.
+    with pytest.raises(DataError, match="made with --split-seed 0, not --split-seed 1"):
+        prepare_data(data_args(dataset, tmp_path, "--split-seed", "1"), log=lambda *_: None)
+    other, _ = prepare_data(data_args(dataset, tmp_path, "--split-seed", "1", "--split-file",
+                                      str(tmp_path / "split1.json")), log=lambda *_: None)
+    assert other.split_seed == 1 and other.entries != first.entries
+    with pytest.raises(DataError, match="--split-seed -1 is negative"):
+        prepare_data(data_args(dataset, tmp_path, "--split-seed", "-1", "--split-file", str(tmp_path / "neg.json")))
+
+
+def test_fraction_subset_follows_the_split_seed(dataset, tmp_path):
+    def train_indices(split, seed: int) -> list[int]:
+        args = argparse.Namespace(fraction=0.5, imbalance=1.0, seed=seed, batch_size=4)
+        loaders = make_loaders(np.zeros((len(split.entries), 1)), split, args, torch.device("cpu"),
+                               torch.Generator().manual_seed(seed), log=lambda *_: None)
+        return loaders["train"].indices.tolist()
+
+    split, _ = make_split(dataset, tmp_path / "a")
+    other, _ = make_split(dataset, tmp_path / "b", split_seed=1)
+    assert train_indices(split, 0) == train_indices(split, 1) == train_indices(split, 2)  # repeats: same images
+    assert len(train_indices(split, 0)) == 60
+    chosen = [{s.entries[i]["path"] for i in train_indices(s, 0)} for s in (split, other)]
+    assert chosen[0] != chosen[1]
+
+
+def test_atomic_create_never_replaces(tmp_path):
+    path = tmp_path / "sub" / "split.json"
+    assert atomic_create(path, "first")
+    assert not atomic_create(path, "second")
+    assert path.read_text() == "first" and [p.name for p in path.parent.iterdir()] == ["split.json"]
 
 
 def test_cache_round_trip_equals_direct_decode(dataset, tmp_path):

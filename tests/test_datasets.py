@@ -15,7 +15,7 @@ from conftest import make_dataset
 
 
 def split_of(data, out, **kw):
-    opts = dict(per_class=0, sizes=(0.6, 0.2, 0.2), seed=0, img_size=40, workers=2, log=lambda *_: None)
+    opts = dict(per_class=0, sizes=(0.6, 0.2, 0.2), split_seed=0, img_size=40, workers=2, log=lambda *_: None)
     opts.update(kw)
     return load_or_create_split(data, out / "split.json", **opts)
 
@@ -42,22 +42,25 @@ def photo_like(seed: int, size: int = 96) -> np.ndarray:
     return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def test_duplicates_across_classes_are_left_out(tmp_path):
+def test_duplicates_across_classes_are_grouped(tmp_path):
     data = make_dataset(tmp_path / "raw", classes=["cane", "gatto", "mucca"], per_class=9)
     shutil.copy(data / "cane" / "img000.jpg", data / "gatto" / "copy_of_dog.jpg")
     cv2.imwrite(str(data / "mucca" / "img001.png"), photo_like(1))
     cv2.imwrite(str(data / "cane" / "reencoded_cow.jpg"), photo_like(1), [cv2.IMWRITE_JPEG_QUALITY, 60])
     cv2.imwrite(str(data / "gatto" / "other_photo.jpg"), photo_like(2))  # a different photo is kept
     split, _ = split_of(data, tmp_path)
-    removed = {frozenset(pair) for pair in split.meta["duplicates_removed"]}
-    assert frozenset({"gatto/copy_of_dog.jpg", "cane/img000.jpg"}) in removed
-    assert frozenset({"cane/reencoded_cow.jpg", "mucca/img001.png"}) in removed
-    kept = {e["path"] for e in split.entries}
-    assert not ({"gatto/copy_of_dog.jpg", "cane/img000.jpg"} <= kept)
-    assert not ({"cane/reencoded_cow.jpg", "mucca/img001.png"} <= kept)
+    # The byte-identical copy is dropped (one of the two kept) and counted ...
+    assert split.meta["exact_copies_dropped"] == 1
+    assert {frozenset(pair) for pair in split.meta["exact_copies"]} == {frozenset({"gatto/copy_of_dog.jpg",
+                                                                                   "cane/img000.jpg"})}
+    subset_of = {e["path"]: e["subset"] for e in split.entries}
+    assert len({"gatto/copy_of_dog.jpg", "cane/img000.jpg"} & set(subset_of)) == 1
+    # ... the near duplicates under two labels are both kept, together in one subset, and recorded as a group.
+    assert split.meta["groups"] == [["cane/reencoded_cow.jpg", "mucca/img001.png"]]
+    assert subset_of["cane/reencoded_cow.jpg"] == subset_of["mucca/img001.png"]
+    assert "gatto/other_photo.jpg" in subset_of and len(split.entries) == 30
     plain, _ = split_of(data, tmp_path / "plain", dedup=False)
-    assert "gatto/other_photo.jpg" in kept
-    assert len(plain.entries) == 31 and len(split.entries) == 29 and plain.meta["duplicates_removed"] == []
+    assert len(plain.entries) == 31 and plain.meta["groups"] == [] and plain.meta["exact_copies_dropped"] == 0
 
 
 def test_grayscale_and_rgba_are_converted(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import eda
-from common.data import hamming
+from common.data import DataError, hamming, load_or_create_split, near_pairs
 from conftest import ROOT, make_dataset
 
 
@@ -142,7 +142,7 @@ def test_near_pairs_match_brute_force_hamming():
     for k in range(0, 60, 3):  # plant close relatives: flip 1 to 8 bits
         flips = rng.choice(64, 1 + k % 8, replace=False)
         hashes[k + 1] = hashes[k] ^ np.uint64(sum(1 << int(b) for b in flips))
-    i, j, bits = eda.near_pairs(hashes, 6, chunk=64)
+    i, j, bits = near_pairs(hashes, 6, chunk=64)
     expected = {(a, b) for a in range(len(hashes)) for b in np.flatnonzero(hamming(int(hashes[a]), hashes) <= 6)
                 if a < b}
     assert set(zip(i.tolist(), j.tolist())) == expected and len(expected) >= 15
@@ -175,3 +175,43 @@ def test_missing_or_empty_folder_is_a_clear_error(tmp_path, make):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: data folder") and str(data) in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_split_file_leakage_check(tmp_path):
+    """--split-file: the duplicate groups that straddle a saved split's subsets, in eda.json, findings and report."""
+    data = make_dataset(tmp_path / "raw", classes=["a", "b", "c"], per_class=12)
+    pair = ["a/img000.jpg", "a/img001.jpg"]
+    for name, quality in zip(pair, (95, 60)):
+        cv2.imwrite(str(data / name), smooth_image(1), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    common = dict(per_class=12, sizes=(6, 3, 3), img_size=48, workers=2, log=lambda *_: None)
+    # An image-by-image split (--no-dedup, as older versions made), moved so that the pair straddles train and test.
+    load_or_create_split(data, tmp_path / "plain.json", dedup=False, **common)
+    meta = json.loads((tmp_path / "plain.json").read_text())
+    files = {e["path"]: e for e in meta["files"]}
+    for name, subset in zip(pair, ("train", "test")):
+        if files[name]["subset"] != subset:
+            other = next(e for e in meta["files"] if e["path"].startswith("a/") and e["path"] not in pair
+                         and e["subset"] == subset)
+            files[name]["subset"], other["subset"] = subset, files[name]["subset"]
+    (tmp_path / "plain.json").write_text(json.dumps(meta))
+    result = run_eda(data, tmp_path / "out", "--split-file", str(tmp_path / "plain.json"))
+    leak = result["split_leakage"]
+    assert (leak["straddling_groups"], leak["groups"], leak["images"], leak["group_aware"]) == (1, 1, 36, False)
+    assert leak["straddling"][0]["files"] == dict(zip(pair, ("train", "test")))
+    assert leak["by_subsets"] == {"train+test": 1} and leak["test_images_with_train_duplicate"] == 1
+    line = next(f for f in result["findings"] if "plain.json" in f)
+    assert "1 of its 1 duplicate group(s) straddle" in line and "a/img000.jpg (train) ~ a/img001.jpg (test)" in line
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Leakage across the split" in report and "`a/img001.jpg` (test)" in report
+    # The default split keeps the pair in one subset: nothing straddles.
+    load_or_create_split(data, tmp_path / "grouped.json", **common)
+    grouped = run_eda(data, tmp_path / "out2", "--split-file", str(tmp_path / "grouped.json"))["split_leakage"]
+    assert (grouped["straddling_groups"], grouped["groups"], grouped["group_aware"]) == (0, 1, True)
+    assert "no duplicate group straddles" in (tmp_path / "out2" / "report.md").read_text()
+    # A split of other bytes, or no split file at all: one clear error, nothing written.
+    (data / "b" / "img002.jpg").write_bytes((data / "b" / "img002.jpg").read_bytes() + b"\0")
+    with pytest.raises(DataError, match="b/img002.jpg of .*grouped.json is missing from .* or changed"):
+        run_eda(data, tmp_path / "out3", "--split-file", str(tmp_path / "grouped.json"))
+    with pytest.raises(DataError, match="no saved split at"):
+        run_eda(data, tmp_path / "out4", "--split-file", str(tmp_path / "none.json"))
+    assert not (tmp_path / "out3").exists() and not (tmp_path / "out4").exists()
