@@ -7,16 +7,19 @@ Examples:
 
 The page offers every runs/*/best.pt and runs/best.pt; each checkpoint is loaded once, on first use, and
 kept. Inference runs on the GPU when there is one. Uploads are limited to JPEG and PNG files of at most
-20 MB and 40 megapixels; grayscale, 16-bit and transparent images are converted as in training
-(transparency on white). The test-image picker reads the checkpoint's saved split like evaluate.py; when
-the data is not there the page says why and offers uploads only. The first use of a split whose pixel cache
+20 MB, 40 megapixels and 120 MB once decoded (both read from the header, before decoding); grayscale,
+16-bit and transparent images are converted as in training (transparency on white). The test-image picker
+reads the checkpoint's saved split like evaluate.py; when the data is not there the page says why and offers
+uploads only. The first use of a split whose pixel cache
 is missing decodes it into runs/cache/ once, as evaluate.py would.
 
 Why no Gradio: the page needs one upload, two selects and a table, which a single self-contained HTML
 page with a little inline JavaScript does; Python's http.server serves it and four JSON endpoints with no
 new dependency (Gradio brings FastAPI, uvicorn, pandas and a front-end bundle), starts at once, works
 offline, and its prediction function and endpoints are tested directly. The server is meant for
-loopback use (one user, a few requests at a time), which is what ThreadingHTTPServer is for.
+loopback use (one user, a few requests at a time), which is what ThreadingHTTPServer is for; it handles at
+most 8 requests at a time, and answers only requests addressed to a loopback name or to its --host (403
+otherwise), so a web page whose DNS name is rebound to 127.0.0.1 cannot read it.
 
 Endpoints: GET / (the page), GET /checkpoints, GET /test-images?ckpt=NAME, GET /test-image/<k>?ckpt=NAME
 (prediction for the k-th test image), POST /predict?ckpt=NAME with the image file as the request body.
@@ -25,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ipaddress
 import json
-import struct
-import sys
+import re
 import threading
 import time
 import traceback
@@ -42,14 +45,19 @@ import torch
 from torch import nn
 
 import evaluate
-from common.data import DataError, decode_bytes, display_name, eval_transform
+from common.data import (JPEG_SIGNATURE, PNG_SIGNATURE, DataError, ImageHeader, decode_bytes, display_name,
+                         eval_transform, read_image_header)
 from common.engine import resolve_device
 from common.explain import DEFAULT_LAYER, GradCAM, find_layer, overlay
 from common.models import model_from_checkpoint
+from common.cli import ArgumentParser, run_main
 from common.runs import CheckpointError, load_checkpoint
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # a 20 MB PNG can hold far more; decoding it would take gigabytes of memory
+# A 40-megapixel 8-bit colour photo; a 16-bit RGBA PNG takes 8 bytes a pixel, so fewer of its pixels fit.
+MAX_DECODED_BYTES = 3 * MAX_PIXELS
+MAX_HANDLERS = 8  # requests handled at once; each can hold a 20 MB upload and its decode
 MIN_SIDE = 32  # smaller images hold nothing recognisable once scaled up to the model's input size
 TOP_K = 5
 # Checkpoint entries inference and the test split never read; dropping them keeps cached models small.
@@ -85,29 +93,14 @@ def load_bundle(path: Path, device: torch.device, name: str | None = None) -> Mo
     return ModelBundle(name or str(path), meta, model, layer, device)
 
 
-def image_header(data: bytes) -> tuple[str, int, int, int]:
-    """(format, width, height, offset where the image data starts) of a JPEG or PNG, read without decoding."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise UploadError("the PNG file is truncated or corrupt (no image header)")
-        width, height = struct.unpack(">II", data[16:24])
-        return "PNG", width, height, 8
-    if data[:2] == b"\xff\xd8":
-        pos, size = 2, None
-        while pos + 4 <= len(data) and data[pos] == 0xFF:
-            marker = data[pos + 1]
-            if marker == 0xFF:  # fill byte
-                pos += 1
-                continue
-            if marker == 0xDA and size:  # start of scan: the compressed pixels follow
-                return "JPEG", size[1], size[0], pos
-            length = int.from_bytes(data[pos + 2:pos + 4], "big")
-            # SOF0..SOF15 (but DHT, JPG and DAC, which share the range) hold height and width.
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and pos + 9 <= len(data):
-                size = struct.unpack(">HH", data[pos + 5:pos + 9])
-            pos += 2 + length
-        raise UploadError("the JPEG file is truncated or corrupt (no frame or scan header)")
-    raise UploadError("this file is not a JPEG or PNG image; upload a .jpg or .png photo")
+def upload_header(data: bytes) -> ImageHeader:
+    """The JPEG or PNG header of an upload, read without decoding, or UploadError."""
+    if not data.startswith((PNG_SIGNATURE, JPEG_SIGNATURE)):
+        raise UploadError("this file is not a JPEG or PNG image; upload a .jpg or .png photo")
+    try:
+        return read_image_header(data)
+    except DataError as e:
+        raise UploadError(str(e)) from None
 
 
 def decode_upload(data: bytes, size: int) -> np.ndarray:
@@ -117,16 +110,21 @@ def decode_upload(data: bytes, size: int) -> np.ndarray:
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadError(f"the file is {len(data) / 2**20:.1f} MB, more than the {MAX_UPLOAD_BYTES // 2**20} MB "
                           "allowed; upload a smaller image")
-    fmt, width, height, start = image_header(data)
+    header = upload_header(data)
+    fmt, width, height = header.format, header.width, header.height
     if width * height > MAX_PIXELS:
         raise UploadError(f"the image is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the "
                           f"{MAX_PIXELS // 1_000_000} allowed; upload a smaller image")
+    if header.decoded_bytes > MAX_DECODED_BYTES:
+        raise UploadError(f"the image is {width}x{height} with {header.channels} channel(s) of "
+                          f"{8 * header.bytes_per_sample} bits, {header.decoded_bytes / 1e6:.0f} MB once decoded, more "
+                          f"than the {MAX_DECODED_BYTES // 1_000_000} MB allowed; upload a smaller or 8-bit image")
     if min(width, height) < MIN_SIDE:
         raise UploadError(f"the image is only {width}x{height} pixels; upload one at least {MIN_SIDE}x{MIN_SIDE}")
     # OpenCV decodes a JPEG cut short without complaint (grey below the cut), so check that it ends.
-    if (fmt == "JPEG" and data.find(b"\xff\xd9", start) < 0) or (fmt == "PNG" and data.rfind(b"IEND") < 0):
+    if (fmt == "JPEG" and data.find(b"\xff\xd9", header.data_start) < 0) or (fmt == "PNG" and b"IEND" not in data):
         raise UploadError(f"the {fmt} file is truncated (it stops before its end); upload the complete file")
-    img = decode_bytes(np.frombuffer(data, np.uint8), size)
+    img = decode_bytes(np.frombuffer(data, np.uint8), size, MAX_PIXELS)  # within common.data's decode budget
     if img is None:
         raise UploadError(f"the {fmt} file is corrupt and cannot be decoded; upload another image")
     return img
@@ -211,8 +209,8 @@ class Checkpoints:
             if key not in self._tests:
                 try:
                     self._tests[key] = evaluate.test_data(bundle.ckpt, self.split_args)
-                except KeyError as e:
-                    raise DataError(f"{bundle.name} records no saved split (no {e} entry)") from None
+                except CheckpointError as e:
+                    raise DataError(f"{bundle.name}: {e}") from None
                 except OSError as e:
                     raise DataError(f"the test split cannot be read ({e})") from None
             return self._tests[key]
@@ -388,6 +386,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, route) -> None:
         """Run a route; turn known errors into 4xx answers and anything else into a logged 500."""
+        # A page whose DNS name was rebound to 127.0.0.1 sends its own name as Host; HTTP/1.0 may omit Host.
+        hosts = self.headers.get_all("Host") or []
+        if not (host_allowed(hosts[0], self.server.host) if len(hosts) == 1 else
+                not hosts and self.request_version == "HTTP/1.0"):
+            self.close_connection = True  # a POST body is left unread
+            names = ", ".join(dict.fromkeys(["localhost", "127.0.0.1", "[::1]", self.server.host]))
+            self._json({"error": f"this server answers only requests addressed to {names}; "
+                                 f"open http://127.0.0.1:{self.server.server_address[1]}/"}, 403)
+            return
         try:
             route(urlsplit(self.path))
         except (CheckpointError, DataError) as e:
@@ -467,19 +474,49 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def host_allowed(host: str, own: str) -> bool:
+    """Whether a Host header (with or without a port) names a loopback address, localhost, or own, the --host."""
+    m = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*)(:\d{1,5})?", host.strip())
+    name = m and m.group(1).lower().removeprefix("[").removesuffix("]")
+    if not name:
+        return False
+    if name in ("localhost", own.lower().removeprefix("[").removesuffix("]")):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback  # 127.0.0.0/8 and ::1
+    except ValueError:
+        return False
+
+
 class AppServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer that carries the checkpoints for its handlers."""
+    """ThreadingHTTPServer that carries the checkpoints for its handlers and runs at most max_handlers at once."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], checkpoints: Checkpoints):
+    def __init__(self, address: tuple[str, int], checkpoints: Checkpoints, max_handlers: int = MAX_HANDLERS):
         self.checkpoints = checkpoints
+        self.host = address[0]  # as given (--host), before it is resolved
+        self._slots = threading.BoundedSemaphore(max_handlers)
         super().__init__(address, Handler)
 
+    def process_request(self, request, client_address) -> None:
+        # The accept loop waits for a free slot; meanwhile new connections queue in the listen backlog.
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)  # starts a thread that releases the slot
+        except BaseException:
+            self._slots.release()
+            raise
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Local web demo: top-5 classes and Grad-CAM for uploaded images.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Local web demo: top-5 classes and Grad-CAM for uploaded images.")
     parser.add_argument("--ckpt", default="runs/best.pt", help="checkpoint selected when the page opens")
     parser.add_argument("--runs-dir", default="runs", help="offers every <runs-dir>/*/best.pt and <runs-dir>/best.pt")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback: this machine only)")
@@ -516,8 +553,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

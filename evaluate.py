@@ -116,6 +116,10 @@ def test_data(ckpt: dict, args) -> tuple:
         folder = Path(args.data_dir)
         images, labels, paths = load_folder(folder, ckpt["classes"], ckpt["img_size"], args.workers)
         return images, labels, np.arange(len(labels)), [str(p) for p in paths], f"folder {folder}"
+    missing = [k for k in ("config", "split_fingerprint") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"the checkpoint records no saved split (no {missing[0]} entry); "
+                              "pass --data-dir FOLDER of <class>/ images to evaluate it on")
     config = ckpt["config"]
     source = resolve_data_dir(args.source_dir or config.get("data_dir"))
     output_dir = Path(config.get("output_dir", "runs"))

@@ -15,26 +15,25 @@ shown, and the most confused class pairs of the whole test split).
 from __future__ import annotations
 
 import argparse
-import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.cli import ArgumentParser, UserError, run_main
 from common.data import BatchLoader, DataError, atomic_write_text, decode_image, display_name, eval_transform
 from common.engine import predict, resolve_device
 from common.explain import (DEFAULT_LAYER, GradCAM, describe_heatmap, find_layer, integrated_gradients, occlusion,
                             overlay)
 from common.models import model_from_checkpoint
 from common.plots import plot_image_grid
-from common.runs import CheckpointError, load_checkpoint
+from common.runs import load_checkpoint
 import evaluate
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Grad-CAM explanations and error analysis.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Grad-CAM explanations and error analysis.")
     parser.add_argument("--ckpt", default="runs/best.pt", help="checkpoint to explain")
     parser.add_argument("--image", default=None, help="explain this one image instead of the test split")
     parser.add_argument("--target-class", default=None, help="class to explain (folder or English name; default: predicted)")
@@ -75,7 +74,9 @@ def second_map(method: str, model, x: torch.Tensor, target: torch.Tensor) -> np.
 
 def main(args) -> None:
     if args.num < 5 and not args.image:
-        raise SystemExit("error: --num must be at least 5")
+        raise UserError("--num must be at least 5")
+    if args.image and not Path(args.image).is_file():  # before the slow model load
+        raise DataError(f"--image {args.image}: no such file; pass a JPEG or PNG file")
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.ckpt)
     model = model_from_checkpoint(ckpt).to(device)
@@ -84,7 +85,7 @@ def main(args) -> None:
     try:
         layer = find_layer(model, layer_name)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UserError(str(e)) from None
     crop = ckpt["crop_size"]
     transform = partial(eval_transform, crop=crop, mean=ckpt["mean"], std=ckpt["std"])
     out = Path(args.out_dir) if args.out_dir else Path(args.ckpt).parent / "gradcam"
@@ -163,8 +164,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

@@ -25,38 +25,50 @@ decay 0.05 and a warmup + cosine schedule; the best epoch by validation accuracy
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from common.data import (IMAGENET_MEAN, IMAGENET_STD, DataError, add_augment_args, add_data_args, atomic_write_text,
-                         make_loaders, make_transforms, prepare_data, to_device, upscale_check)
+from common.cli import ArgumentParser, UserError, probability, run_main
+from common.data import (IMAGENET_MEAN, IMAGENET_STD, add_augment_args, add_crop_check, add_data_args,
+                         atomic_write_text, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
 from common.models import build_model
-from common.runs import CheckpointError, write_json
+from common.runs import write_json
 
 ARCH = "scratch_cnn"
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train the five-layer CNN from scratch (part 1).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Train the five-layer CNN from scratch (part 1).")
     add_data_args(parser)
+    add_crop_check(parser, min_crop=64)  # a stride-2 conv and five 2x2 poolings need 2**6 pixels
     add_train_args(parser, lr=1e-3, epochs=40, batch_size=32)
     add_augment_args(parser, scale_min=0.25, jitter=0.3)
-    parser.add_argument("--dropout", type=float, default=0.3, help="dropout before the linear head")
+    parser.add_argument("--dropout", type=probability, default=0.3, help="dropout before the linear head")
     parser.add_argument("--sweep", action="store_true", help="train every --lrs x --batch-sizes configuration")
     parser.add_argument("--lrs", default="1e-2,1e-3,1e-4", help="learning rates of the sweep")
     parser.add_argument("--batch-sizes", default="16,32,64", help="batch sizes of the sweep")
+    parser.add_check(check_sweep)
     return parser
+
+
+def check_sweep(args) -> str | None:
+    """The sweep's lists are positive numbers; --resume continues one run, not a sweep."""
+    if args.sweep and args.resume:
+        return "--resume continues one run; drop --sweep to resume it"
+    try:
+        parse_list(args.lrs, float, "--lrs")
+        parse_list(args.batch_sizes, int, "--batch-sizes")
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def train(args, split, images, device, log=print) -> Path:
@@ -79,7 +91,7 @@ def parse_list(text: str, kind, flag: str) -> list:
     except ValueError:
         values = []
     if not values or any(v <= 0 for v in values):
-        raise SystemExit(f"error: {flag} {text!r} must be a comma-separated list of positive numbers, e.g. {flag} 1e-3,1e-4")
+        raise UserError(f"{flag} {text!r} must be a comma-separated list of positive numbers, e.g. {flag} 1e-3,1e-4")
     return values
 
 
@@ -121,8 +133,6 @@ def run(args) -> None:
     if not args.sweep:
         train(args, split, images, device, log)
         return
-    if args.resume:
-        raise SystemExit("error: --resume continues one run; drop --sweep to resume it")
     lrs = parse_list(args.lrs, float, "--lrs")
     batch_sizes = parse_list(args.batch_sizes, int, "--batch-sizes")
     sweep_dir = Path(args.output_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{ARCH}"
@@ -151,8 +161,4 @@ def run(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

@@ -15,12 +15,8 @@ full 2,236,682.
 """
 from __future__ import annotations
 
-import sys
-
-from common.data import DataError
-from common.models import WeightsError
-from common.runs import CheckpointError
 from common import transfer
+from common.cli import run_main
 
 ARCH = "mobilenet_v2"
 
@@ -34,8 +30,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (DataError, CheckpointError, WeightsError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

@@ -18,12 +18,8 @@ blocks34 10,498,570, full 11,181,642.
 """
 from __future__ import annotations
 
-import sys
-
-from common.data import DataError
-from common.models import WeightsError
-from common.runs import CheckpointError
 from common import transfer
+from common.cli import run_main
 
 ARCH = "resnet18"
 
@@ -37,8 +33,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (DataError, CheckpointError, WeightsError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

@@ -9,43 +9,47 @@ Examples:
 Test images: --test-dir, else $ANIMALS10_TEST_DIR, else data/animals10/cnn_test (one flat folder; the
 course's files carry a number in their names). CSV (defaults follow what is known of the course
 competition, see README): header `ID,Label`; ID runs 1..N in the numeric order of the number in each
-file name (--id-form index; or the file name or stem); Label is the Italian class folder name
-(--label-form italian; or english, or index). Every CSV is validated before anything is uploaded.
+file name (--id-form index; a file without a number, or two files with the same number, is an error;
+or --id-form name or stem); Label is the Italian class folder name (--label-form italian; or english,
+or index). The labels a CSV may hold are the competition's 10 Animals-10 classes, or the labels of
+--sample-submission when its label column holds more than one distinct label (one label throughout is a
+placeholder); a checkpoint trained on other classes is refused before any prediction. Every CSV is
+validated in memory before it is written (atomically: a failure leaves the previous file as it was),
+and nothing is uploaded before every CSV is valid.
 Uploading needs Kaggle credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY) and the
 competition's rules accepted on its web page; the competition comes from --competition or
 $KAGGLE_COMPETITION.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
 import os
 import re
-import sys
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.data import IMAGE_EXTENSIONS, BatchLoader, DataError, atomic_write_text, decode_many, display_name, eval_transform
+from common.cli import ArgumentParser, UserError, run_main
+from common.data import (ENGLISH_NAMES, IMAGE_EXTENSIONS, BatchLoader, atomic_write_text, decode_many,
+                         display_name, eval_transform)
 from common.engine import predict, resolve_device
-from common.metrics import collect_runs
 from common.models import model_from_checkpoint
-from common.runs import CheckpointError, load_checkpoint
+from common.runs import load_checkpoint, runs_on_split
 
 DEFAULT_TEST_DIR = "data/animals10/cnn_test"
+COMPETITION_CLASSES = list(ENGLISH_NAMES)  # the course competition's labels: Animals-10's Italian folder names
 
 
-class SubmissionError(Exception):
+class SubmissionError(UserError):
     """A submission that cannot be written, validated or uploaded; the message says why and what to do."""
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Write, validate and upload Kaggle submissions.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Write, validate and upload Kaggle submissions.")
     parser.add_argument("--ckpt", nargs="+", default=None, help="checkpoints (default: the three best runs by val accuracy)")
     parser.add_argument("--runs-dir", default="runs", help="where to look for the best runs")
     parser.add_argument("--top", type=int, default=3, help="how many of the best runs to submit")
@@ -82,31 +86,85 @@ def list_test_images(test_dir: Path) -> list[Path]:
     return files
 
 
+def file_number(path: Path) -> int | None:
+    """The last number in a file's stem (img_0042.jpg -> 42), or None when it has none."""
+    numbers = re.findall(r"\d+", path.stem)
+    return int(numbers[-1]) if numbers else None
+
+
+def _few(names: list[str], show: int = 5) -> str:
+    return ", ".join(names[:show]) + (f" and {len(names) - show} more" if len(names) > show else "")
+
+
 def image_ids(files: list[Path], form: str) -> list[str]:
-    """The id of each test image: 1..N in numeric order, the file name, or its stem."""
+    """The id of each test image: its rank 1..N by the number in its name (index), its file name, or its stem."""
     if form == "index":
-        return [str(i + 1) for i in range(len(files))]
-    return [f.name if form == "name" else f.stem for f in files]
+        keys = [file_number(f) for f in files]
+        unnumbered = [f.name for f, n in zip(files, keys) if n is None]
+        if unnumbered:
+            raise SubmissionError(f"--id-form index takes each test image's id from the number in its name, but "
+                                  f"{_few(unnumbered)} {'has' if len(unnumbered) == 1 else 'have'} no number; "
+                                  "remove those files from the test folder or pass --id-form name")
+    else:
+        keys = [f.name if form == "name" else f.stem for f in files]
+    groups: dict = {}
+    for f, key in zip(files, keys):
+        groups.setdefault(key, []).append(f.name)
+    clashes = [" = ".join(names) for names in groups.values() if len(names) > 1]
+    if clashes:
+        what = "carry the same number" if form == "index" else "have the same stem"
+        raise SubmissionError(f"test images that {what} would get one id: {_few(clashes, 3)}; keep one file of "
+                              "each group in the test folder or pass --id-form name")
+    if form == "index":
+        rank = {n: i + 1 for i, n in enumerate(sorted(keys))}
+        return [str(rank[n]) for n in keys]
+    return keys
 
 
-def label_vocabulary(classes: list[str], form: str) -> list[str]:
-    """How each class is written in the CSV."""
+def label_vocabulary(classes: list[str], form: str, reference: list[str] | None = None) -> list[str]:
+    """How each class is written in the CSV; index labels count in `reference` order (default: classes)."""
     if form == "english":
         return [display_name(c) for c in classes]
     if form == "index":
-        return [str(i) for i in range(len(classes))]
+        return [str((reference or classes).index(c)) for c in classes]
     return list(classes)
 
 
-def read_sample(path: Path) -> tuple[list[str], list[str]]:
-    """(columns, ids in order) of a sample submission."""
+def competition_vocabulary(sample_labels: list[str], form: str,
+                           sample: str | None = None) -> tuple[list[str], str, str]:
+    """(labels a submission may hold, where they come from, the fix for a model of other classes)."""
+    distinct = list(dict.fromkeys(sample_labels))
+    # A single label throughout is a placeholder (the usual sample), not a one-class competition.
+    if len(distinct) > 1:
+        return distinct, f"the labels of the sample submission {sample}", \
+            f"pick a run trained on these classes, or check --label-form (now {form})"
+    return label_vocabulary(COMPETITION_CLASSES, form), "the competition's 10 Animals-10 labels", \
+        ("pick a run trained on the 10 classes (--ckpt runs/<run>/best.pt), or pass --sample-submission FILE "
+         "if the competition takes other labels")
+
+
+def checkpoint_labels(path: Path, classes: list[str], form: str, vocabulary: tuple[list[str], str, str]) -> list[str]:
+    """The checkpoint's classes as CSV labels; a SubmissionError when they are not exactly the vocabulary."""
+    expected, source, fix = vocabulary
+    # Index labels count in the competition's order, whatever order the model's output units have.
+    reference = COMPETITION_CLASSES if set(classes) == set(COMPETITION_CLASSES) else None
+    labels = label_vocabulary(classes, form, reference)
+    if set(labels) != set(expected):
+        raise SubmissionError(f"checkpoint {path} was trained on {len(classes)} classes ({', '.join(classes)}) but a "
+                              f"submission takes {source} ({', '.join(expected)}); {fix}")
+    return labels
+
+
+def read_sample(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """(columns, ids in order, the non-empty labels) of a sample submission."""
     try:
         rows = list(csv.reader(io.StringIO(path.read_text())))
     except (OSError, UnicodeDecodeError) as e:
         raise SubmissionError(f"cannot read --sample-submission {path} ({e})") from None
     if len(rows) < 2 or len(rows[0]) < 2:
         raise SubmissionError(f"--sample-submission {path} needs a header with an id and a label column and one row per image")
-    return rows[0][:2], [r[0] for r in rows[1:] if r]
+    body = [r for r in rows[1:] if r]
+    return rows[0][:2], [r[0] for r in body], [r[1].strip() for r in body if len(r) > 1 and r[1].strip()]
 
 
 def render_csv(columns: list[str], rows: list[tuple[str, str]]) -> str:
@@ -119,12 +177,14 @@ def render_csv(columns: list[str], rows: list[tuple[str, str]]) -> str:
 
 def validate_submission(text: str, columns: list[str], expected_ids: list[str], vocabulary: list[str],
                         show: int = 5) -> list[str]:
-    """Problems with a submission CSV (empty when valid): header, ids exactly once each, labels in vocabulary."""
+    """Problems with a submission CSV (empty when valid): header, one row per image in expected_ids' order, labels."""
     rows = list(csv.reader(io.StringIO(text)))
     if not rows or rows[0] != columns:
         return [f"header is {rows[0] if rows else 'missing'}, expected {columns}"]
     problems, seen = [], {}
     expected, vocab = set(expected_ids), set(vocabulary)
+    if len(rows) - 1 != len(expected_ids):
+        problems.append(f"{len(rows) - 1} rows for {len(expected_ids)} test images")
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(columns) or any(not cell.strip() for cell in row):
             problems.append(f"line {line}: {row} has an empty or missing cell")
@@ -140,6 +200,8 @@ def validate_submission(text: str, columns: list[str], expected_ids: list[str], 
     missing = [i for i in expected_ids if i not in seen]
     if missing:
         problems.append(f"{len(missing)} test image id(s) missing, first: {', '.join(missing[:show])}")
+    if not problems and [r[0] for r in rows[1:]] != list(expected_ids):
+        problems.append("the rows are not in the expected order of ids")
     return problems
 
 
@@ -164,11 +226,12 @@ def predict_folder(ckpt: dict, images: np.ndarray, device: torch.device, batch_s
 
 
 def best_checkpoints(runs_dir: Path, top: int) -> list[Path]:
-    """best.pt of the `top` finished runs with the best validation accuracy."""
-    runs = [m for m in collect_runs(runs_dir) if (runs_dir / m["run"] / "best.pt").exists()]
+    """best.pt of the `top` finished runs with the best validation accuracy on the saved split and the 10 classes."""
+    runs = runs_on_split(runs_dir, "", COMPETITION_CLASSES)
     if not runs:
-        raise SubmissionError(f"no finished runs with best.pt under {runs_dir}; train models first or pass --ckpt")
-    return [runs_dir / m["run"] / "best.pt" for m in runs[:top]]
+        raise SubmissionError(f"no finished runs on {runs_dir / 'split.json'} and the {len(COMPETITION_CLASSES)} "
+                              "competition classes; train models first or pass --ckpt")
+    return [r["run_dir"] / "best.pt" for r in runs[:top]]
 
 
 def upload(path: Path, message: str, competition: str) -> str:
@@ -215,46 +278,53 @@ def _server_message(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
 
 
+def row_order(files: list[Path], ids: list[str], args) -> tuple[list[str], list[int], list[str]]:
+    """(columns, which test image each CSV row holds, the sample's labels): the sample's order, else by id."""
+    columns = [c.strip() for c in args.columns.split(",")]
+    if len(columns) != 2 or not all(columns):
+        raise SubmissionError(f"--columns {args.columns!r} must name two columns, e.g. ID,Label")
+    if not args.sample_submission:
+        order = sorted(range(len(files)), key=lambda k: int(ids[k])) if args.id_form == "index" else range(len(files))
+        return columns, list(order), []
+    columns, sample_ids, sample_labels = read_sample(Path(args.sample_submission))
+    position = {i: k for k, i in enumerate(ids)}
+    unknown = [i for i in sample_ids if i not in position]
+    if unknown or len(sample_ids) != len(ids):
+        raise SubmissionError(
+            f"the sample submission's ids do not match the {len(ids)} test images with --id-form {args.id_form} "
+            f"(first unmatched: {', '.join(unknown[:3]) or 'count differs'}); try another --id-form or --test-dir")
+    return columns, [position[i] for i in sample_ids], sample_labels
+
+
 def main(args) -> None:
     device = resolve_device(args.device)
     test_dir = Path(args.test_dir or os.environ.get("ANIMALS10_TEST_DIR") or DEFAULT_TEST_DIR)
     files = list_test_images(test_dir)
     if not args.no_upload and not args.competition:
         raise SubmissionError("no competition given; pass --competition SLUG (or set KAGGLE_COMPETITION), or --no-upload")
-    columns = [c.strip() for c in args.columns.split(",")]
-    if len(columns) != 2 or not all(columns):
-        raise SubmissionError(f"--columns {args.columns!r} must name two columns, e.g. ID,Label")
     ids = image_ids(files, args.id_form)
-    order = list(range(len(files)))
-    if args.sample_submission:
-        columns, sample_ids = read_sample(Path(args.sample_submission))
-        position = {i: k for k, i in enumerate(ids)}
-        unknown = [i for i in sample_ids if i not in position]
-        if unknown or len(sample_ids) != len(ids):
-            raise SubmissionError(
-                f"the sample submission's ids do not match the {len(ids)} test images with --id-form {args.id_form} "
-                f"(first unmatched: {', '.join(unknown[:3]) or 'count differs'}); try another --id-form or --test-dir")
-        order = [position[i] for i in sample_ids]
-
+    columns, order, sample_labels = row_order(files, ids, args)
+    vocabulary = competition_vocabulary(sample_labels, args.label_form, args.sample_submission)
     chosen = [Path(p) for p in args.ckpt] if args.ckpt else best_checkpoints(Path(args.runs_dir), args.top)
+    # Every checkpoint is checked before the first prediction, so a wrong one fails in seconds, not after the others.
+    ckpts = [load_checkpoint(path) for path in chosen]
+    labels = [checkpoint_labels(p, c["classes"], args.label_form, vocabulary) for p, c in zip(chosen, ckpts)]
     written, decoded = [], {}
-    for path in chosen:
-        ckpt = load_checkpoint(path)
+    for path, ckpt, vocab in zip(chosen, ckpts, labels):
         name = path.parent.name if path.parent.name != Path(args.runs_dir).name else path.stem
-        vocab = label_vocabulary(ckpt["classes"], args.label_form)
         if ckpt["img_size"] not in decoded:  # models of one size share one decode of the test folder
             decoded[ckpt["img_size"]] = decode_folder(files, ckpt["img_size"])
         pred = predict_folder(ckpt, decoded[ckpt["img_size"]], device, args.batch_size, args.tta)
-        rows = [(ids[k], vocab[pred[k]]) for k in order]
-        text = render_csv(columns, rows)
-        problems = validate_submission(text, columns, ids, vocab)
+        text = render_csv(columns, [(ids[k], vocab[pred[k]]) for k in order])
         out = Path(args.out_dir) / f"{name}{'-tta' if args.tta else ''}.csv"
+        problems = validate_submission(text, columns, [ids[k] for k in order], vocabulary[0])
+        if problems:  # before writing: a previous valid CSV at `out` stays as it was
+            raise SubmissionError(f"the submission for {path} is not valid: " + "; ".join(problems[:5]) +
+                                  f"; {out} left as it was, nothing uploaded")
         atomic_write_text(out, text)
-        if problems:
-            raise SubmissionError(f"{out} is not a valid submission: " + "; ".join(problems[:5]) + "; nothing uploaded")
         val = ckpt["best_val_acc"]
         counts = np.bincount(pred, minlength=len(vocab))
-        print(f"{out}: {len(rows)} rows, valid; {ckpt['arch']}/{ckpt['mode']} val acc {val:.4f}; "
+        print(f"{out}: {len(order)} rows, valid; {ckpt['arch']}/{ckpt['mode']} val acc {val:.4f}; "
               f"predicted per class: {dict(zip(vocab, counts.tolist()))}")
         message = f"{name} {ckpt['arch']}/{ckpt['mode']} val_acc={val:.4f}" + (" tta" if args.tta else "")
         written.append((out, message))
@@ -267,8 +337,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (SubmissionError, DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

@@ -12,7 +12,6 @@ Pretrained weights do not change speed, so models are built with random weights.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,6 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.cli import ArgumentParser  # noqa: E402
 from common.data import (IMAGENET_MEAN, IMAGENET_STD, BatchLoader, add_data_args, atomic_write_text,  # noqa: E402
                          cache_path, eval_transform, prepare_data, resolve_data_dir, to_device, train_transform)
 from common.engine import autocast, resolve_device  # noqa: E402
@@ -37,9 +37,8 @@ from common.transfer import HEAD, extract_features  # noqa: E402
 ALL_MODELS = [(a, m) for a, modes in MODES.items() for m in modes]
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Data-path and model throughput benchmark.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Data-path and model throughput benchmark.")
     add_data_args(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--models", default=",".join(f"{a}:{m}" for a, m in ALL_MODELS),

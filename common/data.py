@@ -16,8 +16,13 @@ import hashlib
 import json
 import math
 import os
+import struct
 import tempfile
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -30,6 +35,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from common import distributed
+from common.cli import UserError, nonnegative_float, nonnegative_int, number, positive_int, probability
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ENGLISH_NAMES = {
@@ -42,6 +48,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLIT_FORMAT = "animals10-split/1"
 DECODE_VERSION = 2  # part of cache keys: bump when decode_image's output changes
+TRANSFORM_VERSION = 1  # part of the feature-cache key: bump when eval_transform's output changes
 
 GET_DATA_ADVICE = (
     "download the Kaggle dataset with `kaggle datasets download -d alessiocorrado99/animals10 --unzip -p data/animals10` "
@@ -49,7 +56,7 @@ GET_DATA_ADVICE = (
 )
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A problem with the input data that the user must fix; its message says how."""
 
 
@@ -70,34 +77,50 @@ def add_data_args(parser) -> None:
                    help=f"folder of <class>/<images> (default: $ANIMALS10_DIR, else {DEFAULT_DATA_DIR})")
     g.add_argument("--output-dir", default="runs", help="where run folders, split.json and the cache go")
     g.add_argument("--split-file", default=None, help="saved split (default: <output-dir>/split.json)")
-    g.add_argument("--per-class", type=int, default=450, help="images drawn per class (0: all)")
+    g.add_argument("--per-class", type=nonnegative_int, default=450, help="images drawn per class (0: all)")
     g.add_argument("--split", default="300,75,75",
                    help="train,val,test images per class, or fractions of each class (e.g. 0.7,0.15,0.15)")
     g.add_argument("--no-dedup", dest="dedup", action="store_false",
                    help="keep exact and near duplicates when drawing a new split (default: leave them out)")
-    g.add_argument("--near-threshold", type=int, default=4, help="dhash bits within which images count as near duplicates")
+    g.add_argument("--near-threshold", type=number(int, 0, 64), default=4, help="dhash bits within which images count as near duplicates")
     g.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
-    g.add_argument("--img-size", type=int, default=256, help="images are resized to this square size and cached")
-    g.add_argument("--crop-size", type=int, default=224, help="networks see crops of this size")
-    g.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
-    g.add_argument("--fraction", type=float, default=1.0,
+    g.add_argument("--img-size", type=positive_int, default=256, help="images are resized to this square size and cached")
+    g.add_argument("--crop-size", type=positive_int, default=224, help="networks see crops of this size")
+    g.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="decoding threads")
+    g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="skip images whose header announces more pixels (width x height) than this, unread: "
+                        "a small file can decode into gigabytes")
+    g.add_argument("--fraction", type=number(float, 0, 1, low_open=True), default=1.0,
                    help="train on this fraction of each class's training images (stratified; val and test unchanged)")
-    g.add_argument("--imbalance", type=float, default=1.0,
+    g.add_argument("--imbalance", type=number(float, 1), default=1.0,
                    help="long-tailed training set: class k of C keeps n * RATIO^(-k/(C-1)) images, so the first "
                         "class has RATIO times the last (1 = balanced)")
+
+
+def add_crop_check(parser, min_crop: int = 1) -> None:
+    """Refuse, when the arguments are parsed, a crop larger than the cached images or too small for the network."""
+    def check(args) -> str | None:
+        if args.crop_size > args.img_size:
+            return (f"--crop-size {args.crop_size} is larger than the cached --img-size {args.img_size} images; "
+                    "lower it or raise --img-size")
+        if args.crop_size < min_crop:
+            return f"--crop-size {args.crop_size} is too small for this network; give at least {min_crop}"
+        return None
+
+    parser.add_check(check)
 
 
 def add_augment_args(parser, scale_min: float, jitter: float) -> None:
     """Augmentation arguments of the training scripts, with the script's defaults."""
     g = parser.add_argument_group("augmentation")
-    g.add_argument("--scale-min", type=float, default=scale_min,
+    g.add_argument("--scale-min", type=number(float, 0, 1, low_open=True), default=scale_min,
                    help="smallest crop area of the random-resized crop (1 = plain random crop of --crop-size)")
-    g.add_argument("--jitter", type=float, default=jitter, help="brightness/contrast/saturation jitter (0 = off)")
+    g.add_argument("--jitter", type=probability, default=jitter, help="brightness/contrast/saturation jitter (0 = off)")
     g.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
     g.add_argument("--auto-augment", choices=tuple(AUTO_AUGMENT), default="none",
                    help="torchvision's RandAugment or TrivialAugmentWide on each training image before cropping")
-    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
-    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+    g.add_argument("--mixup", type=nonnegative_float, default=0.0, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
+    g.add_argument("--cutmix", type=nonnegative_float, default=0.0, metavar="ALPHA",
                    help="CutMix with Beta(ALPHA, ALPHA) (0 = off); with --mixup too, each batch uses one of them")
 
 
@@ -263,12 +286,156 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def to_bgr8(img: np.ndarray) -> np.ndarray:
-    """Any OpenCV decode (grayscale, BGR, BGRA; 8 or 16 bit) as 8-bit BGR; transparency is composited on white."""
+# A small file can hold a huge image (a 1.2 MB PNG of 20000 x 20000 pixels decodes to 1.6 GB), so what a
+# decode will cost is read from the file's header before OpenCV allocates anything.
+DEFAULT_MAX_PIXELS = 8192 * 8192  # width x height (67 megapixels); Animals-10's photos have at most 0.4
+DECODE_MEMORY = 1 << 30  # bytes that the decodes of this process may hold at once
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8"
+BAND_PIXELS = 1 << 20  # to_bgr8 converts images this many pixels at a time
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a PNG, JPEG or WebP header says about the pixels, read without decoding them."""
+    format: str  # "PNG", "JPEG" or "WebP"
+    width: int
+    height: int
+    channels: int  # samples per pixel of the array OpenCV decodes it into (as decode_bytes calls it)
+    bytes_per_sample: int
+    data_start: int  # offset of the first byte after the headers (JPEG: the start-of-scan marker)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Size of the array OpenCV decodes the image into."""
+        return self.pixels * self.channels * self.bytes_per_sample
+
+    @property
+    def decode_memory(self) -> int:
+        """Bytes that decode_bytes holds at once for this image, at most."""
+        # OpenCV holds the decoded array twice while it hands it over (measured with OpenCV 5), then to_bgr8
+        # makes an 8-bit BGR copy; the sum bounds both.
+        return 2 * self.decoded_bytes + 3 * self.pixels
+
+
+def _png_header(buf: memoryview) -> ImageHeader:
+    if len(buf) < 33 or buf[12:16] != b"IHDR":
+        raise DataError("the PNG file is truncated or corrupt (no image header)")
+    width, height, depth, colour = struct.unpack_from(">IIBB", buf, 16)
+    if colour not in (0, 2, 3, 4, 6) or not width or not height:
+        raise DataError("the PNG file is corrupt (its image header is invalid)")
+    channels = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}[colour]
+    if colour in (2, 3) and _png_has_transparency(buf):
+        channels = 4  # OpenCV decodes colour with a tRNS chunk as BGRA
+    return ImageHeader("PNG", width, height, channels, 2 if depth == 16 else 1, 8)
+
+
+def _png_has_transparency(buf: memoryview) -> bool:
+    """Whether a tRNS chunk comes before the image data; True when the chunks cannot be followed."""
+    pos = 8
+    while pos + 8 <= len(buf):
+        length, kind = struct.unpack_from(">I4s", buf, pos)
+        if kind in (b"tRNS", b"IDAT"):
+            return kind == b"tRNS"
+        pos += 12 + length
+    return True
+
+
+def _jpeg_header(buf: memoryview) -> ImageHeader:
+    pos, frame = 2, None
+    while pos + 4 <= len(buf) and buf[pos] == 0xFF:
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xDA and frame:  # start of scan: the compressed pixels follow
+            precision, height, width = frame
+            if not width or not height:
+                break
+            return ImageHeader("JPEG", width, height, 3, 2 if precision > 8 else 1, pos)
+        length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+        # SOF0..SOF15 (but DHT, JPG and DAC, which share the range) hold precision, height and width.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and pos + 9 <= len(buf):
+            frame = struct.unpack_from(">BHH", buf, pos + 4)
+        pos += 2 + length
+    raise DataError("the JPEG file is truncated or corrupt (no frame or scan header)")
+
+
+def _webp_header(buf: memoryview) -> ImageHeader:
+    chunk, alpha, size = bytes(buf[12:16]), False, None
+    if chunk == b"VP8X" and len(buf) >= 30:  # extended: the canvas size, and whether there is alpha
+        alpha = bool(buf[20] & 0x10)
+        size = 1 + int.from_bytes(buf[24:27], "little"), 1 + int.from_bytes(buf[27:30], "little")
+    elif chunk == b"VP8 " and len(buf) >= 30 and buf[23:26] == b"\x9d\x01\x2a":  # lossy
+        w, h = struct.unpack_from("<HH", buf, 26)
+        size = w & 0x3FFF, h & 0x3FFF
+    elif chunk == b"VP8L" and len(buf) >= 25 and buf[20] == 0x2F:  # lossless
+        bits = int.from_bytes(buf[21:25], "little")
+        alpha, size = bool(bits >> 28 & 1), (1 + (bits & 0x3FFF), 1 + (bits >> 14 & 0x3FFF))
+    if not size or not all(size):
+        raise DataError("the WebP file is truncated or corrupt (no image header)")
+    # OpenCV decodes WebP with alpha into BGRA first, then converts.
+    return ImageHeader("WebP", size[0], size[1], 4 if alpha else 3, 1, 12)
+
+
+def read_image_header(data: bytes | np.ndarray) -> ImageHeader:
+    """Format, size, channels and sample size of a PNG, JPEG or WebP file's bytes; DataError for anything else."""
+    buf = memoryview(data).cast("B")
+    if buf[:8] == PNG_SIGNATURE:
+        return _png_header(buf)
+    if buf[:2] == JPEG_SIGNATURE:
+        return _jpeg_header(buf)
+    if buf[:4] == b"RIFF" and buf[8:12] == b"WEBP":
+        return _webp_header(buf)
+    # Other formats are not decoded at all: without a header reader their cost is unknown.
+    raise DataError("this file is not a JPEG, PNG or WebP image")
+
+
+class DecodeBudget:
+    """Bounds the memory of the decodes running at once: each holds its estimated bytes until it is done.
+
+    Waiters are served in arrival order, so a large decode is not starved by small ones; one larger than the
+    whole budget runs alone.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_use = 0
+        self._cond = threading.Condition()
+        self._waiting: deque[object] = deque()
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Wait until nbytes fit in the budget, hold them for the with block."""
+        nbytes, me = min(max(nbytes, 0), self.limit), object()
+        with self._cond:
+            self._waiting.append(me)
+            try:
+                self._cond.wait_for(lambda: self._waiting[0] is me and self.in_use + nbytes <= self.limit)
+            finally:  # also when interrupted, so that those behind are not stuck
+                self._waiting.remove(me)
+                self._cond.notify_all()
+            self.in_use += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= nbytes
+                self._cond.notify_all()
+
+
+# One budget for the whole process: memory is shared by every thread (training's decoding pool, app.py's
+# request handlers), so a per-call limit would not bound it.
+DECODE_BUDGET = DecodeBudget(DECODE_MEMORY)
+
+
+def _bgr8_band(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img // 257).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     if img.shape[2] == 4:
@@ -277,26 +444,66 @@ def to_bgr8(img: np.ndarray) -> np.ndarray:
     return img[..., :3]
 
 
-def decode_bytes(data: np.ndarray, size: int) -> np.ndarray | None:
-    """Decode encoded image bytes (uint8 array) to RGB uint8 resized to size x size; None when undecodable."""
+def to_bgr8(img: np.ndarray) -> np.ndarray:
+    """Any OpenCV decode (grayscale, BGR, BGRA; 8 or 16 bit) as 8-bit BGR; transparency is composited on white."""
+    if img.dtype not in (np.uint8, np.uint16):
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] == 3):
+        return _bgr8_band(img)  # a view, or one 3-byte-a-pixel copy
+    # Band by band: converting 16 bits and compositing alpha make float temporaries of ~40 bytes a pixel,
+    # which for a whole 40-megapixel image would be 1.6 GB at once.
+    out = np.empty((*img.shape[:2], 3), np.uint8)
+    rows = max(1, BAND_PIXELS // img.shape[1])
+    for r in range(0, img.shape[0], rows):
+        out[r:r + rows] = _bgr8_band(img[r:r + rows])
+    return out
+
+
+def decode_bytes(data: np.ndarray, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """Decode encoded image bytes (uint8 array) to RGB uint8 resized to size x size; None when undecodable.
+
+    A file whose header cannot be read or announces more than max_pixels pixels is not decoded at all
+    (undecodable_reason says why); the others decode within DECODE_BUDGET.
+    """
+    try:
+        header = read_image_header(data)
+    except DataError:
+        return None
+    if header.pixels > max_pixels:
+        return None
     # PNGs keep their alpha (and 16 bits) to be converted by to_bgr8; JPEGs decode as colour, which applies
     # EXIF rotation and converts grayscale and CMYK.
-    flags = cv2.IMREAD_UNCHANGED if data[:4].tobytes() == b"\x89PNG" else cv2.IMREAD_COLOR
-    try:
-        img = cv2.imdecode(data, flags) if data.size else None
-    except cv2.error:
-        img = None
-    if img is None or img.shape[0] < 2 or img.shape[1] < 2:
-        return None
-    img = to_bgr8(img)
-    interp = cv2.INTER_AREA if img.shape[0] * img.shape[1] > size * size else cv2.INTER_LINEAR
-    img = cv2.resize(img, (size, size), interpolation=interp)
+    flags = cv2.IMREAD_UNCHANGED if header.format == "PNG" else cv2.IMREAD_COLOR
+    with DECODE_BUDGET.reserve(header.decode_memory):
+        try:
+            img = cv2.imdecode(data, flags)
+        except cv2.error:
+            img = None
+        if img is None or img.shape[0] < 2 or img.shape[1] < 2:
+            return None
+        img = to_bgr8(img)
+        interp = cv2.INTER_AREA if img.shape[0] * img.shape[1] > size * size else cv2.INTER_LINEAR
+        img = cv2.resize(img, (size, size), interpolation=interp)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def decode_image(path: Path, size: int) -> np.ndarray | None:
+def decode_image(path: Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
     """Decode an image file to RGB uint8 resized to size x size; None when it cannot be decoded."""
-    return decode_bytes(np.fromfile(path, dtype=np.uint8), size)  # np.fromfile copes with non-ASCII paths
+    return decode_bytes(np.fromfile(path, dtype=np.uint8), size, max_pixels)  # np.fromfile copes with non-ASCII paths
+
+
+def undecodable_reason(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    """Why decode_image gives None for a file, for the log."""
+    try:
+        header = read_image_header(np.fromfile(path, dtype=np.uint8))
+    except (DataError, OSError) as e:
+        return f"unreadable ({e})"
+    if header.pixels > max_pixels:
+        return (f"{header.width}x{header.height} pixels ({header.pixels / 1e6:.0f} megapixels), more than "
+                f"--max-pixels {max_pixels}; pass a larger --max-pixels to use it")
+    if min(header.width, header.height) < 2:
+        return f"only {header.width}x{header.height} pixels"
+    return f"unreadable (the {header.format} file is corrupt or truncated)"
 
 
 def dhash(rgb: np.ndarray) -> int:
@@ -315,7 +522,8 @@ def hamming(a: int, hashes: np.ndarray) -> np.ndarray:
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call write(temp_path) next to path, then os.replace it into place: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The writer's pid in the name lets remove_stale_temp_files tell a killed write from one in progress.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -326,6 +534,25 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Delete the temp files of atomic writes whose writing process is gone (killed mid-write)."""
+    for tmp in folder.glob(".*.tmp"):
+        parts = tmp.name.split(".")
+        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
+        if pid is None or not _alive(pid):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -340,11 +567,12 @@ def _split_fingerprint(entries: Sequence[dict]) -> str:
     return h.hexdigest()
 
 
-def decode_many(paths: Sequence[Path], size: int, workers: int = 2) -> Iterator[np.ndarray | None]:
+def decode_many(paths: Sequence[Path], size: int, workers: int = 2,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[np.ndarray | None]:
     """decode_image over many files, in order, on a thread pool."""
     # cv2 releases the GIL while decoding and resizing, so threads scale across cores.
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        yield from pool.map(lambda p: decode_image(p, size), paths)
+        yield from pool.map(lambda p: decode_image(p, size, max_pixels), paths)
 
 
 class Split:
@@ -378,13 +606,14 @@ def _check_split_counts(split: Split) -> None:
 
 
 def create_split(data_dir: Path, per_class: int, sizes: Sequence[float], seed: int, img_size: int,
-                 workers: int, log=print, dedup: bool = True, near_threshold: int = 4) -> tuple[Split, np.ndarray]:
+                 workers: int, log=print, dedup: bool = True, near_threshold: int = 4,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Split, np.ndarray]:
     """Draw up to per_class usable images per class (seeded; 0 = all), split them stratified, decode them once.
 
     Unreadable files are reported and skipped. With dedup, an image whose bytes (sha256) or perceptual
     hash (dhash within near_threshold bits) match an image already drawn, in any class, is left out, so no
     duplicate can straddle train, val and test. Returns the split and the decoded uint8 pixels in split
-    order, so the caller can cache them without decoding twice.
+    order, so the caller can cache them without decoding twice. Files over max_pixels count as unreadable.
     """
     found = scan_folder(data_dir)
     rng = np.random.default_rng(seed)
@@ -399,11 +628,12 @@ def create_split(data_dir: Path, per_class: int, sizes: Sequence[float], seed: i
         while len(chosen) < limit and start < len(order):
             batch = [files[i] for i in order[start:start + limit - len(chosen)]]
             start += len(batch)
-            for name, img in zip(batch, decode_many([data_dir / cls / n for n in batch], img_size, workers)):
+            decoded = decode_many([data_dir / cls / n for n in batch], img_size, workers, max_pixels)
+            for name, img in zip(batch, decoded):
                 rel, path = f"{cls}/{name}", data_dir / cls / name
                 if img is None:
                     skipped.append(rel)
-                    log(f"skipping unreadable image {path}")
+                    log(f"skipping image {path}: {undecodable_reason(path, max_pixels)}")
                     continue
                 sha = file_sha256(path)
                 if dedup:
@@ -427,7 +657,7 @@ def create_split(data_dir: Path, per_class: int, sizes: Sequence[float], seed: i
                 entries.append({"path": f"{cls}/{name}", "subset": subset, "size": size, "sha256": sha})
                 pixels.append(img)
     if skipped:
-        log(f"skipped {len(skipped)} unreadable image(s)")
+        log(f"skipped {len(skipped)} unreadable or oversized image(s)")
     if dedup:
         log(f"de-duplication left out {len(duplicates)} image(s) that repeat another drawn image"
             + (f" (e.g. {duplicates[0][0]} ~ {duplicates[0][1]})" if duplicates else ""))
@@ -476,7 +706,8 @@ def load_split(split_file: Path, data_dir: Path) -> Split:
 
 def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450, sizes: Sequence[float] = (300, 75, 75),
                          seed: int = 0, img_size: int = 256, workers: int = 2, log=print, dedup: bool = True,
-                         near_threshold: int = 4) -> tuple[Split, np.ndarray | None]:
+                         near_threshold: int = 4,
+                         max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Split, np.ndarray | None]:
     """Reuse the saved split after verifying the data against it, or create and save it.
 
     Returns (split, pixels): pixels are the freshly decoded images when the split was just made, else None.
@@ -492,7 +723,8 @@ def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450,
             log(f"note: reusing {split_file}, made {'with' if split.meta['dedup'] else 'without'} de-duplication; "
                 "pass a new --split-file to re-split")
         return split, None
-    split, pixels = create_split(data_dir, per_class, sizes, seed, img_size, workers, log, dedup, near_threshold)
+    split, pixels = create_split(data_dir, per_class, sizes, seed, img_size, workers, log, dedup, near_threshold,
+                                 max_pixels)
     atomic_write_text(split_file, json.dumps(split.meta, indent=1))
     counts = {tuple(v) for v in split.meta["class_sizes"].values()}
     log(f"saved split to {split_file}: {len(split.classes)} classes, train/val/test per class "
@@ -500,34 +732,120 @@ def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450,
     return split, pixels
 
 
+def cache_key(fields: dict) -> str:
+    """A short hash of everything that changes a cache's content: any change gives another file name."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def key_file(path: Path) -> Path:
+    """The JSON file next to a cache that records the fields its key was made of."""
+    return path.with_name(path.name + ".key.json")
+
+
+def save_cache_key(path: Path, fields: dict) -> None:
+    """Record a cache's key fields; written before the cache, so every cache file has its record."""
+    atomic_write_text(key_file(path), json.dumps(fields, indent=1, sort_keys=True) + "\n")
+
+
+def _read_fields(file: Path) -> dict | None:
+    try:
+        fields = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return fields if isinstance(fields, dict) else None
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    def short(v):
+        return f"{v[:12]}..." if isinstance(v, str) and len(v) > 16 else v
+    return [f"{k} {short(old.get(k))} -> {short(new.get(k))}" for k in sorted(new.keys() | old.keys())
+            if old.get(k) != new.get(k)]
+
+
+def cache_mismatch(path: Path, fields: dict) -> str:
+    """Why the existing cache file at path cannot be trusted for fields ('' when its recorded key matches)."""
+    recorded = _read_fields(key_file(path))
+    if recorded is None:
+        return f"has no readable key record {key_file(path).name}"
+    diff = _differences(recorded, fields)
+    return f"was made for other settings ({', '.join(diff)})" if diff else ""
+
+
+def explain_miss(path: Path, fields: dict) -> str:
+    """How fields differ from the nearest other cache of the same kind next to path ('' when there is none)."""
+    diffs = []
+    for other in path.parent.glob(f"*{path.suffix}.key.json"):
+        recorded = _read_fields(other)
+        if recorded is not None and recorded.get("cache") == fields.get("cache") and recorded != fields:
+            diffs.append(_differences(recorded, fields))
+    return f"; the nearest cache there differs in {', '.join(min(diffs, key=len))}" if diffs else ""
+
+
+def pixel_cache_fields(split: Split, img_size: int) -> dict:
+    """Everything that changes the pixel cache's content: the split's files and how they are decoded."""
+    return {"cache": "pixels", "split": split.fingerprint, "img_size": int(img_size), "decode_version": DECODE_VERSION}
+
+
 def cache_path(cache_dir: Path, split: Split, img_size: int) -> Path:
-    """The cache file for this split's exact file list and this image size."""
-    return cache_dir / f"{split.fingerprint[:16]}-{img_size}px-d{DECODE_VERSION}.npy"
+    """The pixel cache file for this split's exact file list, this image size and this decoder."""
+    return cache_dir / f"pixels-{img_size}px-{cache_key(pixel_cache_fields(split, img_size))}.npy"
+
+
+def _open_pixel_cache(path: Path, fields: dict, shape: tuple, log=print) -> np.ndarray | None:
+    """Memory-map an existing pixel cache; None (after saying why) when it is unreadable, stale or the wrong shape."""
+    problem = cache_mismatch(path, fields)
+    if problem:
+        log(f"pixel cache {path} {problem}; rebuilding it (it is derived from the images)")
+        return None
+    try:  # no pickles: an object array fails to memory-map instead of being unpickled
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        log(f"pixel cache {path} is unreadable ({type(e).__name__}); rebuilding it (it is derived from the images)")
+        return None
+    if isinstance(images, np.ndarray) and images.shape == shape and images.dtype == np.uint8:
+        return images
+    if not isinstance(images, np.ndarray):
+        images.close()  # an .npz archive
+        log(f"pixel cache {path} is not a .npy array; rebuilding it (it is derived from the images)")
+        return None
+    log(f"pixel cache {path} holds {images.shape} {images.dtype}, not {shape} uint8; "
+        "rebuilding it (it is derived from the images)")
+    return None
 
 
 def load_or_build_cache(data_dir: Path, split: Split, cache_dir: Path, img_size: int,
-                        pixels: np.ndarray | None = None, workers: int = 2, log=print) -> np.ndarray:
-    """Memory-map the uint8 N x H x W x 3 cache of the split's images, decoding and writing it first if needed."""
-    path = cache_path(cache_dir, split, img_size)
+                        pixels: np.ndarray | None = None, workers: int = 2, log=print,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Memory-map the uint8 N x H x W x 3 cache of the split's images, decoding and writing it first if needed.
+
+    The file name is a key of everything that changes the pixels; a cache that is unreadable, has the wrong
+    shape or records another key is rebuilt (it is derived data), with a line saying which file and why.
+    """
+    path, fields = cache_path(cache_dir, split, img_size), pixel_cache_fields(split, img_size)
     n = len(split.entries)
+    shape = (n, img_size, img_size, 3)
     if path.exists():
-        images = np.load(path, mmap_mode="r")
-        if images.shape == (n, img_size, img_size, 3) and images.dtype == np.uint8:
+        images = _open_pixel_cache(path, fields, shape, log)
+        if images is not None:
             return images
-        log(f"cache {path} has the wrong shape {images.shape}; rebuilding it")
     if pixels is None:
-        log(f"decoding {n} images into {path} (once)")
-        pixels = np.empty((n, img_size, img_size, 3), np.uint8)
-        for i, (p, img) in enumerate(zip(split.paths(data_dir), decode_many(split.paths(data_dir), img_size, workers))):
+        log(f"decoding {n} images into {path} (once){'' if path.exists() else explain_miss(path, fields)}")
+        pixels = np.empty(shape, np.uint8)
+        decoded = decode_many(split.paths(data_dir), img_size, workers, max_pixels)
+        for i, (p, img) in enumerate(zip(split.paths(data_dir), decoded)):
             if img is None:
-                raise DataError(f"{p} is in the saved split but can no longer be decoded; restore it or re-split")
+                raise DataError(f"{p} is in the saved split but can no longer be decoded: "
+                                f"{undecodable_reason(p, max_pixels)}; restore it or re-split")
             pixels[i] = img
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object, so np.save does not append .npy to the name
-            np.save(f, pixels)
+            np.save(f, pixels, allow_pickle=False)
 
+    path.unlink(missing_ok=True)  # so a kill after the key record never leaves a stale cache under it
+    save_cache_key(path, fields)
     atomic_write(path, write)
-    return np.load(path, mmap_mode="r")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def prepare_data(args, log=print) -> tuple[Split, np.ndarray]:
@@ -536,11 +854,16 @@ def prepare_data(args, log=print) -> tuple[Split, np.ndarray]:
     out = Path(args.output_dir)
     if not distributed.is_main():
         distributed.barrier()  # let rank 0 draw the split and build the cache first
+    if distributed.is_main():
+        for folder in (out, out / "cache"):
+            remove_stale_temp_files(folder)
     split_file = Path(args.split_file) if args.split_file else out / "split.json"
     sizes = parse_split_sizes(args.split, args.per_class)
     split, pixels = load_or_create_split(data_dir, split_file, args.per_class, sizes, args.seed,
-                                         args.img_size, args.workers, log, args.dedup, args.near_threshold)
-    images = load_or_build_cache(data_dir, split, out / "cache", args.img_size, pixels, args.workers, log)
+                                         args.img_size, args.workers, log, args.dedup, args.near_threshold,
+                                         args.max_pixels)
+    images = load_or_build_cache(data_dir, split, out / "cache", args.img_size, pixels, args.workers, log,
+                                 args.max_pixels)
     if distributed.is_main():
         distributed.barrier()
     return split, images
@@ -678,11 +1001,12 @@ def upscale_check(images: np.ndarray, crop: int) -> None:
 
 
 
-def load_folder(data_dir: Path, classes: list[str], img_size: int, workers: int = 2,
-                log=print) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+def load_folder(data_dir: Path, classes: list[str], img_size: int, workers: int = 2, log=print,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     """Decode every image of a <class>/ folder whose classes are among `classes` (e.g. a hold-out set).
 
-    Returns (uint8 N x S x S x 3, labels as indices into `classes`, paths); unreadable files are skipped.
+    Returns (uint8 N x S x S x 3, labels as indices into `classes`, paths); unreadable files and those over
+    max_pixels are skipped.
     """
     found = scan_folder(data_dir)
     unknown = [c for c in found if c not in classes]
@@ -691,9 +1015,9 @@ def load_folder(data_dir: Path, classes: list[str], img_size: int, workers: int 
                         "pass a folder whose classes are the checkpoint's")
     paths = [data_dir / c / f for c, files in found.items() for f in files]
     labels, pixels, kept = [], [], []
-    for path, img in zip(paths, decode_many(paths, img_size, workers)):
+    for path, img in zip(paths, decode_many(paths, img_size, workers, max_pixels)):
         if img is None:
-            log(f"skipping unreadable image {path}")
+            log(f"skipping image {path}: {undecodable_reason(path, max_pixels)}")
             continue
         pixels.append(img)
         labels.append(classes.index(path.parent.name))

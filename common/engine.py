@@ -18,13 +18,14 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from common.cli import UserError, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from common.data import Split, class_weights, display_name, mix_batch
 from common.distributed import (barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across,
                                 world_size)
 from common.metrics import macro_f1
 from common.models import count_parameters, set_train_mode
-from common.runs import (CKPT_FORMAT, CheckpointError, load_checkpoint, make_run_dir, save_checkpoint,
-                         update_global_best, write_json)
+from common.runs import (CKPT_FORMAT, MODEL_KEYS, RESUME_KEYS, CheckpointError, CheckpointSaver, check_resume_path,
+                         load_checkpoint, require_keys, run_dir_name, update_global_best, write_json)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -32,18 +33,18 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) -> None:
     """Training arguments shared by every training script; the defaults given are the script's own."""
     g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=epochs, help=f"epochs to train (default {epochs})")
-    g.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
-    g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    g.add_argument("--epochs", type=positive_int, default=epochs, help="epochs to train")
+    g.add_argument("--batch-size", type=positive_int, default=batch_size, help="batch size")
+    g.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
     g.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimizer (SGD uses momentum 0.9, Nesterov)")
-    g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (not applied to norms and biases)")
+    g.add_argument("--weight-decay", type=nonnegative_float, default=0.05, help="weight decay (not applied to norms and biases)")
     g.add_argument("--sched", choices=("cosine", "plateau", "none"), default="cosine",
                    help="cosine decay after warmup, or ReduceLROnPlateau on val accuracy")
-    g.add_argument("--warmup-epochs", type=int, default=1, help="linear warmup epochs (cosine schedule)")
-    g.add_argument("--label-smoothing", type=float, default=0.1)
+    g.add_argument("--warmup-epochs", type=nonnegative_int, default=1, help="linear warmup epochs (cosine schedule)")
+    g.add_argument("--label-smoothing", type=probability, default=0.1, help="label smoothing, in [0, 1)")
     g.add_argument("--balance", choices=("none", "weights", "oversample"), default="none",
                    help="class-imbalance remedy: inverse-frequency weighted cross-entropy, or oversampling rare classes")
-    g.add_argument("--patience", type=int, default=0, help="stop after this many epochs without a better val accuracy (0: never)")
+    g.add_argument("--patience", type=nonnegative_int, default=0, help="stop after this many epochs without a better val accuracy (0: never)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on CUDA (bf16 where supported)")
     g.add_argument("--tag", default=None, help="suffix for the run folder name")
@@ -51,10 +52,14 @@ def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) 
     g.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronise BatchNorm statistics across processes")
 
 
+class DivergedError(UserError):
+    """Training diverged (a non-finite loss); the message says which option to change."""
+
+
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu; a clear error when cuda is asked for and absent."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu or auto")
+        raise UserError("--device cuda but no CUDA device is visible; use --device cpu or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -98,7 +103,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, cr
             logits = model(x)
             loss = criterion(logits, target)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()}; lower --lr")
+            raise DivergedError(f"the training loss became {loss.item()}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -241,6 +246,40 @@ def _set_rng_state(states: list[dict], generators: dict[str, torch.Generator]) -
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# Options that may differ when a run is resumed: where things are and how fast, not what is trained.
+RESUME_MAY_DIFFER = {"resume", "device", "workers", "data_dir", "output_dir", "split_file", "tag"}
+
+
+def _resume(args, study: Study, saver_config: dict, output_dir: Path) -> tuple[Path, dict]:
+    """The run folder and last.pt of --resume, after checking they belong to this run and its options."""
+    run_dir = check_resume_path(Path(args.resume), output_dir)
+    ckpt = load_checkpoint(args.resume, keys=("arch", "mode"))
+    if (ckpt["arch"], ckpt["mode"]) != (study.arch, study.mode):
+        raise CheckpointError(f"--resume {args.resume} is a {ckpt['arch']}/{ckpt['mode']} run, "
+                              f"not {study.arch}/{study.mode}; resume it with its own script and --mode")
+    require_keys(ckpt, MODEL_KEYS + RESUME_KEYS, args.resume)
+    if ckpt["split_fingerprint"] != study.split.fingerprint:
+        raise CheckpointError(f"--resume {args.resume} was trained on another split; resume with its --output-dir/--split-file")
+    saved = ckpt["config"]
+    # An option the saved config lacks was added since the run started; its default is what the run used.
+    changed = [k for k, v in saver_config.items()
+               if k in vars(args) and k in saved and k not in RESUME_MAY_DIFFER and saved[k] != v]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} (now {saver_config[k]})" for k in changed)
+        raise CheckpointError(f"--resume {args.resume}: the run was started with {flags}; resume it with the "
+                              "options in its config.json, or start a new run")
+    return run_dir, ckpt
+
+
+def _log_scalars(writer: SummaryWriter, row: dict, step: int) -> None:
+    for key, tb in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
+                    ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
+                    ("train_img_per_s", "throughput/train_img_per_s"),
+                    ("eval_img_per_s", "throughput/eval_img_per_s")):
+        writer.add_scalar(tb, row[key], step)
+    writer.flush()
+
+
 def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Generator], device: torch.device,
         optimizer: torch.optim.Optimizer | None = None, save_model: nn.Module | None = None,
         extra_metrics: dict | None = None, log=print) -> Path:
@@ -256,7 +295,7 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         log = lambda *a, **k: None  # noqa: E731
     if args.sync_bn:
         if not (is_distributed() and device.type == "cuda"):
-            raise SystemExit("error: --sync-bn synchronises BatchNorm across GPU processes; use it under torchrun on CUDA")
+            raise UserError("--sync-bn synchronises BatchNorm across GPU processes; use it under torchrun on CUDA")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_model = model
     if is_distributed():
@@ -282,14 +321,21 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
     history: list[dict] = []
     start_epoch, best_acc, best_epoch = 0, -1.0, -1
 
+    config = {"arch": study.arch, "mode": study.mode, **vars(args), "device": str(device), "amp": amp,
+              "world_size": world_size(),
+              "classes": study.split.classes, "split_fingerprint": study.split.fingerprint,
+              "trainable_params": trainable, "total_params": total, **study.meta,
+              "torch": str(torch.__version__), "python": platform.python_version(), "host": platform.node()}
+    config = json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
+    if main_process:
+        # Heals runs/best.pt when an earlier run was killed after its metrics.json, before updating it.
+        update_global_best(output_dir, study.split.fingerprint, study.split.classes, log)
     if args.resume:
-        ckpt = load_checkpoint(args.resume)
-        if (ckpt["arch"], ckpt["mode"]) != (study.arch, study.mode):
-            raise CheckpointError(f"--resume {args.resume} is a {ckpt['arch']}/{ckpt['mode']} run, "
-                                  f"not {study.arch}/{study.mode}; resume it with its own script and --mode")
-        if ckpt["split_fingerprint"] != study.split.fingerprint:
-            raise CheckpointError(f"--resume {args.resume} was trained on another split; resume with its --output-dir/--split-file")
-        run_dir = Path(args.resume).parent
+        run_dir, ckpt = _resume(args, study, config, output_dir)
+        saver = CheckpointSaver(run_dir, ckpt["config"])
+        if main_process:
+            saver.recover(ckpt)
+        barrier()
         save_model.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         scheduler.load_state_dict(ckpt["scheduler_state"])
@@ -299,22 +345,13 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         history = ckpt["history"]
         start_epoch = ckpt["epoch"] + 1
         best_acc, best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
+        config = ckpt["config"]
         log(f"resuming {run_dir} at epoch {start_epoch + 1}/{args.epochs}")
     else:
-        run_dir = broadcast(make_run_dir(output_dir, study.arch, study.mode, args.tag) if main_process else None)
-
-    config = {"arch": study.arch, "mode": study.mode, **vars(args), "device": str(device), "amp": amp,
-              "world_size": world_size(),
-              "classes": study.split.classes, "split_fingerprint": study.split.fingerprint,
-              "trainable_params": trainable, "total_params": total, **study.meta,
-              "torch": str(torch.__version__), "python": platform.python_version(), "host": platform.node()}
-    config = json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
-    if main_process:
-        write_json(run_dir / "config.json", config)
-    log(f"run folder {run_dir}")
+        saver = CheckpointSaver(output_dir / run_dir_name(study.arch, study.mode, args.tag), config)
     log(f"{study.arch}/{study.mode}: {trainable:,} trainable of {total:,} parameters; device {device}"
         + (" with AMP" if amp else "") + (f"; {world_size()} processes" if is_distributed() else ""))
-    writer = SummaryWriter(str(run_dir), purge_step=start_epoch if start_epoch else None) if main_process else None
+    writer = None
 
     def checkpoint(epoch: int) -> dict:
         return {"format": CKPT_FORMAT, "arch": study.arch, "mode": study.mode, "classes": study.split.classes,
@@ -325,8 +362,12 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
                 "scaler_state": scaler.state_dict() if scaler is not None else None,
                 "rng": _rng_state(generators), "history": history, "config": config}
 
-    epochs_without_gain = 0
+    # An early-stopped run that was killed before its test must not train on after resuming.
+    epochs_without_gain = start_epoch - 1 - best_epoch if start_epoch else 0
     for epoch in range(start_epoch, args.epochs):
+        if args.patience and epochs_without_gain >= args.patience:
+            log(f"early stop: no better val accuracy for {args.patience} epochs")
+            break
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if study.on_epoch_start is not None:
@@ -350,31 +391,24 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         history.append(row)
         ckpt = checkpoint(epoch)  # every process takes part: it gathers their RNG states
         if main_process:
-            for key, tb in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
-                            ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
-                            ("train_img_per_s", "throughput/train_img_per_s"),
-                            ("eval_img_per_s", "throughput/eval_img_per_s")):
-                writer.add_scalar(tb, row[key], epoch + 1)
-            writer.flush()
-            save_checkpoint(ckpt, run_dir / "last.pt")
-            if improved:
-                save_checkpoint(ckpt, run_dir / "best.pt")
+            saver.ensure_dir()
+            if writer is None:
+                log(f"run folder {saver.run_dir}")
+                # Events of steps after the last committed epoch are from a killed attempt: drop them.
+                writer = SummaryWriter(str(saver.run_dir), purge_step=start_epoch + 1 if start_epoch else None)
+            _log_scalars(writer, row, epoch + 1)
+            saver.commit(ckpt, improved)
         log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
             f"val loss {va['loss']:.4f} acc {va['acc']:.4f}{' *' if improved else '  '}  "
             f"{epoch_seconds:.1f}s  {tr['img_per_s']:.0f} img/s")
         epochs_without_gain = 0 if improved else epochs_without_gain + 1
-        if args.patience and epochs_without_gain >= args.patience:
-            log(f"early stop: no better val accuracy for {args.patience} epochs")
-            break
-    if main_process:
+    if writer is not None:
         writer.close()
+    run_dir = Path(broadcast(str(saver.run_dir) if main_process else None))
     barrier()  # best.pt is written by rank 0
     best = load_checkpoint(run_dir / "best.pt")
     save_model.load_state_dict(best["model_state"])
-    logits, labels, test_seconds = predict(model, study.loaders["test"], study.eval_transform, device, amp, desc="test")
-    preds = logits.argmax(1)
-    te = {"acc": (preds == labels).float().mean().item(), "loss": nn.functional.cross_entropy(logits, labels).item(),
-          "img_per_s": len(labels) / test_seconds, "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(study.split.classes))}
+    te = _test(model, study, device, amp)
     train_seconds = sum(h["epoch_seconds"] for h in history)
     metrics = {
         "arch": study.arch, "mode": study.mode, "lr": args.lr, "batch_size": args.batch_size,
@@ -393,6 +427,15 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         f"{train_seconds:.0f}s training")
     if main_process:
         write_json(run_dir / "metrics.json", metrics)
-        update_global_best(output_dir, run_dir / "best.pt", best_acc, run_dir, log)
+        update_global_best(output_dir, study.split.fingerprint, study.split.classes, log)
     barrier()
     return run_dir
+
+
+def _test(model: nn.Module, study: Study, device: torch.device, amp: bool) -> dict:
+    """Accuracy, loss, macro F1 and throughput on the test split."""
+    logits, labels, seconds = predict(model, study.loaders["test"], study.eval_transform, device, amp, desc="test")
+    preds = logits.argmax(1)
+    return {"acc": (preds == labels).float().mean().item(), "loss": nn.functional.cross_entropy(logits, labels).item(),
+            "img_per_s": len(labels) / seconds,
+            "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(study.split.classes))}

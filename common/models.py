@@ -7,6 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
+from common.cli import UserError
 from common.data import file_sha256
 
 # Which top-level children each (architecture, mode) trains; every other parameter is frozen.
@@ -36,7 +37,7 @@ TV_WEIGHTS = {
 }
 
 
-class WeightsError(Exception):
+class WeightsError(UserError):
     """Pretrained weights could not be had or do not fit; the message says what to do."""
 
 
@@ -104,8 +105,11 @@ def load_pretrained(model: nn.Module, arch: str, weights: str) -> dict:
             raise WeightsError(f"--weights {weights}: no such file; pass a state-dict file, 'imagenet' or 'none'")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightsError(f"--weights {weights} is not a readable state-dict file ({e})") from None
+        except Exception as e:  # torch's own message suggests weights_only=False, i.e. running the file's code
+            raise WeightsError(
+                f"--weights {weights} cannot be read as a state dict ({type(e).__name__}: it is corrupt, or holds "
+                f"Python objects, which are never loaded); pass a file saved with torch.save(model.state_dict()) "
+                f"from torchvision's {arch}, or --weights imagenet / none") from None
         if isinstance(state, dict) and "model_state" in state:
             state = state["model_state"]
         source = str(path)
@@ -186,6 +190,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild an eval-mode model from a checkpoint dict alone (no weights download)."""
+    if ckpt["arch"] not in MODES or ckpt["mode"] not in MODES[ckpt["arch"]]:
+        raise WeightsError(f"the checkpoint is a {ckpt['arch']}/{ckpt['mode']} model, which this version cannot "
+                           "build; use a checkpoint written by this project's training scripts")
     model, _ = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["mode"], weights="none")
-    model.load_state_dict(ckpt["model_state"])
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"the checkpoint's weights do not fit {ckpt['arch']}/{ckpt['mode']} with "
+                           f"{len(ckpt['classes'])} classes ({first}); it was edited: use another checkpoint") from None
     return model.eval()

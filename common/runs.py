@@ -1,25 +1,41 @@
-"""Run folders, atomic checkpoints and reports, the global runs/best.pt, and checkpoint loading."""
+"""Run folders, the checkpoint schema, crash-safe per-epoch checkpoints, and the global runs/best.pt.
+
+Each epoch commits its files as one (`CheckpointSaver`): a better epoch is first written as `best.pt.next`,
+then `last.pt` (the commit point), then `best.pt.next` replaces `best.pt`. After a kill at any moment,
+`recover` finishes or rolls back the pending best so that `best.pt` is always the best epoch `last.pt` records.
+"""
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from common.data import atomic_write, atomic_write_text
+from common.cli import UserError
+from common.data import atomic_write, atomic_write_text, file_sha256, remove_stale_temp_files
 
 CKPT_FORMAT = "animals10-ckpt/1"
+# What every script needs to rebuild and run a model from the file alone, and what --resume needs besides.
+MODEL_KEYS = ("arch", "mode", "classes", "model_state", "img_size", "crop_size", "mean", "std")
+RESUME_KEYS = ("split_fingerprint", "epoch", "best_epoch", "best_val_acc", "optimizer_state", "scheduler_state", "rng", "history", "config")
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, not ours, or for other classes; the message says which."""
 
 
-def make_run_dir(output_dir: Path, model: str, mode: str, tag: str | None = None) -> Path:
-    """Create runs/<timestamp>-<model>-<mode>[-tag]/, adding a counter if the name is taken."""
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{mode}" + (f"-{tag}" if tag else "")
+def run_dir_name(model: str, mode: str, tag: str | None = None) -> str:
+    """<timestamp>-<model>-<mode>[-tag]."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{mode}" + (f"-{tag}" if tag else "")
+
+
+def make_run_dir(output_dir: Path, name: str) -> Path:
+    """Create output_dir/name, adding a counter if the name is taken."""
     for i in range(100):
         path = output_dir / (name if i == 0 else f"{name}-{i}")
         try:
@@ -40,7 +56,7 @@ def save_checkpoint(obj: dict, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
+def load_checkpoint(path: Path | str, map_location="cpu", keys: tuple[str, ...] = MODEL_KEYS) -> dict:
     """Load one of our checkpoints with weights_only=True, or raise CheckpointError saying what is wrong."""
     path = Path(path)
     if not path.is_file():
@@ -48,26 +64,157 @@ def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}); it is truncated or not a "
-                              "PyTorch file: use another run's best.pt or retrain") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}); it is truncated, not a "
+                              "PyTorch file, or holds objects other than tensors: use another run's best.pt "
+                              "or retrain") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no '{CKPT_FORMAT}' marker); "
                               "pass a best.pt written by part1_scratch_cnn.py or the part2 scripts")
+    require_keys(ckpt, keys, path)
     return ckpt
 
 
-def update_global_best(output_dir: Path, ckpt_path: Path, val_acc: float, run_dir: Path, log=print) -> bool:
-    """Copy ckpt_path to <output_dir>/best.pt when val_acc beats the best recorded so far."""
-    record_path = output_dir / "best.json"
-    best = None
-    if record_path.exists():
+def require_keys(ckpt: dict, keys: tuple[str, ...], path: Path | str) -> None:
+    """Raise CheckpointError naming the keys of the schema that the checkpoint lacks."""
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it was edited or written by another "
+                              "version: use another run's best.pt or retrain")
+
+
+class CheckpointSaver:
+    """A run's folder and its per-epoch checkpoints, committed so that a kill never leaves them inconsistent.
+
+    The folder and its config.json are created by the first commit, so a start that fails leaves nothing.
+    """
+
+    def __init__(self, run_dir: Path, config: dict):
+        self.run_dir, self.config = run_dir, config
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    @property
+    def _pending(self) -> Path:
+        return self.run_dir / "best.pt.next"
+
+    def ensure_dir(self) -> None:
+        """Create the run folder (a free name like the one asked for) with its config.json, once."""
+        if not (self.run_dir / "config.json").is_file():
+            self.run_dir = make_run_dir(self.run_dir.parent, self.run_dir.name)
+            write_json(self.run_dir / "config.json", self.config)
+
+    def commit(self, ckpt: dict, improved: bool) -> None:
+        """Write one epoch: the pending best (if improved), then last.pt, then the best into place."""
+        self.ensure_dir()
+        if improved:
+            save_checkpoint(ckpt, self._pending)
+        save_checkpoint(ckpt, self.last)
+        if improved:
+            os.replace(self._pending, self.best)
+
+    def recover(self, last: dict) -> None:
+        """After a kill: keep the pending best if last.pt committed its epoch, else drop it; then check best.pt."""
+        remove_stale_temp_files(self.run_dir)
+        if self._pending.exists():
+            pending = load_checkpoint(self._pending, keys=("epoch",))
+            if pending["epoch"] == last["best_epoch"]:
+                os.replace(self._pending, self.best)
+            else:
+                self._pending.unlink()
+        best = load_checkpoint(self.best, keys=("epoch",)) if self.best.exists() else None
+        if last["best_epoch"] >= 0 and (best is None or best["epoch"] != last["best_epoch"]):
+            found = "is missing" if best is None else f"holds epoch {best['epoch'] + 1}"
+            raise CheckpointError(f"{self.best} {found}, but {self.last} records epoch {last['best_epoch'] + 1} as "
+                                  "the best; the run folder was changed by hand: start a new run")
+
+
+def check_resume_path(path: Path, output_dir: Path) -> Path:
+    """The run folder of --resume PATH: only a run's own last.pt, inside --output-dir, of an unfinished run."""
+    run_dir = path.parent
+    if path.name != "last.pt" or not (run_dir / "config.json").is_file():
+        raise CheckpointError(f"--resume {path} is not a run's last.pt; pass runs/<run>/last.pt (best.pt and "
+                              "runs/best.pt hold no training state to continue)")
+    if run_dir.parent.resolve() != output_dir.resolve():
+        raise CheckpointError(f"--resume {path} is a run of {run_dir.parent}, not of --output-dir {output_dir}; "
+                              f"pass --output-dir {run_dir.parent}")
+    if (run_dir / "metrics.json").is_file():
+        raise CheckpointError(f"{run_dir} is finished (it has metrics.json); to train longer, start a new run "
+                              "with a larger --epochs")
+    return run_dir
+
+
+@contextmanager
+def locked(lock_path: Path):
+    """An exclusive advisory lock (fcntl) held for the block; other processes wait for it."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            best = json.loads(record_path.read_text())
-        except ValueError:
-            best = None
-    if best is not None and best.get("val_acc", -1) >= val_acc and Path(best.get("run_dir", "")).exists():
-        return False
-    atomic_write(output_dir / "best.pt", lambda tmp: shutil.copyfile(ckpt_path, tmp))  # bytes as they are
-    write_json(record_path, {"val_acc": val_acc, "run_dir": str(run_dir), "checkpoint": str(ckpt_path)})
-    log(f"{output_dir / 'best.pt'} now holds {run_dir.name} (val acc {val_acc:.4f})")
-    return True
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def finished_runs(output_dir: Path) -> list[dict]:
+    """The registry: every finished run folder under output_dir with its config and metrics."""
+    runs = []
+    for metrics_path in sorted(output_dir.glob("*/metrics.json")):
+        run_dir = metrics_path.parent
+        config, metrics = _read_json(run_dir / "config.json"), _read_json(metrics_path)
+        if isinstance(config, dict) and isinstance(metrics, dict) and "best_val_acc" in metrics \
+                and (run_dir / "best.pt").is_file():
+            runs.append({"run_dir": run_dir, "config": config, "metrics": metrics})
+    return runs
+
+
+def current_split(output_dir: Path, fingerprint: str, classes: list[str]) -> tuple[str, list[str]]:
+    """The split runs/best.pt is chosen on: output_dir's split.json when there is one, else the given run's."""
+    meta = _read_json(output_dir / "split.json")
+    if isinstance(meta, dict) and "fingerprint" in meta and "classes" in meta:
+        return meta["fingerprint"], meta["classes"]
+    return fingerprint, classes
+
+
+def runs_on_split(output_dir: Path, fingerprint: str, classes: list[str]) -> list[dict]:
+    """Finished runs on the current split (see current_split) and these classes, best validation accuracy first."""
+    fingerprint, classes = current_split(output_dir, fingerprint, classes)
+    runs = [r for r in finished_runs(output_dir)
+            if r["config"].get("split_fingerprint") == fingerprint and r["config"].get("classes") == classes]
+    return sorted(runs, key=lambda r: -r["metrics"]["best_val_acc"])  # a stable sort keeps the earliest of equals
+
+
+def update_global_best(output_dir: Path, fingerprint: str, classes: list[str], log=print) -> None:
+    """Make <output_dir>/best.pt the best finished run (by val accuracy) on the current split and classes.
+
+    Chosen afresh from the run folders under a file lock, so concurrent runs, kills between the two writes,
+    and runs on other splits or classes can never leave a wrong or inconsistent global best.
+    """
+    with locked(output_dir / ".best.lock"):
+        fingerprint, classes = current_split(output_dir, fingerprint, classes)
+        candidates = runs_on_split(output_dir, fingerprint, classes)
+        if not candidates:
+            return
+        best = candidates[0]
+        source = best["run_dir"] / "best.pt"
+        record = {"val_acc": best["metrics"]["best_val_acc"], "run_dir": str(best["run_dir"]),
+                  "checkpoint": str(source), "sha256": file_sha256(source), "split_fingerprint": fingerprint,
+                  "classes": classes}
+        target = output_dir / "best.pt"
+        if _read_json(output_dir / "best.json") == record and target.is_file() and file_sha256(target) == record["sha256"]:
+            return
+        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))  # bytes as they are
+        write_json(output_dir / "best.json", record)
+        log(f"{target} now holds {best['run_dir'].name} (val acc {record['val_acc']:.4f})")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

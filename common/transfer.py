@@ -1,9 +1,9 @@
 """Fine-tuning ImageNet torchvision models (part 2): arguments, feature caching and one training run."""
 from __future__ import annotations
 
-import argparse
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +11,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.data import (DECODE_VERSION, IMAGENET_MEAN, IMAGENET_STD, BatchLoader, Split, add_augment_args,
-                         add_data_args, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
+from common.cli import ArgumentParser, UserError, number, positive_int
+from common.data import (IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, BatchLoader, Split, add_augment_args,
+                         add_crop_check, add_data_args, cache_key, cache_mismatch, eval_transform, explain_miss,
+                         make_loaders, make_transforms, pixel_cache_fields, prepare_data, save_cache_key, to_device,
+                         upscale_check)
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
 from common.models import HEAD, MAX_DEPTH, MODES, block_depth, build_model, unfreeze_to_depth
@@ -21,11 +24,11 @@ from common.runs import save_checkpoint
 DEFAULT_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4, "bn": 1e-3, "gradual": 3e-4}
 
 
-def get_args_parser(arch: str, description: str) -> argparse.ArgumentParser:
+def get_args_parser(arch: str, description: str) -> ArgumentParser:
     """The part 2 command line for one architecture."""
     modes = MODES[arch]
     lrs = ", ".join(f"{m} {DEFAULT_LR[m]:g}" for m in modes)
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--mode", choices=modes, default=modes[0],
                         help=f"what is trained: {', '.join(modes)} (bn: BatchNorm layers + head; gradual: head "
                              "first, then one block deeper every --unfreeze-every epochs)")
@@ -33,17 +36,30 @@ def get_args_parser(arch: str, description: str) -> argparse.ArgumentParser:
                         help="'imagenet' (torchvision weights API and its cache), a state-dict file, or 'none'")
     parser.add_argument("--cache-features", action="store_true",
                         help="fc mode: run the frozen backbone once (no augmentation) and train the head on its features")
-    parser.add_argument("--lr-decay", type=float, default=1.0,
+    parser.add_argument("--lr-decay", type=number(float, 0, 1, low_open=True), default=1.0,
                         help="full and gradual modes: each block deeper from the head gets this factor more learning "
                              "rate decay (discriminative rates)")
-    parser.add_argument("--unfreeze-every", type=int, default=2,
+    parser.add_argument("--unfreeze-every", type=positive_int, default=2,
                         help="gradual mode: epochs between unfreezing the next block (head, then from the top down)")
     add_augment_args(parser, scale_min=0.35, jitter=0.2)
     add_data_args(parser)
+    add_crop_check(parser, min_crop=32)
     add_train_args(parser, lr=None, epochs=20, batch_size=32)
     parser.set_defaults(weight_decay=1e-4, lr=None)
     parser.description += f" Default learning rates fall as more is unfrozen: {lrs}; --lr overrides."
+    parser.add_check(check_mode_options)
     return parser
+
+
+def check_mode_options(args) -> str | None:
+    """Options that only some modes can use."""
+    if args.cache_features and args.mode != "fc":
+        return f"--cache-features needs a frozen backbone; use it with --mode fc, not {args.mode}"
+    if args.lr_decay != 1.0 and args.mode not in ("full", "gradual"):
+        return "--lr-decay sets per-block rates for --mode full or gradual only"
+    if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
+        return "--mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them"
+    return None
 
 
 @contextmanager
@@ -71,19 +87,60 @@ def extract_features(model: nn.Module, arch: str, images, split: Split, transfor
     return torch.cat(out)
 
 
-def cached_features(model, arch, weights: dict, images, split, transform, device, cache_dir: Path, crop: int,
-                    log=print) -> tuple[torch.Tensor, float]:
-    """Features from the on-disk cache for these weights, split and crop, computing them once; (features, seconds)."""
-    key = f"features-{arch}-{(weights['sha256'] or 'random')[:12]}-{split.fingerprint[:16]}-{crop}px-d{DECODE_VERSION}.pt"
-    path = cache_dir / key
-    if path.exists() and weights["sha256"]:
-        return torch.load(path, weights_only=True), 0.0
+def feature_cache_fields(arch: str, weights_sha256: str, split: Split, img_size: int, crop: int,
+                         mean, std) -> dict:
+    """Everything that changes cached features: the pixels, the backbone and its weights, and the eval transform."""
+    return {**pixel_cache_fields(split, img_size), "cache": "features", "arch": arch, "weights_sha256": weights_sha256,
+            "crop_size": int(crop), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "transform_version": TRANSFORM_VERSION}
+
+
+def _feature_width(model: nn.Module, arch: str) -> int:
+    return next(m for m in getattr(model, HEAD[arch]).modules() if isinstance(m, nn.Linear)).in_features
+
+
+def _load_features(path: Path, fields: dict, shape: tuple[int, int], log=print) -> torch.Tensor | None:
+    """The cached features at path; None (after saying why) when unreadable, stale or the wrong shape."""
+    problem = cache_mismatch(path, fields)
+    if not problem:
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, never other objects
+        except Exception as e:  # truncated, garbage, or pickled objects that weights_only refuses
+            problem = f"is unreadable ({type(e).__name__})"
+        else:
+            if isinstance(feats, torch.Tensor) and tuple(feats.shape) == shape and feats.dtype == torch.float32:
+                return feats
+            got = f"{tuple(feats.shape)} {feats.dtype}" if isinstance(feats, torch.Tensor) else type(feats).__name__
+            problem = f"holds {got}, not a {shape} float32 tensor"
+    log(f"feature cache {path} {problem}; recomputing it (it is derived data)")
+    return None
+
+
+def cached_features(model, arch, weights: dict, images, split, device, cache_dir: Path, crop: int,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, log=print) -> tuple[torch.Tensor, float]:
+    """Backbone features of the centre-cropped images, from the on-disk cache when one fits; (features, seconds).
+
+    The cache file is keyed by feature_cache_fields, taken from the images and transform actually used.
+    Randomly initialised weights (no sha256) are never cached: they depend on the seed, not on a file.
+    """
+    path, note = None, " (random weights: not cached)"
+    if weights["sha256"]:
+        fields = feature_cache_fields(arch, weights["sha256"], split, images.shape[1], crop, mean, std)
+        path = cache_dir / f"features-{arch}-{cache_key(fields)}.pt"
+        if path.exists():
+            feats = _load_features(path, fields, (len(split.entries), _feature_width(model, arch)), log)
+            if feats is not None:
+                return feats, 0.0
+            note = f" into {path}"
+        else:
+            note = f" into {path}{explain_miss(path, fields)}"
     t0 = time.perf_counter()
-    feats = extract_features(model, arch, images, split, transform, device)
+    feats = extract_features(model, arch, images, split, partial(eval_transform, crop=crop, mean=mean, std=std), device)
     seconds = time.perf_counter() - t0
-    log(f"extracted {tuple(feats.shape)} features in {seconds:.1f}s")
-    if weights["sha256"] and is_main():
-        cache_dir.mkdir(parents=True, exist_ok=True)
+    log(f"extracted {tuple(feats.shape)} features in {seconds:.1f}s{note}")
+    if path is not None and is_main():
+        path.unlink(missing_ok=True)  # so a kill after the key record never leaves a stale cache under it
+        save_cache_key(path, fields)
         save_checkpoint(feats, path)
     return feats, seconds
 
@@ -92,17 +149,12 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     """Build, freeze and fine-tune one model; returns its run folder."""
     if args.lr is None:
         args.lr = DEFAULT_LR[args.mode]
-    if args.cache_features and args.mode != "fc":
-        raise SystemExit(f"error: --cache-features needs a frozen backbone; use it with --mode fc, not {args.mode}")
-    if args.lr_decay != 1.0 and args.mode not in ("full", "gradual"):
-        raise SystemExit("error: --lr-decay sets per-block rates for --mode full or gradual only")
-    if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
-        raise SystemExit("error: --mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them")
+    problem = check_mode_options(args)
+    if problem:
+        raise UserError(problem)
     if args.mode == "gradual" and is_distributed():
-        raise SystemExit("error: --mode gradual changes the trainable parameters during training, which "
-                         "DistributedDataParallel cannot follow; run it without torchrun")
-    if args.unfreeze_every < 1:
-        raise SystemExit("error: --unfreeze-every must be at least 1 epoch")
+        raise UserError("--mode gradual changes the trainable parameters during training, which "
+                        "DistributedDataParallel cannot follow; run it without torchrun")
     generators = seed_everything(args.seed)
     model, weights = build_model(arch, len(split.classes), args.mode, args.weights)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
@@ -114,8 +166,8 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     extra = {}
     trained, save_model = model, None
     if args.cache_features:
-        feats, seconds = cached_features(model, arch, weights, images, split, eval_tf, device,
-                                         Path(args.output_dir) / "cache", crop, log)
+        feats, seconds = cached_features(model, arch, weights, images, split, device, Path(args.output_dir) / "cache",
+                                         crop, IMAGENET_MEAN, IMAGENET_STD, log)
         extra["feature_extraction_seconds"] = seconds
         images, trained, save_model = feats.to(device), getattr(model, HEAD[arch]), model
         train_tf = eval_tf = nn.Identity()

@@ -22,12 +22,16 @@ import pytest
 import torch
 
 import app
-from common.data import decode_image, display_name, eval_transform, load_or_create_split
+from common import data as common_data
+from common.data import (DecodeBudget, decode_image, display_name, eval_transform, load_or_create_split,
+                         read_image_header)
 from common.models import ScratchCNN
 from common.runs import CKPT_FORMAT, save_checkpoint
 from conftest import ANIMALS, ROOT, make_dataset
+from test_decode import bomb_png, png_bytes
 
 CHROMIUM = "/usr/bin/chromium"
+INSTALL_CHROMIUM = "sudo apt-get install -y chromium"  # the command README.md gives
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 IMG, CROP = 72, 64
@@ -137,8 +141,10 @@ def test_grayscale_rgba_and_16_bit_uploads_work(bundle):
     assert (rgb[:, :30] == 255).all() and (rgb[:, -30:, 0] > 200).all() and (rgb[:, -30:, 1:] < 60).all()
 
 
-BAD = ["empty", "text", "bmp", "truncated jpeg", "truncated png", "jpeg header only", "corrupt png", "1x1",
-       "over 40 megapixels", "over 20 MB"]
+BAD = ["empty", "text", "bmp", "webp", "truncated jpeg", "truncated png", "jpeg header only", "corrupt png", "1x1",
+       "over 40 megapixels", "20000x20000 in 60 kB", "over 120 MB decoded", "over 20 MB"]
+UNDECODED = ["text", "bmp", "webp", "jpeg header only", "1x1", "over 40 megapixels", "20000x20000 in 60 kB",
+             "over 120 MB decoded"]  # refused from the header, before OpenCV is called
 
 
 @functools.cache
@@ -152,12 +158,18 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
         "empty": (b"", "the file is empty"),
         "text": (b"just some text, not an image\n" * 10, "not a JPEG or PNG image"),
         "bmp": (encode(solid(GREEN), ".bmp"), "not a JPEG or PNG image"),
+        "webp": (encode(solid(GREEN), ".webp"), "not a JPEG or PNG image"),
         "truncated jpeg": (jpg[:len(jpg) // 2], "JPEG file is truncated"),
         "truncated png": (png[:len(png) // 2], "PNG file is truncated"),
         "jpeg header only": (jpg[:20], "JPEG file is truncated or corrupt"),
         "corrupt png": (corrupt_png, "corrupt and cannot be decoded"),
         "1x1": (encode(np.zeros((1, 1, 3), np.uint8)), "only 1x1 pixels"),
         "over 40 megapixels": (encode(huge), "7000x6000 (42 megapixels), more than the 40 allowed"),
+        "20000x20000 in 60 kB": (bomb_png(), "20000x20000 (400 megapixels), more than the 40 allowed"),
+        # 16 megapixels, but 8 bytes each: as much memory as 43 megapixels of 8-bit colour.
+        "over 120 MB decoded": (png_bytes(4000, 4000, depth=16, colour=6),
+                                "4000x4000 with 4 channel(s) of 16 bits, 128 MB once decoded, more than the 120 MB "
+                                "allowed; upload a smaller or 8-bit image"),
         "over 20 MB": (jpg + bytes(21 * 2**20), "more than the 20 MB allowed"),
     }
 
@@ -166,6 +178,29 @@ def bad_uploads() -> dict[str, tuple[bytes, str]]:
 def test_bad_uploads_give_clear_messages(bundle, name):
     data, message = bad_uploads()[name]
     assert message in app.predict_image(bundle, data)["error"]
+
+
+@pytest.mark.parametrize("name", UNDECODED)
+def test_bad_uploads_are_refused_before_decoding(bundle, name, monkeypatch):
+    def refuse(*_):
+        raise AssertionError("cv2.imdecode was called")
+    monkeypatch.setattr(cv2, "imdecode", refuse)
+    data, message = bad_uploads()[name]
+    assert message in app.predict_image(bundle, data)["error"]
+
+
+def test_uploads_decode_within_the_shared_budget(monkeypatch):
+    reserved = []
+
+    class Recording(DecodeBudget):
+        def reserve(self, nbytes):
+            reserved.append(nbytes)
+            return super().reserve(nbytes)
+
+    monkeypatch.setattr(common_data, "DECODE_BUDGET", Recording(1 << 30))
+    data = encode(solid(RED))
+    app.decode_upload(data, IMG)
+    assert reserved == [read_image_header(data).decode_memory]
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +270,87 @@ def test_bad_request_sizes_are_refused_unread(server, length, status, message):
     conn.close()
 
 
+def test_oversized_upload_over_http_is_answered_and_the_server_goes_on(server):
+    status, r = call(server, "/predict", bomb_png())
+    assert status == 400 and "20000x20000 (400 megapixels), more than the 40 allowed" in r["error"]
+    status, r = call(server, "/predict", encode(solid(RED)))
+    assert status == 200 and r["top5"][0]["name"] == "dog"
+
+
+def raw_request(srv, head: str, body: bytes = b"") -> tuple[int, str]:
+    """Send a request exactly as written (head: request line and headers), return (status, body text)."""
+    with socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=30) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.read().decode()
+
+
+ALLOWED_HOSTS = ["127.0.0.1:{port}", "127.0.0.1", "localhost:{port}", "LocalHost", "[::1]:{port}", "[::1]",
+                 "127.8.9.10:80"]
+FORGED_HOSTS = ["evil.example:{port}", "evil.example", "localhost.evil.example", "127.0.0.1.evil.example",
+                "10.0.0.1:{port}", "[::2]:{port}", "0.0.0.0:{port}", "127.0.0.1:http", "127.0.0.1:{port}:1", ""]
+
+
+@pytest.mark.parametrize("host", ALLOWED_HOSTS)
+def test_loopback_host_headers_are_answered(server, host):
+    host = host.format(port=server.server_address[1])
+    status, text = raw_request(server, f"GET /checkpoints HTTP/1.1\nHost: {host}\n")
+    assert status == 200 and "best.pt" in text
+
+
+@pytest.mark.parametrize("host", FORGED_HOSTS)
+def test_other_host_headers_are_refused(server, host):
+    """A page whose DNS name was rebound to 127.0.0.1 sends its own name: it must learn nothing."""
+    host = host.format(port=server.server_address[1])
+    png = encode(solid(RED))
+    for head, body in ((f"GET /checkpoints HTTP/1.1\nHost: {host}\n", b""),
+                       (f"GET /test-images HTTP/1.1\nHost: {host}\n", b""), (f"GET / HTTP/1.1\nHost: {host}\n", b""),
+                       (f"POST /predict HTTP/1.1\nHost: {host}\nContent-Length: {len(png)}\n", png)):
+        status, text = raw_request(server, head, body)
+        assert status == 403 and "answers only requests addressed to localhost, 127.0.0.1, [::1]" in text
+        assert "best.pt" not in text and "img" not in text and "top5" not in text
+
+
+def test_missing_or_repeated_host_headers(server):
+    assert raw_request(server, "GET /checkpoints HTTP/1.1\n")[0] == 403  # HTTP/1.1 requires Host
+    assert raw_request(server, "GET /checkpoints HTTP/1.1\nHost: localhost\nHost: evil.example\n")[0] == 403
+    status, text = raw_request(server, "GET /checkpoints HTTP/1.0\n")  # HTTP/1.0 may omit it
+    assert status == 200 and "best.pt" in text
+
+
+@pytest.mark.parametrize("host, own, allowed", [
+    ("demo.lan:7860", "demo.lan", True), ("DEMO.lan", "demo.lan", True), ("demo.lan", "other.lan", False),
+    ("[fe80::1]:7860", "fe80::1", True), ("192.168.1.5:7860", "192.168.1.5", True),
+    ("192.168.1.6", "192.168.1.5", False),
+    ("evil.example", "", False), (":7860", "", False), ("[]:7860", "", False), ("localhost:", "127.0.0.1", False)])
+def test_the_servers_own_host_is_allowed(host, own, allowed):
+    assert app.host_allowed(host, own) is allowed
+
+
+def test_requests_beyond_max_handlers_wait_for_a_free_one(runs):
+    srv = app.AppServer(("127.0.0.1", 0), app.Checkpoints(runs, runs / "best.pt", torch.device("cpu")), max_handlers=2)
+    assert srv.host == "127.0.0.1"
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    holders = [socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=30) for _ in range(2)]
+    try:
+        for sock in holders:
+            sock.sendall(b"GET /checkpoints HTTP/1.1\r\n")  # and never the rest: each holds a handler
+        answers = []
+        third = threading.Thread(target=lambda: answers.append(call(srv, "/checkpoints")[0]))
+        third.start()
+        third.join(1.5)
+        assert third.is_alive() and not answers  # waiting: both handlers are taken
+        holders[0].close()  # that handler ends, and the waiting request gets it
+        third.join(30)
+        assert answers == [200]
+    finally:
+        for sock in holders:
+            sock.close()
+        srv.shutdown()
+        srv.server_close()
+
+
 def run_app(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], capture_output=True, text=True, timeout=120)
 
@@ -255,7 +371,7 @@ def test_start_up_errors(runs, tmp_path):
 def browser():
     """Debian's Chromium driven by Playwright, or a skip saying what is missing."""
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no {CHROMIUM}: install Debian's chromium (apt-get install chromium) to run the browser test")
+        pytest.skip(f"no {CHROMIUM}: run `{INSTALL_CHROMIUM}` to run the browser test")
     playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     try:
         pw = playwright_api.sync_playwright().start()

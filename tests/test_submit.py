@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
+import torch
+
 import part1_scratch_cnn as part1
 import submit
-from common.runs import load_checkpoint
+from common.runs import load_checkpoint, save_checkpoint
 from conftest import ANIMALS, ROOT, class_image, make_dataset, tiny_args
 from kaggle_standin import KaggleStandIn, PortTaken, isolated_environ
 
@@ -113,6 +115,137 @@ def test_corrupt_test_image_is_refused(trained, tmp_path):
     with pytest.raises(submit.SubmissionError, match="5.jpg cannot be decoded"):
         run_submit("--ckpt", str(out / "best.pt"), "--test-dir", str(broken), "--no-upload", "--out-dir", str(tmp_path))
     assert load_checkpoint(out / "best.pt")["arch"] == "scratch_cnn"
+
+
+def three_class_checkpoint(src, dst):
+    """The tiny model cut down to its first three classes: a real 3-class checkpoint, made in milliseconds."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    ckpt["classes"], ckpt["display_names"] = ANIMALS[:3], ckpt["display_names"][:3]
+    for key in ("classifier.2.weight", "classifier.2.bias"):
+        ckpt["model_state"][key] = ckpt["model_state"][key][:3].clone()
+    save_checkpoint(ckpt, dst)
+    return dst
+
+
+def test_checkpoint_of_other_classes_is_refused_before_predicting(trained, tmp_path):
+    out, test_dir, _ = trained
+    three = three_class_checkpoint(out / "best.pt", tmp_path / "three" / "best.pt")
+    subs = tmp_path / "subs"
+    # The good checkpoint comes first: nothing is predicted or written for it either.
+    with pytest.raises(submit.SubmissionError) as e:
+        run_submit("--ckpt", str(out / "best.pt"), str(three), "--test-dir", str(test_dir), "--no-upload",
+                   "--out-dir", str(subs))
+    message = str(e.value)
+    assert "\n" not in message and str(three) in message and "trained on 3 classes (cane, cavallo, elefante)" in message
+    assert "the competition's 10 Animals-10 labels (" + ", ".join(ANIMALS) + ")" in message
+    assert "pick a run trained on the 10 classes" in message and "--sample-submission" in message
+    assert not subs.exists()
+
+
+def test_sample_submission_labels_are_the_vocabulary(trained, tmp_path):
+    out, test_dir, _ = trained
+    three = three_class_checkpoint(out / "best.pt", tmp_path / "three" / "best.pt")
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ID,Label\n" + "".join(f"{i},{ANIMALS[i % 3]}\n" for i in range(1, 13)))
+    run_submit("--ckpt", str(three), "--test-dir", str(test_dir), "--no-upload", "--out-dir", str(tmp_path / "s"),
+               "--sample-submission", str(sample))
+    rows = read_rows(tmp_path / "s" / "three.csv")
+    assert len(rows) == 13 and {label for _, label in rows[1:]} <= set(ANIMALS[:3])
+    refused = r"trained on 10 classes .* the labels of the sample submission \S*sample.csv \(cavallo, elefante, cane\);"
+    with pytest.raises(submit.SubmissionError, match=refused):
+        run_submit("--ckpt", str(out / "best.pt"), "--test-dir", str(test_dir), "--no-upload",
+                   "--out-dir", str(tmp_path / "t"), "--sample-submission", str(sample))
+
+
+def test_index_labels_count_in_the_competition_order():
+    vocabulary = submit.competition_vocabulary([], "index")
+    assert vocabulary[0] == [str(i) for i in range(10)]
+    labels = submit.checkpoint_labels("x.pt", ANIMALS[::-1], "index", vocabulary)
+    assert labels == [str(i) for i in range(10)][::-1]  # output unit 0 is scoiattolo, competition label 9
+    # One label throughout the sample is a placeholder, not a one-class competition.
+    assert submit.competition_vocabulary(["cane"] * 5, "italian")[0] == ANIMALS
+
+
+def test_failed_validation_leaves_the_previous_csv_byte_identical(trained, tmp_path):
+    out, test_dir, _ = trained
+    subs = tmp_path / "subs"
+    run_submit("--ckpt", str(out / "best.pt"), "--test-dir", str(test_dir), "--no-upload", "--out-dir", str(subs),
+               "--id-form", "stem")
+    before = (subs / "best.csv").read_bytes()
+    sample = tmp_path / "sample.csv"  # id 1 twice, id 2 never: as many rows as images, every id known
+    sample.write_text("ID,Label\n" + "".join(f"{i},x\n" for i in (1, 1, *range(3, 13))))
+    with pytest.raises(submit.SubmissionError, match=r"line 3: id 1 repeats line 2.*best.csv left as it was"):
+        run_submit("--ckpt", str(out / "best.pt"), "--test-dir", str(test_dir), "--no-upload", "--out-dir", str(subs),
+                   "--id-form", "stem", "--sample-submission", str(sample))
+    assert (subs / "best.csv").read_bytes() == before and [p.name for p in subs.iterdir()] == ["best.csv"]
+
+
+def test_validation_counts_rows_and_checks_their_order():
+    problems = submit.validate_submission("ID,Label\n1,cane\n", ["ID", "Label"], ["1", "2"], ANIMALS)
+    assert "1 rows for 2 test images" in problems
+    problems = submit.validate_submission("ID,Label\n2,cane\n1,cane\n", ["ID", "Label"], ["1", "2"], ANIMALS)
+    assert problems == ["the rows are not in the expected order of ids"]
+
+
+@pytest.mark.parametrize("names, form, message", [
+    (["1.jpg", "cat.jpg", "dog.png"], "index", "cat.jpg, dog.png have no number"),
+    (["1.jpg", "01.jpg", "1.jpeg", "2.jpg"], "index", "the same number would get one id: 1.jpg = 01.jpg = 1.jpeg;"),
+    (["1.jpg", "1.png", "2.jpg"], "stem", "have the same stem would get one id: 1.jpg = 1.png;"),
+])
+def test_ids_that_cannot_be_told_apart_are_an_error(tmp_path, names, form, message):
+    with pytest.raises(submit.SubmissionError, match=message):
+        submit.image_ids([tmp_path / n for n in names], form)
+    assert submit.image_ids([tmp_path / n for n in names], "name") == names
+
+
+def test_index_ids_follow_the_number_in_the_name(tmp_path):
+    files = [tmp_path / n for n in ("img_10.jpg", "img_2.jpg", "b_1.png", "a_0003.jpg")]
+    assert submit.image_ids(files, "index") == ["4", "2", "1", "3"]
+    folder = tmp_path / "t"
+    folder.mkdir()
+    for n in ("1.jpg", "01.jpg", "2.jpg"):
+        (folder / n).write_bytes(b"")
+    with pytest.raises(submit.SubmissionError, match="1.jpg = 01.jpg|01.jpg = 1.jpg"):
+        run_submit("--ckpt", "none.pt", "--test-dir", str(folder), "--no-upload", "--out-dir", str(tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
+
+
+# Bad input to the scripts: one `error:` line on stderr, exit 1, no traceback.
+
+def script(*argv):
+    return subprocess.run([sys.executable, *map(str, argv), "--device", "cpu"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def assert_one_error_line(proc, *words):
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_gradcam_missing_image(trained, tmp_path):
+    out, _, _ = trained
+    proc = script(ROOT / "gradcam.py", "--ckpt", out / "best.pt", "--image", tmp_path / "missing.jpg",
+                  "--out-dir", tmp_path / "g")
+    assert_one_error_line(proc, "missing.jpg", "no such file")
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("name, key", [("evaluate.py", "model_state"), ("gradcam.py", "crop_size"),
+                                       ("submit.py", "classes")])
+def test_checkpoint_missing_a_key(trained, tmp_path, name, key):
+    out, test_dir, _ = trained
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    del ckpt[key]
+    edited = tmp_path / "edited" / "best.pt"
+    save_checkpoint(ckpt, edited)
+    extra = {"evaluate.py": ["--out-dir", tmp_path / "e"], "gradcam.py": ["--out-dir", tmp_path / "e"],
+             "submit.py": ["--test-dir", test_dir, "--no-upload", "--out-dir", tmp_path / "e"]}[name]
+    proc = script(ROOT / name, "--ckpt", edited, *extra)
+    assert_one_error_line(proc, str(edited), key)
+    assert not (tmp_path / "e").exists()
 
 
 # Uploads: the real kaggle client, in a subprocess whose environment routes it to a stand-in on loopback.

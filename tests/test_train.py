@@ -13,6 +13,7 @@ import part1_scratch_cnn as part1
 from common.data import BatchLoader, eval_transform, prepare_data
 from common.engine import predict
 from common.models import model_from_checkpoint
+from common import runs
 from common.runs import CheckpointError, load_checkpoint
 from conftest import ROOT, tiny_args
 
@@ -65,36 +66,88 @@ def test_checkpoint_rebuilds_model_with_identical_predictions(dataset, tmp_path)
     assert (a.argmax(1) == labels).float().mean().item() == pytest.approx(metrics["test_acc"])
 
 
-def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path, monkeypatch):
-    argv = tiny_args(dataset, tmp_path / "a", *FAST)
-    run_part1(argv)
-    straight = load_checkpoint(only_run(tmp_path / "a") / "last.pt")
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (not even `except Exception` handlers)."""
 
-    class Killed(Exception):
-        pass
 
-    real_save = part1.fit.__globals__["save_checkpoint"]
+def kill_after(monkeypatch, name: str, epoch: int) -> None:
+    """Die right after the checkpoint file `name` of 0-based `epoch` is written (before anything else)."""
+    real_save = runs.save_checkpoint
 
     def save_then_die(obj, path):
         real_save(obj, path)
-        if path.name == "last.pt" and obj["epoch"] == 1:
-            raise Killed  # as if the process died right after epoch 2 was saved
+        if path.name == name and obj["epoch"] == epoch:
+            raise Killed
 
-    monkeypatch.setitem(part1.fit.__globals__, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(runs, "save_checkpoint", save_then_die)
+
+
+def assert_same_run(run: Path, straight: Path) -> None:
+    """Every file an epoch writes matches the uninterrupted run's: last.pt, best.pt and metrics.json."""
+    for name in ("last.pt", "best.pt"):
+        a, b = load_checkpoint(run / name), load_checkpoint(straight / name)
+        assert a["epoch"] == b["epoch"] and a["best_epoch"] == b["best_epoch"], name
+        for key, value in b["model_state"].items():
+            torch.testing.assert_close(a["model_state"][key], value, rtol=1e-4, atol=1e-5)
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (run, straight))
+    for key in ("best_epoch", "best_val_acc", "test_acc", "test_macro_f1", "epochs_run"):
+        assert ma[key] == pytest.approx(mb[key]), key
+    assert [h["val_acc"] for h in ma["history"]] == [h["val_acc"] for h in mb["history"]]
+    assert not list(run.glob("best.pt.next")) and not list(run.glob(".*.tmp"))
+
+
+# FAST's val accuracies improve at epochs 1-3 on this data, so epoch index 2 is an improving epoch.
+@pytest.mark.parametrize("name, epoch, epochs", [
+    ("best.pt.next", 2, "4"),  # the new best is written, last.pt still holds epoch 2: roll back
+    ("last.pt", 2, "4"),       # last.pt committed epoch 3, best.pt not yet moved into place: roll forward
+    ("last.pt", 1, "4"),
+    ("best.pt.next", 0, "1"),  # a one-epoch run killed before anything committed
+    ("last.pt", 0, "1"),       # ... and after its only epoch committed, before best.pt
+])
+def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path, monkeypatch, name, epoch, epochs):
+    fast = [*FAST[:1], epochs, *FAST[2:]]
+    run_part1(tiny_args(dataset, tmp_path / "a", *fast))
+    straight = only_run(tmp_path / "a")
+    kill_after(monkeypatch, name, epoch)
     out = tmp_path / "b"
+    with pytest.raises(Killed):
+        run_part1(tiny_args(dataset, out, *fast))
+    monkeypatch.undo()
+    last = only_run(out) / "last.pt"
+    if not last.exists():  # killed before the first commit: start again, as study.py would
+        run_part1(tiny_args(dataset, out, *fast))
+    else:
+        committed = load_checkpoint(last)["epoch"]
+        assert committed == (epoch if name == "last.pt" else epoch - 1)
+        run_part1(tiny_args(dataset, out, *fast, "--resume", str(last)))
+        metrics = json.loads((only_run(out) / "metrics.json").read_text())
+        assert metrics["resumed_from_epoch"] == committed + 1
+    run = max(p for p in out.iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert_same_run(run, straight)
+    best = json.loads((out / "best.json").read_text())
+    assert best["run_dir"] == str(run) and best["val_acc"] == json.loads((run / "metrics.json").read_text())["best_val_acc"]
+    assert (out / "best.pt").read_bytes() == (run / "best.pt").read_bytes()
+
+
+def test_kill_before_global_best_is_healed_by_the_next_start(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "runs"
+    import common.engine as engine
+    calls = []
+
+    def die_on_second_call(*a, **k):  # the first call is the start's healing pass, the second the run's own
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+    monkeypatch.setattr(engine, "update_global_best", die_on_second_call)
     with pytest.raises(Killed):
         run_part1(tiny_args(dataset, out, *FAST))
     monkeypatch.undo()
-    last = only_run(out) / "last.pt"
-    assert load_checkpoint(last)["epoch"] == 1
-    run_part1(tiny_args(dataset, out, *FAST, "--resume", str(last)))
-    resumed = load_checkpoint(last)
-    assert resumed["epoch"] == 3 and len(resumed["history"]) == 4
-    for key, value in straight["model_state"].items():
-        torch.testing.assert_close(resumed["model_state"][key], value, rtol=1e-4, atol=1e-5)
-    assert [h["val_acc"] for h in resumed["history"]] == [h["val_acc"] for h in straight["history"]]
-    metrics = json.loads((only_run(out) / "metrics.json").read_text())
-    assert metrics["resumed_from_epoch"] == 2 and len(metrics["history"]) == 4
+    finished = only_run(out)
+    assert (finished / "metrics.json").exists() and not (out / "best.pt").exists()
+    with pytest.raises(CheckpointError, match="finished"):
+        run_part1(tiny_args(dataset, out, *FAST, "--resume", str(finished / "last.pt")))
+    run_part1(tiny_args(dataset, out, "--epochs", "1", "--lr", "1e-6", "--warmup-epochs", "0"))
+    assert (out / "best.pt").read_bytes() == (finished / "best.pt").read_bytes()
 
 
 def test_sweep_writes_table_and_marks_best(dataset, tmp_path):
@@ -111,7 +164,9 @@ def test_sweep_writes_table_and_marks_best(dataset, tmp_path):
 
 
 def test_resume_refuses_checkpoint_from_another_model(dataset, tmp_path):
-    fake = tmp_path / "other.pt"
+    fake = tmp_path / "runs" / "20260101-000000-resnet18-fc" / "last.pt"
+    fake.parent.mkdir(parents=True)
+    (fake.parent / "config.json").write_text("{}")
     torch.save({"format": "animals10-ckpt/1", "arch": "resnet18", "mode": "fc"}, fake)
     with pytest.raises(CheckpointError, match="resnet18/fc run"):
         run_part1(tiny_args(dataset, tmp_path / "runs", "--epochs", "1", "--resume", str(fake)))
