@@ -4,6 +4,7 @@ Examples:
     python evaluate.py --ckpt runs/best.pt                    # the best model so far, on the saved test split
     python evaluate.py --ckpt runs/<run>/best.pt --data-dir holdout/   # any folder of <class>/ images
     python evaluate.py --compare runs/                        # one table and two plots over every run
+                                                              # (+ mean ± std of runs that differ only by seed)
     python evaluate.py --ckpt runs/best.pt --corruptions      # + accuracy under 6 corruptions x 5 severities
     python evaluate.py --ckpt runs/best.pt --corruptions --severities 1,3,5 --corruption-seed 1
     python evaluate.py --ckpt runs/best.pt --ood synthetic    # + OOD detection of 500 synthetic textures
@@ -34,7 +35,7 @@ import torch
 from common.data import (IMAGE_EXTENSIONS, BatchLoader, DataError, atomic_write_text, decode_many, display_name,
                          eval_transform, load_folder, load_or_build_cache, load_split, resolve_data_dir)
 from common.engine import predict, resolve_device
-from common.metrics import classification_metrics, collect_runs, comparison_tables
+from common.metrics import classification_metrics, collect_runs, comparison_tables, seed_repeats, seed_tables
 from common.models import model_from_checkpoint
 from common.plots import (plot_comparison, plot_confusion_matrix, plot_corruptions, plot_curves, plot_image_grid,
                           plot_ood_hist)
@@ -252,16 +253,28 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def compare(runs_dir: Path) -> list[dict]:
-    """Write compare.csv, compare.md and two plots over every finished run in runs_dir."""
+    """Write compare.csv, compare.md and two plots over every finished run in runs_dir.
+
+    Runs that differ only by seed (common.metrics.configuration of their config.json) are also shown as one row
+    each, mean ± sample standard deviation, in compare.md and compare_seeds.csv.
+    """
     rows = collect_runs(runs_dir)
     if not rows:
         raise DataError(f"no finished runs (run folders with metrics.json) under {runs_dir}; train a model first")
     csv_text, md = comparison_tables(rows)
+    written = ["compare.csv", "compare.md"]
+    repeats = seed_repeats(runs_dir, rows)
+    if repeats:
+        seed_csv, seed_md = seed_tables(repeats)
+        md += ("\nRuns that differ only by seed (every other entry of config.json is the same), "
+               "mean ± sample standard deviation over the n runs:\n\n" + seed_md)
+        atomic_write_text(runs_dir / "compare_seeds.csv", seed_csv)
+        written.append("compare_seeds.csv")
     atomic_write_text(runs_dir / "compare.csv", csv_text)
     atomic_write_text(runs_dir / "compare.md", md)
     plot_comparison(rows, runs_dir / "compare_val_acc.png", runs_dir / "compare_test_acc_vs_time.png")
     print(md)
-    print(f"wrote compare.csv, compare.md, compare_val_acc.png and compare_test_acc_vs_time.png to {runs_dir}")
+    print(f"wrote {', '.join(written)}, compare_val_acc.png and compare_test_acc_vs_time.png to {runs_dir}")
     return rows
 
 

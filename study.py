@@ -15,25 +15,40 @@ command picks up where it stopped. Each finished run is evaluated on the test sp
 scratch and the best transfer run are also tested under corruptions and against out-of-distribution
 images, and explained with Grad-CAM. The report goes to runs/report/index.html and report.md, with the
 collected figures in runs/report/study.json.
+
+study.py runs from any folder (`python path/to/study.py ...`): the scripts are the repository's own, while
+--plan FILE, --data-dir and --output-dir are read relative to the current folder. Each training runs as a child
+process in its own process group; when study.py is stopped (Ctrl-C, SIGTERM, SIGHUP) or fails, the child's group is
+stopped too, and the same command later resumes the stopped run from its last finished epoch.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torchvision
 
 from common.data import DataError, resolve_data_dir
-from common.plans import PLANS, SCRATCH
+from common.models import WeightsError, load_pretrained
+from common.plans import PLANS, SCRATCH, SCRIPTS, expand_seeds
 from common.report import build_report
 from common.runs import write_json
+
+ROOT = Path(__file__).resolve().parent  # the scripts a plan names live here, whatever the current folder
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
+POSIX = os.name == "posix"  # process groups, signal masks and PR_SET_PDEATHSIG; elsewhere only the child is stopped
+GRACE_SECONDS = 5.0  # a stopped child gets this long to exit on SIGTERM before it is killed
 
 REPORT_NOTES = [
     "The data is the shared Animals-10 subset when run on ../shared: six of its ten classes are mostly photos from "
@@ -57,10 +72,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_plan(name: str) -> dict:
-    """A built-in plan by name, or a plan JSON file; a clear error for anything else."""
+class Stopped(BaseException):
+    """study.py received a stop signal; a BaseException, so no `except Exception` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+def check_scripts(plan: dict, where: str) -> None:
+    """Refuse a plan naming any script but the repository's training scripts (no paths, no other programs)."""
+    allowed = sorted(set(SCRIPTS.values()))
+    for r in plan["runs"]:
+        if r["script"] not in allowed:
+            raise DataError(f"{where}: run {r['name']!r} names script {r['script']!r}; a plan may only run "
+                            f"{', '.join(allowed)} (named without a folder)")
+
+
+def load_plan(name: str, resnet18: bool = True) -> dict:
+    """A built-in plan by name (resnet18=False: the quick plan without ResNet-18), or a plan JSON file."""
     if name in PLANS:
-        return PLANS[name]()
+        plan = PLANS[name](resnet18=resnet18) if name == "quick" else PLANS[name]()
+        check_scripts(plan, f"plan {name}")
+        return plan
     path = Path(name)
     if not path.is_file():
         raise DataError(f"--plan {name!r} is neither {' nor '.join(PLANS)} nor a plan file; pass one of those")
@@ -75,9 +113,57 @@ def load_plan(name: str) -> dict:
                 raise TypeError("'args' must be a list and 'script' a string")
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"plan file {path} is not a valid plan ({type(e).__name__}: {e}); see common/plans.py") from None
+    check_scripts(plan, f"plan file {path}")
+    try:
+        plan["runs"] = expand_seeds(plan["runs"])
+    except DataError as e:
+        raise DataError(f"plan file {path}: {e}") from None
+    names = [r["name"] for r in plan["runs"]]
     if len(set(names)) != len(names):
         raise DataError(f"plan file {path} uses a run name twice; give every run its own name")
     return plan
+
+
+def weights_problem(arch: str, weights: str, timeout: float = 30.0) -> str | None:
+    """None when --weights resolves for arch (a file that fits, torchvision's cache or download, 'none'); else why not.
+
+    A download is tried only when torchvision's cache lacks the file, with a socket timeout, so an offline
+    machine answers in seconds instead of hanging.
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        load_pretrained(getattr(torchvision.models, arch)(), arch, weights)
+    except WeightsError as e:
+        return str(e).split("; ")[0]
+    finally:
+        socket.setdefaulttimeout(previous)
+    return None
+
+
+def resnet_warning(args, plan_name: str) -> str | None:
+    """The report's and log's line when ResNet-18 weights do not resolve, with the way out; None when they do."""
+    problem = weights_problem("resnet18", args.resnet_weights)
+    if problem is None:
+        return None
+    effect = ("the quick plan leaves out its ResNet-18 runs (fc on cached features, blocks34, full)"
+              if plan_name == "quick" else "the plan's ResNet-18 runs fail")
+    return (f"**ResNet-18 is missing from this study**: its weights could not be had ({problem}), so {effect}. "
+            "To include it, pass `--resnet-weights FILE` (a state dict of torchvision's resnet18, e.g. "
+            "resnet18-f37072fd.pth) or run once on a machine that can download torchvision's weights "
+            "(`--resnet-weights imagenet`, the default); `--resnet-weights none` trains it from random "
+            "initialisation.")
+
+
+def plan_and_warnings(args) -> tuple[dict, list[str]]:
+    """Load the plan, probing once whether ResNet-18 weights resolve when the plan has (or may have) ResNet-18 runs."""
+    if args.plan in PLANS:
+        warning = resnet_warning(args, args.plan)
+        return load_plan(args.plan, resnet18=warning is None), [warning] if warning else []
+    plan = load_plan(args.plan)
+    uses = any(r["script"] == SCRIPTS["resnet18"] and "--weights" not in r["args"] for r in plan["runs"])
+    warning = resnet_warning(args, plan["name"]) if uses else None
+    return plan, [warning] if warning else []
 
 
 def run_folder(output_dir: Path, tag: str) -> Path | None:
@@ -91,7 +177,7 @@ def run_folder(output_dir: Path, tag: str) -> Path | None:
 
 def train_command(run: dict, plan: dict, args) -> list[str]:
     """The run's command line: the plan's arguments plus data, output, tag, weights and device."""
-    cmd = [sys.executable, run["script"], *run["args"], "--output-dir", args.output_dir,
+    cmd = [sys.executable, str(ROOT / run["script"]), *run["args"], "--output-dir", args.output_dir,
            "--tag", f"{plan['name']}-{run['name']}", "--device", args.device]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
@@ -100,19 +186,67 @@ def train_command(run: dict, plan: dict, args) -> list[str]:
     return cmd
 
 
+def shown(cmd: list[str]) -> str:
+    """A command as a person would type it: `python`, and the script relative to the current folder when inside it."""
+    script = os.path.relpath(cmd[1]) if os.path.isabs(cmd[1]) else cmd[1]
+    return shlex.join(["python", script if not script.startswith("..") else cmd[1], *cmd[2:]])
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: get SIGTERM when study.py dies, even by SIGKILL (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # study.py died before prctl took effect
+            os._exit(1)
+
+
+def stop(proc: subprocess.Popen, grace: float = GRACE_SECONDS) -> None:
+    """Stop a child still running and everything in its process group: SIGTERM, then SIGKILL after grace seconds."""
+    if proc.poll() is not None:
+        return
+    # a second Ctrl-C must not cut this short and leave the child running
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS) if POSIX else None
+    try:
+        for sig, wait in ((signal.SIGTERM, grace), (getattr(signal, "SIGKILL", signal.SIGTERM), None)):
+            try:
+                if POSIX:
+                    os.killpg(proc.pid, sig)
+                else:  # Windows: TerminateProcess, already a hard stop
+                    proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        if POSIX:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def execute(cmd: list[str], log_path: Path) -> tuple[int, str]:
-    """Run a command, echoing its output and keeping it in log_path; (exit code, its error line or last line)."""
+    """Run a command, echoing its output and keeping it in log_path; (exit code, its error line or last line).
+
+    The child runs in its own process group, stopped with it when study.py is stopped or fails.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    print("$ " + shlex.join(cmd[1:] if cmd[0] == sys.executable else cmd), flush=True)
+    print("$ " + (shown(cmd)[len("python "):] if cmd[0] == sys.executable else shlex.join(cmd)), flush=True)
+    parent = os.getpid()
+    group = {"start_new_session": True, "preexec_fn": lambda: _die_with_parent(parent)} if POSIX else {}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        tail = b""
-        for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            log.write(chunk)
-            tail = (tail + chunk)[-4096:]
-        code = proc.wait()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **group)
+        try:
+            tail = b""
+            for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                log.write(chunk)
+                tail = (tail + chunk)[-4096:]
+            code = proc.wait()
+        finally:
+            stop(proc)
+            proc.stdout.close()
     lines = [ln.strip() for ln in tail.decode(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
     return code, (errors or lines or [""])[-1]
@@ -129,7 +263,9 @@ def read_json(path: Path) -> dict | None:
 
 
 def main(args) -> int:
-    plan = load_plan(args.plan)
+    plan, warnings = plan_and_warnings(args)
+    for warning in warnings:
+        print(f"note: {warning.replace('**', '')}", flush=True)
     output_dir = Path(args.output_dir)
     report_dir = output_dir / "report"
     only = set(args.only.split(",")) if args.only else None
@@ -145,8 +281,8 @@ def main(args) -> int:
         folder = run_folder(output_dir, tag)
         cmd = train_command(run, plan, args)
         done = folder is not None and (folder / "metrics.json").is_file()
-        record = {"name": run["name"], "groups": run["groups"], "vars": run["vars"],
-                  "label": run.get("label", run["name"]), "command": shlex.join(["python", *cmd[1:]]),
+        record = {"name": run["name"], "groups": run["groups"], "vars": run["vars"], "repeat": run.get("repeat"),
+                  "label": run.get("label", run["name"]), "command": shown(cmd),
                   "status": "done" if done else "missing", "error": None, "run_dir": str(folder) if folder else None}
         if args.list:
             print(f"[{record['status']:7s}] {run['name']}: {record['command']}")
@@ -177,7 +313,7 @@ def main(args) -> int:
     for r in finished:
         folder = Path(r["run_dir"])
         ckpt = folder / "best.pt"
-        eval_cmd = [sys.executable, "evaluate.py", "--ckpt", str(ckpt), "--device", args.device]
+        eval_cmd = [sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(ckpt), "--device", args.device]
         if r["name"] in explained:
             eval_cmd += ["--corruptions", "--severities", robustness["severities"], "--ood", "synthetic",
                          "--ood-count", str(robustness["ood_count"])]
@@ -191,7 +327,8 @@ def main(args) -> int:
             if code:
                 r["error"] = f"evaluation failed: {message}"
         if r["name"] in explained and stale(folder / "gradcam" / "gradcam_grid.png", ckpt):
-            code, message = execute([sys.executable, "gradcam.py", "--ckpt", str(ckpt), "--device", args.device],
+            code, message = execute([sys.executable, str(ROOT / "gradcam.py"), "--ckpt", str(ckpt),
+                                     "--device", args.device],
                                     report_dir / "logs" / f"{r['name']}-gradcam.log")
             if code:
                 r["error"] = f"Grad-CAM failed: {message}"
@@ -208,6 +345,8 @@ def main(args) -> int:
 
     weights = {w for w in (args.mobilenet_weights, args.resnet_weights) if w not in ("imagenet", "none")}
     notes = [*REPORT_NOTES, *plan.get("notes", [])]
+    if args.resnet_weights == "none" and any(r["script"] == SCRIPTS["resnet18"] for r in plan["runs"]):
+        notes.append("ResNet-18 runs start from random initialisation (--resnet-weights none), not ImageNet weights.")
     if any(Path(w).name.startswith("mobilenet_v2-4972ace1") for w in weights):
         notes.append("The MobileNetV2 ImageNet weights are the offline RECONSTRUCTION in ../shared/weights "
                      "(dequantized from torchvision's quantized model), not torchvision's official float file.")
@@ -219,7 +358,8 @@ def main(args) -> int:
         device += f" ({platform.machine()}, {os.cpu_count()} cores)"
     study = {"plan": plan["name"], "description": plan.get("description", ""),
              "created": time.strftime("%Y-%m-%d %H:%M"), "data_dir": str(resolve_data_dir(args.data_dir)),
-             "device": device, "torch": torch.__version__, "notes": notes, "groups": plan.get("groups", {}),
+             "device": device, "torch": torch.__version__, "warnings": warnings, "notes": notes,
+             "groups": plan.get("groups", {}),
              "runs": records, "wall_seconds_this_invocation": time.time() - started}
     write_json(report_dir / "study.json", study)
     index = build_report(study, report_dir)
@@ -232,7 +372,13 @@ def main(args) -> int:
 
 if __name__ == "__main__":
     args = get_args_parser().parse_args()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stopped)
     try:
         sys.exit(main(args))
     except DataError as e:
         sys.exit(f"error: {e}")
+    except Stopped as e:
+        print(f"\nstudy.py: stopped by {signal.Signals(e.signum).name}; the running command was stopped too. "
+              "Run the same command again to resume.", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)

@@ -79,3 +79,57 @@ def comparison_tables(rows: list[dict]) -> tuple[str, str]:
                  for _, key in COMPARE_COLUMNS]
         md.append("| " + " | ".join(cells) + " |")
     return buf.getvalue(), "\n".join(md) + "\n"
+
+
+# config.json keys that do not change what is trained: the seed, names, paths and the machine. Runs whose configs
+# agree on everything else are repeats of one configuration.
+NOT_CONFIGURATION = ("seed", "tag", "resume", "output_dir", "split_file", "data_dir", "workers", "host", "python",
+                     "torch")
+SEED_STATS = [("best val acc", "best_val_acc"), ("test acc", "test_acc"), ("macro F1", "test_macro_f1"),
+              ("train time (s)", "train_seconds")]
+
+
+def configuration(config: dict) -> str:
+    """A run's configuration as a key: its config.json without the entries of NOT_CONFIGURATION."""
+    return json.dumps({k: v for k, v in config.items() if k not in NOT_CONFIGURATION}, sort_keys=True, default=str)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+
+
+def seed_repeats(runs_dir: Path, rows: list[dict]) -> list[list[dict]]:
+    """Groups of at least two finished runs (rows of collect_runs) that differ only by seed, by their config.json."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        path = runs_dir / r["run"] / "config.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # no readable config: the run cannot be matched, it stays a row of its own
+        groups.setdefault(configuration(config), []).append({**r, "seed": config.get("seed")})
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def seed_tables(groups: list[list[dict]]) -> tuple[str, str]:
+    """(CSV, Markdown) with one row per repeated configuration: n, seeds, and mean ± std of SEED_STATS."""
+    head = ["runs", "model", "mode", "lr", "batch size", "epochs", "n", "seeds"]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(head + [f"{t} {s}" for t, _ in SEED_STATS for s in ("mean", "std")])
+    md = ["| " + " | ".join(head + [t for t, _ in SEED_STATS]) + " |",
+          "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3 + len(SEED_STATS))) + "|"]
+    for g in sorted(groups, key=lambda g: -mean_std([r.get("best_val_acc", 0) for r in g])[0]):
+        g = sorted(g, key=lambda r: (r["seed"] is None, r["seed"]))
+        first = g[0]
+        cells = [" ".join(r["run"] for r in g), first.get("arch", ""), first.get("mode", ""),
+                 f"{first['lr']:g}" if first.get("lr") is not None else "", _fmt(first.get("batch_size")),
+                 _fmt(first.get("epochs_run")), str(len(g)), " ".join(str(r["seed"]) for r in g)]
+        stats = [mean_std([r[key] for r in g]) if all(isinstance(r.get(key), (int, float)) for r in g) else None
+                 for _, key in SEED_STATS]
+        writer.writerow(cells + [v for s in stats for v in (s or ("", ""))])
+        md.append("| " + " | ".join(cells + [f"{_fmt(float(s[0]))} ± {_fmt(float(s[1]))}" if s else ""
+                                             for s in stats]) + " |")
+    return buf.getvalue(), "\n".join(md) + "\n"

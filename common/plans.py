@@ -10,11 +10,19 @@ A plan is a dict (or a JSON file of the same shape, passed as `study.py --plan F
 
 study.py adds --data-dir, --output-dir, --tag <plan>-<name> and, for the part 2 scripts, --weights to every
 run. A run may belong to several groups (the baseline of one experiment is a point of another), so it is
-trained once. Group keys are the ones common/report.py knows how to plot; see GROUPS.
+trained once. Group keys are the ones common/report.py knows how to plot; see GROUPS. "script" must be one of
+SCRIPTS' values (a file of the repository, named without a folder).
+
+A run may carry "seeds": [0, 1, 2]: it stands for one run per seed (expand_seeds), in the same groups, with
+"--seed N" added and the name suffixed "-sN"; seed 0 keeps the plain name and arguments, so a plan that gains
+seeds still finds the runs it trained before. Every copy records "repeat" (the plain name) and vars["seed"], so
+the report shows the copies as one configuration, mean ± std.
 """
 from __future__ import annotations
 
 import itertools
+
+from common.data import DataError
 
 SCRATCH = "part1_scratch_cnn.py"
 SCRIPTS = {"scratch_cnn": SCRATCH, "mobilenet_v2": "part2_mobilenet.py", "resnet18": "part2_resnet18.py"}
@@ -73,15 +81,42 @@ def _merge(runs: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
+def expand_seeds(runs: list[dict]) -> list[dict]:
+    """One run per entry of a run's "seeds" (seed 0 keeps the plain name and arguments); a DataError for bad seeds."""
+    out = []
+    for r in runs:
+        seeds = r.get("seeds")
+        if seeds is None:
+            out.append(r)
+            continue
+        if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            raise DataError(f"run {r.get('name')!r}: \"seeds\" must be a list of distinct integers >= 0, "
+                            f"not {seeds!r}; e.g. \"seeds\": [0, 1, 2]")
+        if "--seed" in r.get("args", []):
+            raise DataError(f"run {r.get('name')!r} has both \"seeds\" and --seed in its args; keep one of them")
+        base = {k: v for k, v in r.items() if k != "seeds"}
+        for s in seeds:
+            out.append({**base, "name": base["name"] + (f"-s{s}" if s else ""), "repeat": base["name"],
+                        "label": base.get("label", base["name"]) + (f", seed {s}" if s else ""),
+                        "args": [*base.get("args", []), *(["--seed", str(s)] if s else [])],
+                        "groups": list(base.get("groups", [])), "vars": {**base.get("vars", {}), "seed": s}})
+    return out
+
+
 def make_plan(name: str, description: str, *, data: list[str], scratch: list[str], scratch_lrs: list[float], batch_sizes: list[int],
               base_lr: float, base_bs: int, strategies: dict[str, list[str]], strategy_args: list[str],
               lr_model: str, lr_strategy: str, lr_args: list[str], transfer_lrs: list[float], base_transfer_lr: float,
               fractions: list[float], imbalance_ratio: float, severities: str, ood_count: int,
-              notes: list[str] = ()) -> dict:
+              notes: list[str] = (), strategy_extra: dict[tuple[str, str], list[str]] | None = None,
+              seeds: dict[str, list[int]] | None = None) -> dict:
     """Expand the experiments of the assignment into one list of runs sharing their common points.
 
     `data` goes to every run (split options: the first run draws runs/split.json, the others reuse it).
+    `strategy_extra` adds arguments to one (model, strategy) run; `seeds` repeats the scratch baseline
+    ("scratch") and the transfer baseline ("transfer") over those seeds.
     """
+    strategy_extra, seeds = strategy_extra or {}, seeds or {}
     runs = []
     for lr, bs in itertools.product(scratch_lrs, batch_sizes):
         runs.append(_run(f"scratch-lr{lr:g}-bs{bs}", "scratch_cnn", [*scratch, "--lr", lr, "--batch-size", bs],
@@ -89,12 +124,15 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     base = [*scratch, "--lr", base_lr, "--batch-size", base_bs]
     runs.append(_run(f"scratch-lr{base_lr:g}-bs{base_bs}", "scratch_cnn", base, ["regularization", "fractions"],
                      f"lr {base_lr:g}, batch {base_bs}", option="baseline", fraction=1.0, lr=base_lr, batch_size=base_bs))
+    baselines = {"scratch": runs[-1]}
     for option, extra in REGULARIZATION_ARGS.items():
         runs.append(_run(f"scratch-{option}", "scratch_cnn", [*base, *extra], ["regularization"],
                          option.replace("_", " "), option=option))
     for model, names in strategies.items():
         for s in names:
-            runs.append(_run(f"{model}-{s}", model, [*STRATEGY_ARGS[s], *strategy_args], ["strategies"], s, strategy=s))
+            more = strategy_extra.get((model, s), [])
+            runs.append(_run(f"{model}-{s}", model, [*STRATEGY_ARGS[s], *more, *strategy_args], ["strategies"],
+                             s + (", cached features" if "--cache-features" in more else ""), strategy=s))
     lr_base = [*STRATEGY_ARGS[lr_strategy], *lr_args]
     for lr in transfer_lrs:
         runs.append(_run(f"{lr_model}-{lr_strategy}-lr{lr:g}", lr_model, [*lr_base, "--lr", lr], ["transfer_lr"],
@@ -103,6 +141,7 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     runs.append(_run(f"{lr_model}-{lr_strategy}-lr{base_transfer_lr:g}", lr_model, transfer_base,
                      ["fractions", "imbalance"], f"{lr_strategy}, lr {base_transfer_lr:g}", strategy=lr_strategy, lr=base_transfer_lr, fraction=1.0, ratio=1,
                      remedy="none"))
+    baselines["transfer"] = runs[-1]
     for f in fractions:
         if f < 1:
             runs.append(_run(f"scratch-fraction{f:g}", "scratch_cnn", [*base, "--fraction", f], ["fractions"],
@@ -117,6 +156,10 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     for r in runs:
         r["args"] = [*data, *r["args"]]
     runs = _merge(runs)
+    by_key = {(r["script"], tuple(r["args"])): r for r in runs}
+    for key, run_seeds in seeds.items():  # the merged entry: a baseline is often also a point of another group
+        by_key[(baselines[key]["script"], tuple(baselines[key]["args"]))]["seeds"] = list(run_seeds)
+    runs = expand_seeds(runs)
     used = {g for r in runs for g in r["groups"]}
     return {"name": name, "description": description, "robustness": {"severities": severities, "ood_count": ood_count},
             "notes": list(notes), "groups": {k: v for k, v in GROUPS.items() if k in used}, "runs": runs}
@@ -129,23 +172,32 @@ SPLIT_NOTE = ("The split is 300/75/75 images per class drawn without de-duplicat
               "images (eda.py finds 59 within-class groups in the shared subset) can fall on both sides of the split.")
 
 
-def quick() -> dict:
-    """Minutes on a 2-core CPU: few epochs, 112 px crops for trained backbones, 224 px cached features for the head."""
+def quick(resnet18: bool = True) -> dict:
+    """Minutes on a 2-core CPU: few epochs, 112 px crops for trained backbones, 224 px cached features for the head.
+
+    resnet18=False leaves out the ResNet-18 strategies (fc on cached features, blocks34, full), for a machine
+    that has no ResNet-18 weights; study.py then says so at the top of the report.
+    """
     small = ["--img-size", "128", "--crop-size", "112"]
+    strategies = {"mobilenet_v2": ["fc", "bn", "gradual", "full", "discriminative"]}
+    if resnet18:
+        strategies["resnet18"] = ["fc", "blocks34", "full"]
     return make_plan(
         "quick",
-        "A smoke run of the whole study for a CPU: the scratch CNN and the fine-tuning strategies train for 5 and "
+        "A smoke run of the whole study for a CPU: the scratch CNN and the fine-tuning strategies "
+        f"({' and '.join(MODEL_NAMES[m] for m in strategies)}) train for 5 and "
         "3 epochs on 112x112 crops of 128x128 images; the learning-rate, data-fraction and imbalance experiments "
-        "train a MobileNetV2 head for 15 epochs on cached 224x224 ImageNet features. Read the numbers for their "
-        "ranking, not their level: every model here is far from converged.",
+        "train a MobileNetV2 head for 15 epochs on cached 224x224 ImageNet features, its baseline repeated over "
+        "3 seeds. Read the numbers for their ranking, not their level: every model here is far from converged.",
         data=SPLIT, scratch=[*small, "--epochs", "5"],
-        notes=[SPLIT_NOTE, "The cached-feature runs share one feature extraction, paid (and counted in train time) "
-                           "by whichever of them ran first; the others' train time leaves it out."], scratch_lrs=[3e-3, 1e-3, 3e-4], batch_sizes=[32, 64], base_lr=1e-3,
-        base_bs=32, strategies={"mobilenet_v2": ["fc", "bn", "gradual", "full", "discriminative"]},
+        notes=[SPLIT_NOTE, "The cached-feature runs of one network and size share one feature extraction, paid (and "
+                           "counted in train time) by whichever of them ran first; the others' train time leaves it "
+                           "out."], scratch_lrs=[3e-3, 1e-3, 3e-4], batch_sizes=[32, 64], base_lr=1e-3,
+        base_bs=32, strategies=strategies, strategy_extra={("resnet18", "fc"): ["--cache-features"]},
         strategy_args=[*small, "--epochs", "3", "--unfreeze-every", "1"],
         lr_model="mobilenet_v2", lr_strategy="fc", lr_args=["--cache-features", "--epochs", "15"],
         transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
-        severities="1,3,5", ood_count=300)
+        severities="1,3,5", ood_count=300, seeds={"transfer": [0, 1, 2]})
 
 
 def full() -> dict:
@@ -155,14 +207,14 @@ def full() -> dict:
         "The complete study at the assignment's resolution (224x224 crops of 256x256 images): a 3x3 learning-rate x "
         "batch-size grid for the scratch CNN (40 epochs), every fine-tuning strategy for ResNet-18 and MobileNetV2 "
         "(15 epochs), a learning-rate study of fully fine-tuned ResNet-18, data fractions, regularization and "
-        "class imbalance.",
+        "class imbalance; the scratch and the ResNet-18 baselines are repeated over 3 seeds.",
         data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "40"], scratch_lrs=[1e-2, 1e-3, 1e-4], batch_sizes=[16, 32, 64], base_lr=1e-3,
         base_bs=32, strategies={"resnet18": ["fc", "bn", "blocks34", "gradual", "full", "discriminative"],
                                 "mobilenet_v2": ["fc", "bn", "gradual", "full", "discriminative"]},
         strategy_args=["--epochs", "15"],
         lr_model="resnet18", lr_strategy="full", lr_args=["--epochs", "15"],
         transfer_lrs=[3e-5, 1e-4, 3e-4], base_transfer_lr=1e-4, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
-        severities="1,2,3,4,5", ood_count=1000)
+        severities="1,2,3,4,5", ood_count=1000, seeds={"scratch": [0, 1, 2], "transfer": [0, 1, 2]})
 
 
 PLANS = {"quick": quick, "full": full}

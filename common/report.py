@@ -2,6 +2,11 @@
 
 build_report(study, out_dir) writes out_dir/index.html, out_dir/report.md and every figure under out_dir/img/,
 so the folder can be zipped and handed in alone. Every number comes from the study dict.
+
+Runs that repeat one configuration over seeds (the same "repeat" key, see common/plans.py) are shown as one
+configuration: every number is the mean of the finished repeats (a Stat, which also carries the sample standard
+deviation and the count), accuracies are written "mean ± std", and a comparison with such a configuration says
+whether the difference is within two standard errors of the difference (SPREAD_RULE).
 """
 from __future__ import annotations
 
@@ -21,6 +26,10 @@ from common.plots import save_figure  # noqa: E402
 
 NOISE = 0.01  # ~1 pp: on a 750-image test set that is 7-8 images, inside run-to-run variation
 DASH = "–"
+SPREAD_RULE = ("A difference involving a repeated configuration counts as within the seed spread when it is smaller "
+               "than two standard errors of the difference, 2·√(s₁²/n₁ + s₂²/n₂), with s the sample standard "
+               "deviation over a configuration's n seeds; a configuration run once is taken to vary as much as the "
+               "repeated one.")
 MODEL_NAMES = {"scratch_cnn": "scratch CNN", "resnet18": "ResNet-18", "mobilenet_v2": "MobileNetV2"}
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;background:#f6f7f9;margin:0}
@@ -30,6 +39,7 @@ h3{margin-top:1.6em}h4,h5,h6{margin:1.2em 0 .4em}.meta{color:#59636e;margin-top:
 .box{border-radius:8px;padding:10px 18px;margin:16px 0;border:1px solid}.box h2{margin-top:.3em;border:0}
 .notes{background:#fff8e6;border-color:#f0c36d}.summary{background:#eef5ff;border-color:#9cc3f5}
 .failed{background:#fdeeee;border-color:#eaa0a0}.box-title{font-weight:600;margin:.3em 0}
+.warn{background:#fde2e1;border-color:#d9534f;border-width:2px}
 .toc{background:#f6f7f9;border-radius:8px;padding:8px 18px;columns:2;margin:16px 0}.toc ol{margin:.3em 0}
 .scroll{overflow-x:auto;margin:10px 0}table{border-collapse:collapse;font-size:13px}
 th,td{padding:4px 7px;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top}
@@ -53,8 +63,58 @@ def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+class Stat(float):
+    """The mean of a figure over seed repeats; a float everywhere, with .std (sample, ddof 1) and .n besides."""
+
+    std: float
+    n: int
+
+    def __new__(cls, values: list[float]) -> "Stat":
+        mean = sum(values) / len(values)
+        obj = super().__new__(cls, mean)
+        obj.n = len(values)
+        obj.std = math.sqrt(sum((v - mean) ** 2 for v in values) / (obj.n - 1)) if obj.n > 1 else 0.0
+        return obj
+
+
+def _combine(values: list):
+    """One value for several repeats: numbers a Stat (equal non-floats stay), dicts key by key, the rest the first."""
+    first = values[0]
+    if len(values) == 1:
+        return first
+    if all(isinstance(v, dict) for v in values):
+        return {k: _combine([v[k] for v in values if k in v]) for k in first}
+    if all(_num(v) for v in values) and (any(isinstance(v, float) for v in values) or len(set(values)) > 1):
+        return Stat(values)
+    return first
+
+
+def _collapse_repeats(runs: list[dict]) -> list[dict]:
+    """Finished runs with one entry per configuration: seed repeats (same "repeat" key) merged into their means."""
+    by_key: dict[str, list[dict]] = {}
+    for r in runs:
+        by_key.setdefault(r.get("repeat") or r["name"], []).append(r)
+    out = []
+    for key, members in by_key.items():
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        # robustness results and files come from the repeat that has them (the runner explains one run)
+        rep = max(members, key=lambda r: (bool(r.get("corruptions")), len(r.get("files") or {})))
+        seeds = sorted(r["vars"].get("seed", 0) for r in members)
+        out.append({**rep, "name": key, "seeds": seeds,
+                    "label": re.sub(r", seed \d+$", "", members[0]["label"]) + f" ({len(members)} seeds)",
+                    "vars": {k: v for k, v in members[0]["vars"].items() if k != "seed"},
+                    "metrics": _combine([r["metrics"] for r in members]),
+                    "eval": _combine([r["eval"] for r in members]) if all(r.get("eval") for r in members)
+                    else rep.get("eval")})
+    return out
+
+
 def f_acc(x) -> str:
-    """Accuracy-like fraction, 4 decimals."""
+    """Accuracy-like fraction, 4 decimals; a mean over seeds as mean ± std."""
+    if isinstance(x, Stat) and x.n > 1 and math.isfinite(x):
+        return f"{x:.4f} ± {x.std:.4f}"
     return f"{x:.4f}" if _num(x) else DASH
 
 
@@ -475,17 +535,39 @@ class _Report:
         # copies with a label and vars always present, so the sections need not check
         runs = [{**r, "label": r.get("label") or r.get("name", "?"), "vars": r.get("vars") or {}}
                 for r in study.get("runs") or []]
-        self.done = sorted((r for r in runs if r.get("status") == "done" and r.get("metrics")), key=_val, reverse=True)
+        self.done = sorted(_collapse_repeats([r for r in runs if r.get("status") == "done" and r.get("metrics")]),
+                           key=_val, reverse=True)
+        self.repeated = any(r.get("seeds") for r in self.done)
         self.failed = [r for r in runs if not (r.get("status") == "done" and r.get("metrics"))]
         self.numbers = {r["name"]: i for i, r in enumerate(self.done, 1)}
         self.n_test = next((r["eval"]["n"] for r in self.done if _num((r.get("eval") or {}).get("n"))), None)
         # 1 pp, or 3 test images where the test set is small enough for that to be more
         self.noise = max(NOISE, 3 / self.n_test) if self.n_test else NOISE
 
-    def noisy(self, d, signed: bool = True) -> str:
-        """Difference in pp, flagged when it is within noise."""
+    @staticmethod
+    def two_se(a, b) -> float | None:
+        """Two standard errors of a - b when either is a mean over seeds (SPREAD_RULE); None when neither is."""
+        sd = {i: x.std for i, x in enumerate((a, b)) if isinstance(x, Stat) and x.n > 1}
+        if not sd:
+            return None
+        n = [x.n if isinstance(x, Stat) else 1 for x in (a, b)]
+        s = [sd.get(i, next(iter(sd.values()))) for i in (0, 1)]  # a single run: the repeated one's std
+        return 2 * math.sqrt(s[0] ** 2 / n[0] + s[1] ** 2 / n[1])
+
+    def within(self, d, a=None, b=None) -> str | None:
+        """'within seed spread' or 'within noise' for the difference d = a - b, or None when it is beyond both."""
+        if not _num(d):
+            return None
+        se2 = self.two_se(a, b)
+        if se2 is not None and abs(d) < se2:
+            return f"within seed spread, 2 SE {se2 * 100:.1f} pp"
+        return "within noise" if abs(d) < self.noise else None
+
+    def noisy(self, d, signed: bool = True, a=None, b=None) -> str:
+        """Difference in pp, flagged when it is within the seed spread of a and b or within noise."""
         text = f_pp(d) if signed or not _num(d) else f"{abs(d) * 100:.1f} pp"
-        return text + (" (within noise)" if _num(d) and abs(d) < self.noise else "")
+        flag = self.within(d, a, b)
+        return text + (f" ({flag})" if flag else "")
 
     def group(self, key: str) -> list[dict]:
         """Finished runs of one group, best validation accuracy first."""
@@ -495,7 +577,7 @@ class _Report:
         """'at 30 epochs on cpu': the epochs and devices behind a figure."""
         eps = sorted({_m(r, "epochs_run") for r in runs if _num(_m(r, "epochs_run"))})
         devs = sorted({str(_m(r, "device") or self.study.get("device") or "?") for r in runs})
-        ep = f"{eps[0]}" if len(eps) == 1 else f"{eps[0]}–{eps[-1]}" if eps else "?"
+        ep = f_g(eps[0]) if len(eps) == 1 else f"{f_g(eps[0])}–{f_g(eps[-1])}" if eps else "?"
         return f"at {ep} epoch{'' if ep == '1' else 's'} on {', '.join(devs)}"
 
     @staticmethod
@@ -536,6 +618,8 @@ class _Report:
         d.heading(1, title)
         d.para(" · ".join(f"{k} {s[k]}" for k in ("created", "device", "torch") if s.get(k))
                + (f" · data `{s['data_dir']}`" if s.get("data_dir") else ""))
+        if s.get("warnings"):
+            d.box("warn", "Missing from this study", list(s["warnings"]))
         if s.get("description"):
             d.para(s["description"])
         if s.get("notes"):
@@ -567,7 +651,10 @@ class _Report:
         n = self.n_test
         items = [(f"Test set: {n} images, so one image is {100 / n:.2f} pp; " if n else "")
                  + f"differences under about {self.noise * 100:.1f} pp are within noise. "
-                 "Every figure is from one run (one seed)."]
+                 + ("Configurations repeated over seeds (marked “n seeds”) show the mean over their runs and "
+                    "accuracies as mean ± sample standard deviation; every other figure is from one run. "
+                    + SPREAD_RULE
+                    if self.repeated else "Every figure is from one run (one seed).")]
         best = done[0]
         scratch = [r for r in done if _arch(r) == "scratch_cnn"]
         line = (f"**Best model: {best['label']}** ({_model(best)} {_mode(best)}, {self.setting([best])}): best val acc "
@@ -575,9 +662,9 @@ class _Report:
                 f"macro F1 {f_acc(_f1(best))}.")
         if scratch and scratch[0] is not best:
             sc = scratch[0]
+            a, b = _m(sc, "test_acc"), _m(best, "test_acc")
             line += (f" It starts from {_init(best)}; the best from-scratch run ({sc['label']}, {self.setting([sc])}) "
-                     f"reaches test acc {f_acc(_m(sc, 'test_acc'))}, "
-                     f"{self.noisy(_delta(_m(sc, 'test_acc'), _m(best, 'test_acc')))} against the best model.")
+                     f"reaches test acc {f_acc(a)}, {self.noisy(_delta(a, b), a=a, b=b)} against the best model.")
         elif scratch:
             line += " It is a from-scratch CNN: no transfer run beat it on validation accuracy in this study."
         items.append(line)
@@ -601,7 +688,8 @@ class _Report:
             parts = "; ".join(f"{_mode(r)} ({f_int(_m(r, 'trainable_params'))} trainable) test "
                               f"{f_acc(_m(r, 'test_acc'))} in {f_time(_time(r))}" for r in rs)
             ratio = _time(top) / _time(first) if _num(_time(top)) and _num(_time(first)) and _time(first) > 0 else None
-            gain = self.noisy(_delta(_m(top, "test_acc"), _m(first, "test_acc")))
+            gain = self.noisy(_delta(_m(top, "test_acc"), _m(first, "test_acc")), a=_m(top, "test_acc"),
+                              b=_m(first, "test_acc"))
             verdict = (f"training the fewest parameters ({_mode(first)}) is best on validation" if top is first else
                        f"{_mode(top)} is best on validation, {gain} test vs {_mode(first)}"
                        + (f" at {ratio:.1f}× its training time" if ratio else ""))
@@ -627,7 +715,7 @@ class _Report:
                 out.append(f"**Learning rate** ({name}, {self.setting(sub)}): best {desc(hi)} "
                            f"(val {f_acc(_m(hi, 'best_val_acc'))}, test {f_acc(_m(hi, 'test_acc'))}), worst {desc(lo)} "
                            f"(val {f_acc(_m(lo, 'best_val_acc'))}); "
-                           f"spread {self.noisy(_delta(_val(hi), _val(lo)), signed=False)} "
+                           f"spread {self.noisy(_delta(_val(hi), _val(lo)), signed=False, a=_val(hi), b=_val(lo))} "
                            "in best val acc.")
         return out
 
@@ -651,13 +739,15 @@ class _Report:
         base = next((r for r in reg if r["vars"].get("option") == "baseline"), None)
         if not base:
             return []
-        verdicts: dict[str, list[str]] = {"helped": [], "within noise": [], "hurt": []}
+        verdicts: dict[str, list[str]] = {"helped": [], "within seed spread": [], "within noise": [], "hurt": []}
         for r in reg:
             if r is base:
                 continue
             dt, dv = _delta(_m(r, "test_acc"), _m(base, "test_acc")), _delta(_val(r), _val(base))
-            key = "within noise" if not _num(dt) or abs(dt) < self.noise else "helped" if dt > 0 else "hurt"
-            verdicts[key].append(f"{r['vars'].get('option')} ({f_pp(dt)} test, {f_pp(dv)} val)")
+            flag = self.within(dt, _m(r, "test_acc"), _m(base, "test_acc")) if _num(dt) else "within noise"
+            key = flag.split(",")[0] if flag else "helped" if dt > 0 else "hurt"
+            verdicts[key].append(f"{r['vars'].get('option')} ({f_pp(dt)} test, {f_pp(dv)} val"
+                                 + (f"; {flag.split(', ', 1)[1]}" if key == "within seed spread" else "") + ")")
         return [f"**Regularization** (vs baseline test {f_acc(_m(base, 'test_acc'))}, {self.setting(reg)}): "
                 + "; ".join(f"{k}: {', '.join(v)}" for k, v in verdicts.items() if v) + "."]
 
@@ -777,6 +867,9 @@ class _Report:
             ("train time", f_time, "min")]
         rows = [[r["vars"].get(v) for v in names] + [_m(r, "best_val_acc"), _m(r, "test_acc"), _f1(r), _time(r)]
                 for r in runs]
+        if any(r.get("seeds") for r in runs):  # n of the mean ± std; 1 for a configuration run once
+            cols.insert(len(names), ("seeds", f_int, None))
+            rows = [row[:len(names)] + [len(r.get("seeds") or [0])] + row[len(names):] for row, r in zip(rows, runs)]
         if key == "strategies":
             cols.append(("trainable params", f_int, None))
             rows = [row + [_m(r, "trainable_params")] for row, r in zip(rows, runs)]
@@ -913,8 +1006,10 @@ class _Report:
         for r, why in picks.values():
             d.heading(3, r["label"])
             d.para(f"{why[0].upper() + why[1:]}: {_model(r)} {_mode(r)}, {_init(r)}, {self.setting([r])}; best val acc "
-                   f"{f_acc(_m(r, 'best_val_acc'))} at epoch {_m(r, 'best_epoch') or '?'}, test acc "
-                   f"{f_acc(_m(r, 'test_acc'))}, macro F1 {f_acc(_f1(r))}. Run folder `{r.get('run_dir') or '?'}`.")
+                   f"{f_acc(_m(r, 'best_val_acc'))} at epoch {f_g(_m(r, 'best_epoch') or '?')}, test acc "
+                   f"{f_acc(_m(r, 'test_acc'))}, macro F1 {f_acc(_f1(r))}"
+                   + (f" (means over seeds {', '.join(map(str, r['seeds']))}; the figures below are of one of them)"
+                      if r.get("seeds") else "") + f". Run folder `{r.get('run_dir') or '?'}`.")
             rec = r.get("eval") and (r["eval"].get("per_class") or {})
             if rec:
                 names = list(_recalls(r)) or [k for k in rec if k not in ("accuracy", "macro avg", "weighted avg")]

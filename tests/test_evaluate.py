@@ -1,10 +1,14 @@
 """evaluate.py: metrics, output files, comparison table, and refusals."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
+import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -119,3 +123,47 @@ def test_truncated_real_checkpoint(trained, tmp_path):
     with pytest.raises(evaluate.CheckpointError, match="truncated"):
         evaluate.load_checkpoint(cut)
     shutil.rmtree(tmp_path)
+
+
+def fake_run(runs: Path, name: str, seed: int, val: float, test: float, **config) -> None:
+    """A finished run folder as fit() leaves it: metrics.json and config.json (no training)."""
+    folder = runs / name
+    folder.mkdir(parents=True)
+    metrics = {"arch": "mobilenet_v2", "mode": "fc", "lr": config.get("lr", 1e-3), "batch_size": 32, "epochs_run": 15,
+               "best_val_acc": val, "test_acc": test, "test_macro_f1": test - 0.01, "train_seconds": 10.0 + seed,
+               "history": [{"epoch": 1, "val_acc": val}]}
+    cfg = {"arch": "mobilenet_v2", "mode": "fc", "lr": 1e-3, "epochs": 15, "seed": seed, "tag": name,
+           "resume": None, "output_dir": str(runs), "data_dir": f"/data/{seed}", "workers": seed + 1,
+           "host": f"host{seed}", "split_fingerprint": "abc", **config}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_compare_groups_runs_that_differ_only_by_seed(tmp_path):
+    runs = tmp_path / "runs"
+    vals, tests = [0.98, 0.97, 0.975], [0.965, 0.955, 0.962]
+    for seed, (val, test) in enumerate(zip(vals, tests)):
+        fake_run(runs, f"r-fc-s{seed}", seed, val, test)
+    fake_run(runs, "r-fc-lr3e-3", 0, 0.99, 0.97, lr=3e-3)  # another lr: a configuration of its own
+    fake_run(runs, "r-fc-mixup", 1, 0.96, 0.95, mixup=0.2)  # an extra argument: also its own
+    rows = evaluate.compare(runs)
+    assert len(rows) == 5 and len((runs / "compare.csv").read_text().strip().splitlines()) == 6  # still one per run
+    seeds_csv = list(csv.DictReader(io.StringIO((runs / "compare_seeds.csv").read_text())))
+    assert len(seeds_csv) == 1
+    row = seeds_csv[0]
+    assert row["runs"] == "r-fc-s0 r-fc-s1 r-fc-s2" and row["n"] == "3" and row["seeds"] == "0 1 2"
+    assert float(row["test acc mean"]) == pytest.approx(statistics.mean(tests))
+    assert float(row["test acc std"]) == pytest.approx(statistics.stdev(tests))
+    assert float(row["best val acc std"]) == pytest.approx(statistics.stdev(vals))
+    md = (runs / "compare.md").read_text()
+    assert f"{statistics.mean(tests):.4f} ± {statistics.stdev(tests):.4f}" in md
+    assert "differ only by seed" in md and "r-fc-lr3e-3" not in md.split("differ only by seed")[1]
+
+
+def test_compare_without_configs_or_repeats_has_no_seed_table(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "a", 0, 0.9, 0.9)
+    fake_run(runs, "b", 1, 0.8, 0.8)
+    (runs / "b" / "config.json").unlink()  # an old run folder: never grouped, still compared
+    evaluate.compare(runs)
+    assert not (runs / "compare_seeds.csv").exists() and "seed" not in (runs / "compare.md").read_text()

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
+import statistics
 from pathlib import Path
 
 import cv2
@@ -254,3 +256,60 @@ def test_markdown_and_number_formatting():
     assert "<p>para &lt;i&gt;</p>" in out
     assert (f_time(45), f_time(600), f_time(3.1), f_int(1234567), f_int(None)) == (
         "45.0 s", "10.0 min", "3.10 s", "1,234,567", "–")
+
+
+def with_seeds(study: dict, tmp: Path) -> dict:
+    """The study with the MobileNetV2 fc baseline repeated over seeds 0, 1, 2 (as study.py records them)."""
+    seeded = copy.deepcopy(study)
+    base = seeded["runs"][3]
+    base.update(repeat="mnv2-fc", vars={**base["vars"], "seed": 0})
+    for seed, val, test in ((1, 0.9770, 0.9640), (2, 0.9790, 0.9700)):
+        r = run(tmp, f"mnv2-fc-s{seed}", base["groups"], {**base["vars"], "seed": seed}, "mobilenet_v2", "fc", val,
+                test, 70.0)
+        r.update(repeat="mnv2-fc", label=f"mnv2 fc, seed {seed}")
+        seeded["runs"].insert(4, r)
+    return seeded
+
+
+def test_seed_repeats_show_mean_std_and_spread(study, tmp_path):
+    seeded = with_seeds(study, tmp_path)
+    vals, tests = [0.9813, 0.9770, 0.9790], [0.9680, 0.9640, 0.9700]
+    mean_val, sd_val = statistics.mean(vals), statistics.stdev(vals)
+    mean_test, sd_test = statistics.mean(tests), statistics.stdev(tests)
+    index = build_report(seeded, tmp_path / "r")
+    page, md = index.read_text(), (tmp_path / "r" / "report.md").read_text()
+    cell = f"{mean_test:.4f} ± {sd_test:.4f}"
+    table = section(page, "all-runs")
+    assert len(re.findall(r"<tr>", table)) == 1 + 10  # the three seeds are one row
+    assert "mnv2 fc (3 seeds)" in table and cell in table and f"{mean_val:.4f} ± {sd_val:.4f}" in table
+    assert "mnv2-fc-s1" not in table and cell in md
+    lr = section(page, "transfer-learning-rate")
+    assert "<th class=n>seeds</th>" in lr and "<td class=\"n\">3</td>" in lr and "<td class=\"n\">1</td>" in lr
+    summary = page[page.index('class="box summary"'):page.index('class="toc"')]
+    assert "two standard errors of the difference" in summary and "Every figure is from one run" not in summary
+    # lr 1e-3 (mean of 3) vs lr 3e-3 (one run): 0.04 pp apart, 2 SE = 2 * sd * sqrt(1/3 + 1/1)
+    two_se = 2 * sd_val * math.sqrt(1 / 3 + 1)
+    assert f"spread {abs(mean_val - 0.9787) * 100:.1f} pp (within seed spread, 2 SE {two_se * 100:.1f} pp)" in summary
+    # mixup vs the baseline: -1.2 pp test, beyond 2 SE of the test accuracies (0.7 pp) and beyond noise: it hurt
+    assert f"hurt: mixup 0.2 ({(0.9550 - mean_test) * 100:+.1f} pp test" in summary
+    assert "mnv2-fc-s2" in section(page, "reproduce")  # every repeat's own command is still listed
+
+
+def test_within_spread_rule():
+    from common.report import Stat, _Report
+    a, b = Stat([0.90, 0.92, 0.94]), Stat([0.91, 0.93])
+    assert (a, a.std, a.n) == (pytest.approx(0.92), pytest.approx(0.02), 3)
+    assert _Report.two_se(a, b) == pytest.approx(2 * math.sqrt(0.02 ** 2 / 3 + b.std ** 2 / 2))
+    assert _Report.two_se(a, 0.95) == pytest.approx(2 * 0.02 * math.sqrt(1 / 3 + 1))  # one run: a's std
+    assert _Report.two_se(0.9, 0.95) is None  # neither repeated: the test-set noise rule applies
+
+
+def test_missing_weights_warning_is_at_the_top(study, tmp_path):
+    warned = {**study, "warnings": ["**ResNet-18 is missing from this study**: pass `--resnet-weights FILE`."]}
+    index = build_report(warned, tmp_path / "r")
+    page, md = index.read_text(), (tmp_path / "r" / "report.md").read_text()
+    box = page.index('class="box warn"')
+    assert box < page.index('class="box notes"') < page.index('class="box summary"')
+    assert "<strong>ResNet-18 is missing from this study</strong>" in page[box:]
+    assert "<code>--resnet-weights FILE</code>" in page
+    assert md.index("ResNet-18 is missing") < md.index("Read this first") < md.index("## Summary")

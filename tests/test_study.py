@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,9 +42,9 @@ def run_folders(out: Path) -> set[str]:
     return {p.name for p in out.iterdir() if p.is_dir() and "-tiny-" in p.name}
 
 
-@pytest.mark.parametrize("name", list(PLANS))
-def test_builtin_plans_are_consistent_and_parse(name):
-    plan = PLANS[name]()
+@pytest.mark.parametrize("name, options", [("quick", {}), ("quick", {"resnet18": False}), ("full", {})])
+def test_builtin_plans_are_consistent_and_parse(name, options):
+    plan = PLANS[name](**options)
     names = [r["name"] for r in plan["runs"]]
     assert len(names) == len(set(names))
     keys = [(r["script"], tuple(r["args"])) for r in plan["runs"]]
@@ -53,9 +57,20 @@ def test_builtin_plans_are_consistent_and_parse(name):
         module = __import__(r["script"][:-3])
         module.get_args_parser().parse_args(r["args"])  # every argument exists and parses
     baseline = [r for r in plan["runs"] if r["vars"].get("option") == "baseline"]
-    assert len(baseline) == 1 and {"scratch_grid", "regularization", "fractions"} <= set(baseline[0]["groups"])
-    imbalance = sorted((r["vars"]["ratio"], r["vars"]["remedy"]) for r in plan["runs"] if "imbalance" in r["groups"])
-    assert imbalance == [(1, "none"), (10, "none"), (10, "oversample"), (10, "weights")]
+    assert len({r.get("repeat", r["name"]) for r in baseline}) == 1  # one configuration, maybe over seeds
+    assert {"scratch_grid", "regularization", "fractions"} <= set(baseline[0]["groups"])
+    imbalance = sorted((r["vars"]["ratio"], r["vars"]["remedy"], r["vars"].get("seed", 0))
+                       for r in plan["runs"] if "imbalance" in r["groups"])
+    assert imbalance == [(1, "none", 0), (1, "none", 1), (1, "none", 2), (10, "none", 0), (10, "oversample", 0),
+                         (10, "weights", 0)]  # the transfer baseline is repeated over three seeds
+    resnet = {r["vars"]["strategy"]: r for r in plan["runs"]
+              if r["vars"]["model"] == "resnet18" and "strategies" in r["groups"]}
+    if name == "quick":
+        assert set(resnet) == (set() if options else {"fc", "blocks34", "full"})
+        mobilenet = next(r for r in plan["runs"] if r["name"] == "mobilenet_v2-full")
+        for r in resnet.values():  # sized like the MobileNetV2 strategies: same crops and epochs
+            assert r["args"][-8:] == mobilenet["args"][-8:]
+        assert not resnet or "--cache-features" in resnet["fc"]["args"]
 
 
 def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
@@ -129,3 +144,222 @@ def test_bad_plans_and_names_are_clear_errors(dataset, tmp_path):
         study.load_plan(str(twice))
     with pytest.raises(DataError, match="does not have: nope"):
         run_study(write_plan(tmp_path, [scratch_run(1e-3)]), dataset, tmp_path / "runs", "--only", "nope")
+
+
+# ---------- scripts a plan may run ----------
+
+@pytest.mark.parametrize("script", ["../part1_scratch_cnn.py", "/bin/sh", str(ROOT / "part1_scratch_cnn.py"),
+                                    "evaluate.py", "tests/kaggle_standin.py", "./part2_mobilenet.py"])
+def test_plan_may_only_name_the_training_scripts(tmp_path, script):
+    plan = write_plan(tmp_path, [{**scratch_run(1e-3), "script": script}])
+    with pytest.raises(DataError, match=r"run 'scratch-lr0.001' names script .*; a plan may only run "
+                                        r"part1_scratch_cnn.py, part2_mobilenet.py, part2_resnet18.py"):
+        study.load_plan(str(plan))
+
+
+def test_bad_script_is_one_line_from_the_command(tmp_path):
+    plan = write_plan(tmp_path, [{**scratch_run(1e-3), "script": "/bin/sh"}])
+    proc = subprocess.run([sys.executable, str(ROOT / "study.py"), "--plan", "plan.json", "--list"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: plan file plan.json: run 'scratch-lr0.001' names")
+    assert len(proc.stderr.strip().splitlines()) == 1 and plan.is_file()
+
+
+# ---------- seeds ----------
+
+def test_seeds_expand_into_one_run_per_seed(tmp_path):
+    plan = study.load_plan(str(write_plan(tmp_path, [{**scratch_run(1e-3), "seeds": [0, 1, 2]}, scratch_run(3e-3)])))
+    runs = {r["name"]: r for r in plan["runs"]}
+    assert list(runs) == ["scratch-lr0.001", "scratch-lr0.001-s1", "scratch-lr0.001-s2", "scratch-lr0.003"]
+    assert runs["scratch-lr0.001"]["args"] == scratch_run(1e-3)["args"]  # seed 0: the run trained before seeds
+    assert runs["scratch-lr0.001-s2"]["args"] == [*scratch_run(1e-3)["args"], "--seed", "2"]
+    assert {r["repeat"] for n, r in runs.items() if n != "scratch-lr0.003"} == {"scratch-lr0.001"}
+    assert [r["vars"]["seed"] for r in plan["runs"][:3]] == [0, 1, 2] and "repeat" not in runs["scratch-lr0.003"]
+    assert all(r["groups"] == ["scratch_grid"] for r in plan["runs"])
+    for bad, message in (([1, 1], "distinct integers"), ("3", "distinct integers"), ([-1], "distinct integers")):
+        with pytest.raises(DataError, match=message):
+            study.load_plan(str(write_plan(tmp_path, [{**scratch_run(1e-3), "seeds": bad}])))
+    both = {**scratch_run(1e-3), "seeds": [0, 1]}
+    both["args"] = [*both["args"], "--seed", "4"]
+    with pytest.raises(DataError, match="both \"seeds\" and --seed"):
+        study.load_plan(str(write_plan(tmp_path, [both])))
+    with pytest.raises(DataError, match="run name twice"):  # a repeat's name may not clash with another run
+        study.load_plan(str(write_plan(tmp_path, [{**scratch_run(1e-3), "seeds": [0, 1]},
+                                                  {**scratch_run(3e-3), "name": "scratch-lr0.001-s1"}])))
+
+
+def seed_option_exists() -> bool:
+    import part1_scratch_cnn
+    return "--split-seed" in part1_scratch_cnn.get_args_parser().format_help()
+
+
+@pytest.mark.skipif(not seed_option_exists(), reason="needs --split-seed (branch of common/data.py): until then a "
+                                                     "different --seed is refused on a saved split")
+def test_seed_repeats_train_and_report_mean_std(dataset, tmp_path):
+    out = tmp_path / "runs"
+    run = {**scratch_run(1e-3), "seeds": [0, 1]}
+    run["args"] = [*run["args"], "--epochs", "1"]
+    assert run_study(write_plan(tmp_path, [run]), dataset, out) == 0
+    data = json.loads((out / "report" / "study.json").read_text())
+    assert [r["status"] for r in data["runs"]] == ["done", "done"]
+    configs = [json.loads((Path(r["run_dir"]) / "config.json").read_text()) for r in data["runs"]]
+    assert [c["seed"] for c in configs] == [0, 1]
+    page = (out / "report" / "index.html").read_text()
+    assert "scratch-lr0.001 (2 seeds)" in page and " ± " in page
+
+
+# ---------- ResNet-18 in the quick plan ----------
+
+def plan_for(tmp_path, resnet_weights: str, plan: str = "quick"):
+    args = study.get_args_parser().parse_args(["--plan", plan, "--resnet-weights", resnet_weights,
+                                               "--output-dir", str(tmp_path / "runs")])
+    return args, *study.plan_and_warnings(args)
+
+
+def test_quick_plan_has_resnet18_when_its_weights_resolve(tmp_path):
+    import torch
+    import torchvision
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    args, plan, warnings = plan_for(tmp_path, str(weights))
+    assert warnings == []
+    resnet = {r["name"]: r for r in plan["runs"] if r["script"] == "part2_resnet18.py"}
+    assert set(resnet) == {"resnet18-fc", "resnet18-blocks34", "resnet18-full"}
+    cmd = study.train_command(resnet["resnet18-fc"], plan, args)
+    assert cmd[1] == str(ROOT / "part2_resnet18.py") and cmd[cmd.index("--weights") + 1] == str(weights)
+    assert "--cache-features" in cmd and "ResNet-18" in plan["description"]
+
+
+def test_quick_plan_without_resnet18_weights_says_so(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    import torchvision.models._api as tv_api
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)  # and never the real network
+    for weights, reason in (("imagenet", "URLError"), (str(tmp_path / "missing.pth"), "no such file")):
+        _, plan, warnings = plan_for(tmp_path, weights)
+        assert not any(r["script"] == "part2_resnet18.py" for r in plan["runs"])
+        assert len(warnings) == 1 and reason in warnings[0] and "--resnet-weights FILE" in warnings[0]
+        assert "ResNet-18 is missing from this study" in warnings[0]
+    _, plan, warnings = plan_for(tmp_path, str(tmp_path / "missing.pth"), "full")  # full keeps its runs, and warns
+    assert any(r["script"] == "part2_resnet18.py" for r in plan["runs"]) and "runs fail" in warnings[0]
+
+
+def test_missing_resnet18_is_at_the_top_of_report_and_log(dataset, tmp_path, capsys):
+    out = tmp_path / "runs"
+    argv = ["--plan", "quick", "--data-dir", str(dataset), "--output-dir", str(out), "--report-only",
+            "--resnet-weights", str(tmp_path / "missing.pth")]
+    assert study.main(study.get_args_parser().parse_args(argv)) == 0
+    log = capsys.readouterr().out
+    assert log.startswith("note: ResNet-18 is missing from this study") and "--resnet-weights FILE" in log
+    page, md = (out / "report" / "index.html").read_text(), (out / "report" / "report.md").read_text()
+    assert page.index('class="box warn"') < page.index("Read this first") and "missing.pth: no such file" in page
+    assert md.index("ResNet-18 is missing from this study") < md.index("Read this first")
+
+
+# ---------- stopping, and running from any folder ----------
+
+def children(pid: int) -> list[int]:
+    """Pids whose parent is pid (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(what, timeout: float, step: float = 0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        found = what()
+        if found:
+            return found
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_stopping_study_stops_its_training_and_resumes(dataset, tmp_path):
+    """SIGTERM to study.py stops the training child (its process group); so does SIGKILL; a rerun resumes."""
+    run = {**scratch_run(1e-3)}
+    run["args"] = [*run["args"], "--epochs", "500"]
+    write_plan(tmp_path, [run])
+    cmd = [sys.executable, str(ROOT / "study.py"), "--plan", "plan.json", "--data-dir", str(dataset),
+           "--output-dir", "runs", "--device", "cpu"]
+    started = []
+    try:
+        for sig, resumed in ((signal.SIGTERM, False), (signal.SIGKILL, True)):
+            log = tmp_path / f"study-{sig.name}.log"
+            with open(log, "wb") as f:
+                proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
+            started.append(proc)
+            child = wait_for(lambda: [c for c in children(proc.pid) if "part1_scratch_cnn" in
+                                      Path(f"/proc/{c}/cmdline").read_text(errors="replace")], 120)[0]
+            wait_for(lambda: list((tmp_path / "runs").glob("*-tiny-*/last.pt")), 240)  # an epoch is saved
+            assert ("(resuming)" in log.read_text()) == resumed
+            proc.send_signal(sig)
+            assert proc.wait(timeout=30) == (128 + sig if sig == signal.SIGTERM else -sig)
+            wait_for(lambda: not alive(child), 10)
+        assert "stopped by SIGTERM" in (tmp_path / "study-SIGTERM.log").read_text()
+        assert "Traceback" not in (tmp_path / "study-SIGTERM.log").read_text()
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_stop_kills_the_group_after_the_grace_period():
+    """A child that ignores SIGTERM is killed after the grace period, and so is its own child (same group)."""
+    code = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print(p.pid, flush=True); "
+            "time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        grandchild = int(proc.stdout.readline())
+        start = time.monotonic()
+        study.stop(proc, grace=0.5)
+        assert proc.returncode == -signal.SIGKILL and time.monotonic() - start < 5
+        wait_for(lambda: not alive(grandchild), 5)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_study_runs_from_another_folder(dataset, tmp_path):
+    """study.py started by path from any folder: its scripts are found; relative paths are the user's."""
+    (tmp_path / "work").mkdir()
+    run = {**scratch_run(1e-3)}
+    run["args"] = [*run["args"], "--epochs", "1"]
+    plan = json.loads(write_plan(tmp_path, [run]).read_text())
+    plan["robustness"] = {"severities": "1", "ood_count": 8}
+    (tmp_path / "work" / "plan.json").write_text(json.dumps(plan))
+    dataset.rename(tmp_path / "work" / "raw-img")
+    proc = subprocess.run([sys.executable, str(ROOT / "study.py"), "--plan", "plan.json", "--data-dir", "raw-img",
+                           "--output-dir", "out", "--device", "cpu"], cwd=tmp_path / "work", capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = tmp_path / "work" / "out"
+    data = json.loads((out / "report" / "study.json").read_text())
+    assert data["runs"][0]["status"] == "done" and data["runs"][0]["eval"]["n"] == 40
+    folder = tmp_path / "work" / data["runs"][0]["run_dir"]  # recorded relative to the user's folder, as given
+    assert folder.parent == out and (folder / "gradcam" / "gradcam_grid.png").is_file()  # every child ran
+    assert data["runs"][0]["command"].startswith(f"python {ROOT / 'part1_scratch_cnn.py'} ")
+    assert (out / "report" / "index.html").is_file() and not (ROOT / "out").exists()
