@@ -17,10 +17,8 @@ eda.json, class_counts.png, sizes.png, samples.png and, when there are duplicate
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +31,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common.cli import ArgumentParser, run_main
 from common.data import (SUBSETS, DataError, DuplicateGroup, atomic_write_text, decode_image, dhash, display_name,
                          Split, duplicate_groups, file_sha256, hamming, read_split, resolve_data_dir, scan_folder)
 from common.plots import save_figure
@@ -47,9 +46,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_LISTED = 100  # groups or files listed in report.md; eda.json has them all
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Exploratory data analysis of a <class>/<images> folder.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Exploratory data analysis of a <class>/<images> folder.")
     parser.add_argument("--data-dir", default=None,
                         help="folder of <class>/<images> (default: $ANIMALS10_DIR, else data/animals10/raw-img)")
     parser.add_argument("--out-dir", default=None, help="where the report goes (default: runs/eda/<folder name>)")
@@ -513,8 +511,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except DataError as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

@@ -39,7 +39,7 @@ from common.cli import UserError, nonnegative_float, nonnegative_int, number, po
 
 try:
     import fcntl
-except ImportError:  # Windows: no advisory locks; atomic_create alone keeps a saved split from being replaced
+except ImportError:  # Windows: no advisory locks; exclusive atomic writes alone keep a saved split
     fcntl = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -541,8 +541,11 @@ def hamming(a: int, hashes: np.ndarray) -> np.ndarray:
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call write(temp_path) next to path, then os.replace it into place: readers never see half a file."""
+def atomic_write(path: Path, write: Callable[[str], None], exclusive: bool = False) -> bool:
+    """Call write(temp_path) next to path, then move it into place: readers never see half a file.
+
+    With exclusive, a path that exists (say, published first by another process) is left alone and False returned.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer's pid in the name lets remove_stale_temp_files tell a killed write from one in progress.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
@@ -552,10 +555,35 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # whole, and never over a file another process published first
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system: the caller's lock keeps the replace exclusive
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+        return True
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+@contextmanager
+def file_lock(lock_path: Path, waiting: str | None = None, log=print) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) for the block; others wait, and `waiting` is logged if we must."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    log(waiting)
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 def remove_stale_temp_files(folder: Path) -> None:
@@ -577,9 +605,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Atomically write a text file."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
+    """Atomically write a text file (see atomic_write)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), exclusive)
 
 
 def _split_fingerprint(entries: Sequence[dict]) -> str:
@@ -857,44 +885,6 @@ def load_split(split_file: Path, data_dir: Path) -> Split:
     return split
 
 
-def atomic_create(path: Path, text: str) -> bool:
-    """Write a text file atomically unless path exists; then leave it alone and return False."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The writer's pid in the name lets a clean-up tell a killed write from one in progress.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        try:
-            os.link(tmp, path)  # whole, and never over a file another process published first
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links on this file system: the caller's lock keeps the replace exclusive
-            if path.exists():
-                return False
-            os.replace(tmp, path)
-        return True
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-@contextmanager
-def _creation_lock(path: Path, log=print) -> Iterator[None]:
-    """Hold an exclusive lock (flock on a hidden .lock file beside path) while this process creates path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as f:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log(f"waiting for another process to finish drawing {path}")
-                fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
 def _options_text(options: dict) -> str:
     flags = {"per_class": "--per-class", "sizes": "--split", "split_seed": "--split-seed"}
     return " ".join(f"{flags[k]} {','.join(f'{x:g}' for x in v) if k == 'sizes' else v}" for k, v in options.items())
@@ -928,14 +918,15 @@ def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450,
     Returns (split, pixels): pixels are the freshly decoded images when the split was just made, else None.
     """
     reuse = partial(_reuse_split, split_file, data_dir, per_class, sizes, split_seed, dedup, log)
-    if split_file.exists():  # published whole by atomic_create, so reading needs no lock
+    if split_file.exists():  # published whole by an atomic write, so reading needs no lock
         return reuse(), None
-    with _creation_lock(split_file, log):
+    with file_lock(split_file.with_name(f".{split_file.name}.lock"),
+                   f"waiting for another process to finish drawing {split_file}", log):
         if split_file.exists():  # made by the process we waited for
             return reuse(), None
         split, pixels = create_split(data_dir, per_class, sizes, split_seed, img_size, workers, log, dedup,
                                      near_threshold, max_pixels)
-        if not atomic_create(split_file, json.dumps(split.meta, indent=1)):
+        if not atomic_write_text(split_file, json.dumps(split.meta, indent=1), exclusive=True):
             return reuse(), None  # published meanwhile by a process that took no lock (another file system?)
     counts = {tuple(v) for v in split.meta["class_sizes"].values()}
     log(f"saved split to {split_file}: {len(split.classes)} classes, train/val/test per class "

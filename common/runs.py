@@ -6,18 +6,16 @@ then `last.pt` (the commit point), then `best.pt.next` replaces `best.pt`. After
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from common.cli import UserError
-from common.data import atomic_write, atomic_write_text, file_sha256, remove_stale_temp_files
+from common.data import atomic_write, atomic_write_text, file_lock, file_sha256, remove_stale_temp_files
 
 CKPT_FORMAT = "animals10-ckpt/1"
 # What every script needs to rebuild and run a model from the file alone, and what --resume needs besides.
@@ -149,18 +147,6 @@ def check_resume_path(path: Path, output_dir: Path) -> Path:
     return run_dir
 
 
-@contextmanager
-def locked(lock_path: Path):
-    """An exclusive advisory lock (fcntl) held for the block; other processes wait for it."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def finished_runs(output_dir: Path) -> list[dict]:
     """The registry: every finished run folder under output_dir with its config and metrics."""
     runs = []
@@ -195,7 +181,7 @@ def update_global_best(output_dir: Path, fingerprint: str, classes: list[str], l
     Chosen afresh from the run folders under a file lock, so concurrent runs, kills between the two writes,
     and runs on other splits or classes can never leave a wrong or inconsistent global best.
     """
-    with locked(output_dir / ".best.lock"):
+    with file_lock(output_dir / ".best.lock"):
         fingerprint, classes = current_split(output_dir, fingerprint, classes)
         candidates = runs_on_split(output_dir, fingerprint, classes)
         if not candidates:

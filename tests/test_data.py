@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import (BatchLoader, DataError, add_data_args, assign_subsets, atomic_create, decode_image,
+from common.data import (BatchLoader, DataError, add_data_args, assign_subsets, atomic_write_text, decode_image,
                          duplicate_groups, eval_transform, load_or_build_cache, load_or_create_split, make_loaders,
                          parse_split_sizes, prepare_data, scan_folder, train_transform)
 from conftest import ANIMALS, make_dataset
@@ -225,8 +225,8 @@ def test_fraction_subset_follows_the_split_seed(dataset, tmp_path):
 
 def test_atomic_create_never_replaces(tmp_path):
     path = tmp_path / "sub" / "split.json"
-    assert atomic_create(path, "first")
-    assert not atomic_create(path, "second")
+    assert atomic_write_text(path, "first", exclusive=True)
+    assert not atomic_write_text(path, "second", exclusive=True)
     assert path.read_text() == "first" and [p.name for p in path.parent.iterdir()] == ["split.json"]
 
 
