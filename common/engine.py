@@ -247,7 +247,7 @@ def _set_rng_state(states: list[dict], generators: dict[str, torch.Generator]) -
 
 
 # Options that may differ when a run is resumed: where things are and how fast, not what is trained.
-RESUME_MAY_DIFFER = {"resume", "device", "workers", "data_dir", "output_dir", "split_file", "tag"}
+RESUME_MAY_DIFFER = {"resume", "device", "amp", "workers", "data_dir", "output_dir", "split_file", "tag"}
 
 
 def _resume(args, study: Study, saver_config: dict, output_dir: Path) -> tuple[Path, dict]:

@@ -67,7 +67,7 @@ def test_pixel_cache_rebuilds_when_any_key_field_changes(dataset, tmp_path, spli
     load_or_build_cache(dataset, split, cache, 40, pixels)
     size = 48 if change == "img_size" else 40
     if change == "split":  # the same files drawn with another seed: another fingerprint
-        split, _ = load_or_create_split(dataset, tmp_path / "split1.json", per_class=20, sizes=(12, 4, 4), seed=1,
+        split, _ = load_or_create_split(dataset, tmp_path / "split1.json", per_class=20, sizes=(12, 4, 4), split_seed=1,
                                         img_size=40, log=lambda *_: None)
         decodes.clear()
     if change == "decode_version":

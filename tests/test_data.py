@@ -204,8 +204,9 @@ def test_seed_and_split_seed_are_separate(dataset, tmp_path):
     other, _ = prepare_data(data_args(dataset, tmp_path, "--split-seed", "1", "--split-file",
                                       str(tmp_path / "split1.json")), log=lambda *_: None)
     assert other.split_seed == 1 and other.entries != first.entries
-    with pytest.raises(DataError, match="--split-seed -1 is negative"):
-        prepare_data(data_args(dataset, tmp_path, "--split-seed", "-1", "--split-file", str(tmp_path / "neg.json")))
+    with pytest.raises(DataError, match="--split-seed -1 is negative"):  # the library refuses it too
+        load_or_create_split(dataset, tmp_path / "neg.json", 20, (12, 4, 4), split_seed=-1, img_size=40,
+                             log=lambda *_: None)
 
 
 def test_fraction_subset_follows_the_split_seed(dataset, tmp_path):

@@ -30,7 +30,8 @@ def fresh(tmp_path_factory) -> Path:
     test_dir = root / "data" / "animals10" / "cnn_test"
     test_dir.mkdir()
     for i, cls in enumerate(ANIMALS * 2):
-        (test_dir / f"{i + 1}.jpg").write_bytes((data / cls / f"img{10 + i:03d}.jpg").read_bytes())
+        source = sorted((data / cls).glob("*.jpg"))[10 + i]
+        (test_dir / f"{i + 1}.jpg").write_bytes(source.read_bytes())
     return root
 
 
