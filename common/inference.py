@@ -57,9 +57,9 @@ class Predictor:
         `images` is anything indexable by an index array that gives uint8 N x H x W x 3 (the pixel cache, an
         array, a lazily corrupted view); with tta each image's and its mirror image's probabilities are averaged.
         """
-        n = len(images)
-        labels = np.zeros(n, np.int64) if labels is None else labels
-        indices = np.arange(n) if indices is None else indices
+        # Only whole arrays need a length: a lazy view (evaluate.py's corruptions) comes with its indices.
+        indices = np.arange(len(images)) if indices is None else indices
+        labels = np.zeros(int(np.max(indices, initial=-1)) + 1, np.int64) if labels is None else labels
         loader = BatchLoader(images, labels, indices, batch_size, self.device)
         return predict(self.model, loader, self.transform, self.device, amp=self.device.type == "cuda", desc=desc,
                        tta=tta)

@@ -40,6 +40,12 @@ def test_predictor_gives_the_logits_of_the_engine_path(trained):
     logits, y, seconds = predictor.predict(test.images, test.labels, test.indices, batch_size=16)
     torch.testing.assert_close(logits, old, atol=1e-5, rtol=1e-5)
     assert torch.equal(y, old_y) and seconds > 0
+
+    class Lazy:  # indexable only, like evaluate.py's corrupted views: no len()
+        def __getitem__(self, idx):
+            return test.images[idx]
+    torch.testing.assert_close(predictor.predict(Lazy(), test.labels, test.indices)[0], old, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(predictor.predict(Lazy(), indices=test.indices)[0], old, atol=1e-5, rtol=1e-5)
     # The whole-array forms and the one-batch prepare() agree with it.
     pixels = np.asarray(test.images)[test.indices]
     torch.testing.assert_close(predictor.logits(pixels, batch_size=7), old, atol=1e-5, rtol=1e-5)
