@@ -1,6 +1,7 @@
 """common/inference.py: the Predictor against the engine's own path, TTA, the saved test split, and the crop."""
 from __future__ import annotations
 
+import ast
 from functools import partial
 
 import numpy as np
@@ -13,7 +14,7 @@ from common.engine import predict
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
-from conftest import make_dataset, tiny_args
+from conftest import ROOT, make_dataset, tiny_args
 
 CPU = torch.device("cpu")
 
@@ -108,3 +109,16 @@ def test_center_crop_is_eval_transforms_crop(h, w, crop):
     tile = center_crop(img, crop)
     assert tile.shape == (crop, crop, 3)
     torch.testing.assert_close(seen[0].permute(1, 2, 0), torch.from_numpy(tile).float())
+
+
+def test_no_script_imports_another_script():
+    """Shared code lives in common/: a script is run, never imported by another script."""
+    scripts = {p.stem for p in ROOT.glob("*.py")}
+    offenders = {}
+    for script in sorted(scripts):
+        tree = ast.parse((ROOT / f"{script}.py").read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        if imported & (scripts - {script}):
+            offenders[script] = sorted(imported & (scripts - {script}))
+    assert len(scripts) >= 8 and offenders == {}
