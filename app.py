@@ -48,7 +48,7 @@ from common.data import (JPEG_SIGNATURE, PNG_SIGNATURE, DataError, ImageHeader, 
 from common.engine import resolve_device
 from common.explain import DEFAULT_LAYER, GradCAM, find_layer, overlay
 from common.inference import LabelledImages, Predictor, center_crop, load_test_split
-from common.cli import ArgumentParser, run_main
+from common.cli import ArgumentParser, UserError, run_main
 from common.runs import CheckpointError, load_checkpoint
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -400,7 +400,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             route(urlsplit(self.path))
-        except (CheckpointError, DataError) as e:
+        except UserError as e:  # a checkpoint, its weights or the data: the message says what to do
             self._json({"error": str(e)}, 400)
         except Exception as e:  # the server must outlive any one bad request
             traceback.print_exc()
