@@ -24,13 +24,13 @@ writes ood.json (AUROC, FPR at 95% TPR) and ood_hist.png. Both reuse the clean p
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.cli import run_main
 from common.data import IMAGE_EXTENSIONS, DataError, atomic_write_text, decode_many
 from common.engine import resolve_device
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
@@ -38,7 +38,7 @@ from common.metrics import classification_metrics, collect_runs, comparison_tabl
 from common.plots import (plot_comparison, plot_confusion_matrix, plot_corruptions, plot_curves, plot_image_grid,
                           plot_ood_hist)
 from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
-from common.runs import CheckpointError, load_checkpoint, write_json
+from common.runs import load_checkpoint, write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -255,8 +255,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())
