@@ -26,7 +26,6 @@ Endpoints: GET / (the page), GET /checkpoints, GET /test-images?ckpt=NAME, GET /
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import ipaddress
 import json
@@ -44,13 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-import evaluate
 from common.data import (JPEG_SIGNATURE, PNG_SIGNATURE, DataError, ImageHeader, decode_bytes, display_name,
-                         eval_transform, read_image_header)
+                         read_image_header)
 from common.engine import resolve_device
 from common.explain import DEFAULT_LAYER, GradCAM, find_layer, overlay
-from common.models import model_from_checkpoint
-from common.cli import ArgumentParser, run_main
+from common.inference import LabelledImages, Predictor, center_crop, load_test_split
+from common.cli import ArgumentParser, UserError, run_main
 from common.runs import CheckpointError, load_checkpoint
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -60,8 +58,6 @@ MAX_DECODED_BYTES = 3 * MAX_PIXELS
 MAX_HANDLERS = 8  # requests handled at once; each can hold a 20 MB upload and its decode
 MIN_SIDE = 32  # smaller images hold nothing recognisable once scaled up to the model's input size
 TOP_K = 5
-# Checkpoint entries inference and the test split never read; dropping them keeps cached models small.
-UNUSED_KEYS = ("model_state", "optimizer_state", "scheduler_state", "scaler_state", "rng")
 
 
 class UploadError(Exception):
@@ -70,27 +66,36 @@ class UploadError(Exception):
 
 @dataclass
 class ModelBundle:
-    """A loaded checkpoint: its eval-mode model on the device, the Grad-CAM layer and the metadata."""
+    """A loaded checkpoint: its Predictor (eval-mode model on the device, transform, metadata) and Grad-CAM layer."""
     name: str
-    ckpt: dict  # the checkpoint less UNUSED_KEYS
-    model: nn.Module
+    predictor: Predictor
     layer: nn.Module
-    device: torch.device
     # Grad-CAM hooks the model's layer, so two requests must not run the same model at once.
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def ckpt(self) -> dict:
+        return self.predictor.ckpt  # the metadata: the weights and training state are dropped
+
+    @property
+    def model(self) -> nn.Module:
+        return self.predictor.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
 
 
 def load_bundle(path: Path, device: torch.device, name: str | None = None) -> ModelBundle:
     """Load a checkpoint and rebuild its model on device; CheckpointError when it cannot be used."""
     ckpt = load_checkpoint(path)
     try:
-        model = model_from_checkpoint(ckpt).to(device)
-        layer = find_layer(model, DEFAULT_LAYER[ckpt["arch"]])
+        predictor = Predictor(ckpt, device)
+        layer = find_layer(predictor.model, DEFAULT_LAYER[ckpt["arch"]])
     except (KeyError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} cannot be rebuilt into a model ({first}); retrain or pick another run") from None
-    meta = {k: v for k, v in ckpt.items() if k not in UNUSED_KEYS}
-    return ModelBundle(name or str(path), meta, model, layer, device)
+    return ModelBundle(name or str(path), predictor, layer)
 
 
 def upload_header(data: bytes) -> ImageHeader:
@@ -142,14 +147,12 @@ def predict_array(bundle: ModelBundle, rgb: np.ndarray) -> dict:
     """Top-5 classes, the centre crop the model saw and its Grad-CAM overlay, for an img_size RGB uint8 image."""
     ckpt = bundle.ckpt
     start = time.perf_counter()
-    # np.array copies: test-split images are read-only memmaps, which torch.from_numpy warns about.
-    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(bundle.device)
-    x = eval_transform(x, ckpt["crop_size"], ckpt["mean"], ckpt["std"])
+    x = bundle.predictor.prepare(rgb[None])
     with bundle.lock, GradCAM(bundle.model, bundle.layer) as cam:
         heat, logits = cam(x)  # the heatmap explains the top-1 class
     probs = logits.float().softmax(1)[0].cpu()
     top = probs.topk(min(TOP_K, len(probs)))
-    seen = evaluate.center_crop(rgb, ckpt["crop_size"])
+    seen = center_crop(rgb, ckpt["crop_size"])
     return {
         "top5": [{"name": display_name(ckpt["classes"][i]), "folder": ckpt["classes"][i], "prob": float(p)}
                  for p, i in zip(top.values.tolist(), top.indices.tolist())],
@@ -176,11 +179,11 @@ class Checkpoints:
     def __init__(self, runs_dir: Path, default: Path, device: torch.device, source_dir: str | None = None,
                  split_file: str | None = None):
         self.runs_dir, self.device = runs_dir, device
-        self.split_args = argparse.Namespace(data_dir=None, source_dir=source_dir, split_file=split_file, workers=2)
+        self.source_dir, self.split_file = source_dir, split_file
         self.default_path = default
         self.default = next((n for n, p in self.available().items() if p.resolve() == default.resolve()), str(default))
         self._models: dict[str, ModelBundle] = {}
-        self._tests: dict[tuple, tuple] = {}
+        self._tests: dict[tuple, LabelledImages] = {}
         self._load_lock = threading.Lock()  # one loader at a time: two first requests must not load twice
         self._test_lock = threading.Lock()
 
@@ -202,13 +205,13 @@ class Checkpoints:
                 self._models[name] = load_bundle(path, self.device, name)
             return self._models[name]
 
-    def test_split(self, bundle: ModelBundle) -> tuple:
-        """(images, labels, indices, names, description) of the checkpoint's test split, via evaluate.test_data."""
+    def test_split(self, bundle: ModelBundle) -> LabelledImages:
+        """The checkpoint's saved test split (loaded once per split and image size); DataError when unavailable."""
         key = (bundle.ckpt.get("split_fingerprint"), bundle.ckpt["img_size"])
         with self._test_lock:
             if key not in self._tests:
                 try:
-                    self._tests[key] = evaluate.test_data(bundle.ckpt, self.split_args)
+                    self._tests[key] = load_test_split(bundle.ckpt, self.source_dir, self.split_file)
                 except CheckpointError as e:
                     raise DataError(f"{bundle.name}: {e}") from None
                 except OSError as e:
@@ -397,7 +400,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             route(urlsplit(self.path))
-        except (CheckpointError, DataError) as e:
+        except UserError as e:  # a checkpoint, its weights or the data: the message says what to do
             self._json({"error": str(e)}, 400)
         except Exception as e:  # the server must outlive any one bad request
             traceback.print_exc()
@@ -417,23 +420,23 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/test-images":
             bundle = self._bundle(query)
             try:
-                _, labels, idx, names, description = cps.test_split(bundle)
+                test = cps.test_split(bundle)
             except (DataError, CheckpointError) as e:
                 self._json({"images": [], "note": f"no test images: {e}"})
                 return
-            classes = bundle.ckpt["classes"]
-            self._json({"images": [{"name": n, "label": display_name(classes[labels[i]])} for i, n in zip(idx, names)],
-                        "note": description})
+            names = bundle.predictor.names
+            self._json({"images": [{"name": n, "label": names[test.labels[i]]} for i, n in zip(test.indices, test.names)],
+                        "note": test.description})
         elif url.path.startswith("/test-image/"):
             bundle = self._bundle(query)
-            images, labels, idx, names, _ = cps.test_split(bundle)
+            test = cps.test_split(bundle)
             k = url.path.rsplit("/", 1)[1]
-            if not (k.isascii() and k.isdigit()) or int(k) >= len(idx):
+            if not (k.isascii() and k.isdigit()) or int(k) >= len(test.indices):
                 self._json({"error": f"no test image {k!r}; pick one from the list"}, 404)
                 return
-            i = idx[int(k)]
-            result = predict_array(bundle, np.asarray(images[i]))
-            self._json({**result, "name": names[int(k)], "true_label": display_name(bundle.ckpt["classes"][labels[i]])})
+            i = test.indices[int(k)]
+            result = predict_array(bundle, np.asarray(test.images[i]))
+            self._json({**result, "name": test.names[int(k)], "true_label": bundle.predictor.names[test.labels[i]]})
         else:
             self._json({"error": f"no page {url.path}"}, 404)
 

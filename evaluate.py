@@ -24,23 +24,21 @@ writes ood.json (AUROC, FPR at 95% TPR) and ood_hist.png. Both reuse the clean p
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.data import (IMAGE_EXTENSIONS, BatchLoader, DataError, atomic_write_text, decode_many, display_name,
-                         eval_transform, load_folder, load_or_build_cache, load_split, resolve_data_dir)
-from common.engine import predict, resolve_device
+from common.cli import run_main
+from common.data import IMAGE_EXTENSIONS, DataError, atomic_write_text, decode_many
+from common.engine import resolve_device
+from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
 from common.metrics import classification_metrics, collect_runs, comparison_tables, seed_repeats, seed_tables
-from common.models import model_from_checkpoint
 from common.plots import (plot_comparison, plot_confusion_matrix, plot_corruptions, plot_curves, plot_image_grid,
                           plot_ood_hist)
 from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
-from common.runs import CheckpointError, load_checkpoint, write_json
+from common.runs import load_checkpoint, write_json
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -103,36 +101,6 @@ class Corrupted:
         return corrupt(np.asarray(self.images[idx]), self.name, self.severity, self.seed, index=idx)
 
 
-def predict_images(model: torch.nn.Module, images, labels: np.ndarray, idx: np.ndarray, transform, device: torch.device,
-                   args, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Logits, labels and seconds for images[idx], batch by batch (AMP only on CUDA)."""
-    loader = BatchLoader(images, labels, idx, args.batch_size, device)
-    return predict(model, loader, transform, device, amp=device.type == "cuda", desc=desc, tta=args.tta)
-
-
-def test_data(ckpt: dict, args) -> tuple:
-    """(images, labels, indices, names of the images, description) for the saved test split or --data-dir."""
-    if args.data_dir:
-        folder = Path(args.data_dir)
-        images, labels, paths = load_folder(folder, ckpt["classes"], ckpt["img_size"], args.workers)
-        return images, labels, np.arange(len(labels)), [str(p) for p in paths], f"folder {folder}"
-    missing = [k for k in ("config", "split_fingerprint") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"the checkpoint records no saved split (no {missing[0]} entry); "
-                              "pass --data-dir FOLDER of <class>/ images to evaluate it on")
-    config = ckpt["config"]
-    source = resolve_data_dir(args.source_dir or config.get("data_dir"))
-    output_dir = Path(config.get("output_dir", "runs"))
-    split_file = Path(args.split_file or config.get("split_file") or output_dir / "split.json")
-    split = load_split(split_file, source)
-    if split.fingerprint != ckpt["split_fingerprint"]:
-        raise CheckpointError(f"the checkpoint was trained on another split than {split_file}; "
-                              "pass the run's own --split-file")
-    images = load_or_build_cache(source, split, output_dir / "cache", ckpt["img_size"], workers=args.workers)
-    idx = split.indices["test"]
-    return images, split.labels, idx, [split.entries[i]["path"] for i in idx], f"saved test split ({split_file})"
-
-
 def evaluate_checkpoint(args) -> dict:
     """Predict, score and plot one checkpoint, then the optional robustness studies; returns the eval.json content."""
     # Check the robustness options before the slow work, so a typo fails at once.
@@ -145,16 +113,20 @@ def evaluate_checkpoint(args) -> dict:
     device = resolve_device(args.device)
     ckpt_path = Path(args.ckpt)
     ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last)
-    images, labels, idx, names, what = test_data(ckpt, args)
+    predictor = Predictor(ckpt, device)
+    test = (load_labelled_folder(ckpt, args.data_dir, args.workers) if args.data_dir else
+            load_test_split(ckpt, args.source_dir, args.split_file, args.workers))
+    images, labels, idx, names, what = test.images, test.labels, test.indices, test.names, test.description
     out = Path(args.out_dir) if args.out_dir else (
         ckpt_path.parent / f"eval-{Path(args.data_dir).name}" if args.data_dir else ckpt_path.parent)
-    transform = partial(eval_transform, crop=ckpt["crop_size"], mean=ckpt["mean"], std=ckpt["std"])
-    run = partial(predict_images, model, transform=transform, device=device, args=args)
+
+    def run(images, labels: np.ndarray, idx: np.ndarray, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, float]:
+        return predictor.predict(images, labels, idx, args.batch_size, args.tta, desc)
+
     logits, y, seconds = run(images, labels, idx)
     probs = logits.softmax(1).numpy()
     y, pred = y.numpy(), probs.argmax(1)
-    class_names = [display_name(c) for c in ckpt["classes"]]
+    class_names = predictor.names
     m = classification_metrics(y, pred, class_names)
     title = f"{ckpt['arch']}/{ckpt['mode']}"
     print(f"{title} on the {what}: {m['n']} images, {seconds:.1f}s ({m['n'] / seconds:.0f} img/s on {device})")
@@ -247,11 +219,6 @@ def ood_study(run, msp_in: np.ndarray, paths: list[Path] | None, img_size: int, 
     return report
 
 
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
-    return img[top:top + size, left:left + size]
-
-
 def compare(runs_dir: Path) -> list[dict]:
     """Write compare.csv, compare.md and two plots over every finished run in runs_dir.
 
@@ -288,8 +255,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except (DataError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, get_args_parser().parse_args())

@@ -14,22 +14,19 @@ shown, and the most confused class pairs of the whole test split).
 """
 from __future__ import annotations
 
-import argparse
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.cli import ArgumentParser, UserError, run_main
-from common.data import BatchLoader, DataError, atomic_write_text, decode_image, display_name, eval_transform
-from common.engine import predict, resolve_device
+from common.cli import ArgumentParser, UserError, positive_int, run_main
+from common.data import DataError, atomic_write_text, decode_image, display_name
+from common.engine import resolve_device
 from common.explain import (DEFAULT_LAYER, GradCAM, describe_heatmap, find_layer, integrated_gradients, occlusion,
                             overlay)
-from common.models import model_from_checkpoint
+from common.inference import Predictor, center_crop, load_test_split
 from common.plots import plot_image_grid
 from common.runs import load_checkpoint
-import evaluate
 
 
 def get_args_parser() -> ArgumentParser:
@@ -45,8 +42,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--out-dir", default=None, help="default: <checkpoint folder>/gradcam")
     parser.add_argument("--source-dir", default=None, help="folder the saved split was drawn from")
     parser.add_argument("--split-file", default=None, help="saved split (default: the run's)")
-    parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)  # evaluate.test_data reads it
-    parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=positive_int, default=2,
+                        help="decoding threads, when the test split's pixel cache must first be built")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return parser
 
@@ -79,15 +76,14 @@ def main(args) -> None:
         raise DataError(f"--image {args.image}: no such file; pass a JPEG or PNG file")
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.ckpt)
-    model = model_from_checkpoint(ckpt).to(device)
-    classes, names = ckpt["classes"], [display_name(c) for c in ckpt["classes"]]
+    predictor = Predictor(ckpt, device)
+    model, classes, names = predictor.model, predictor.classes, predictor.names
     layer_name = args.layer or DEFAULT_LAYER[ckpt["arch"]]
     try:
         layer = find_layer(model, layer_name)
     except ValueError as e:
         raise UserError(str(e)) from None
     crop = ckpt["crop_size"]
-    transform = partial(eval_transform, crop=crop, mean=ckpt["mean"], std=ckpt["std"])
     out = Path(args.out_dir) if args.out_dir else Path(args.ckpt).parent / "gradcam"
 
     if args.image:
@@ -97,9 +93,10 @@ def main(args) -> None:
         pixels, labels, chosen, errors_idx, descr = img[None], np.array([-1]), np.array([0]), set(), args.image
         cm_pairs, path_of = [], {}
     else:
-        images, labels, idx, paths, descr = evaluate.test_data(ckpt, args)
-        path_of = dict(zip(idx.tolist(), paths))
-        logits, _, _ = predict(model, BatchLoader(images, labels, idx, 64, device), transform, device)
+        test = load_test_split(ckpt, args.source_dir, args.split_file, args.workers)
+        images, labels, idx, descr = test.images, test.labels, test.indices, test.description
+        path_of = dict(zip(idx.tolist(), test.names))
+        logits, _, _ = predictor.predict(images, labels, idx, desc="eval")
         pred = logits.argmax(1).numpy()
         truth = labels[idx]
         conf = logits.softmax(1).max(1).values.numpy()
@@ -118,7 +115,7 @@ def main(args) -> None:
         print(f"test split: {len(wrong)} of {len(idx)} misclassified; explaining {len(chosen)} images "
               f"({n_err} misclassified)")
 
-    x = transform(torch.from_numpy(np.ascontiguousarray(pixels[chosen])).permute(0, 3, 1, 2).to(device))
+    x = predictor.prepare(pixels[chosen])
     with torch.no_grad():
         pred_logits = model(x)
     target = pred_logits.argmax(1)
@@ -132,7 +129,7 @@ def main(args) -> None:
 
     tiles, captions, report = [], [], []
     for k, i in enumerate(chosen):
-        raw = evaluate.center_crop(np.asarray(pixels[i]), crop)
+        raw = center_crop(np.asarray(pixels[i]), crop)
         p = int(probs[k].argmax())
         truth_name = names[labels[i]] if labels[i] >= 0 else "?"
         explained = names[int(target[k])]

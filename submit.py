@@ -27,17 +27,15 @@ import csv
 import io
 import os
 import re
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from common.cli import ArgumentParser, UserError, run_main
-from common.data import (ENGLISH_NAMES, IMAGE_EXTENSIONS, BatchLoader, atomic_write_text, decode_many,
-                         display_name, eval_transform)
-from common.engine import predict, resolve_device
-from common.models import model_from_checkpoint
+from common.data import ENGLISH_NAMES, IMAGE_EXTENSIONS, atomic_write_text, decode_many, display_name
+from common.engine import resolve_device
+from common.inference import Predictor
 from common.runs import load_checkpoint, runs_on_split
 
 DEFAULT_TEST_DIR = "data/animals10/cnn_test"
@@ -218,11 +216,7 @@ def decode_folder(files: list[Path], size: int) -> np.ndarray:
 
 def predict_folder(ckpt: dict, images: np.ndarray, device: torch.device, batch_size: int, tta: bool) -> np.ndarray:
     """Predicted class index for each decoded test image."""
-    model = model_from_checkpoint(ckpt).to(device, memory_format=torch.channels_last)
-    loader = BatchLoader(images, np.zeros(len(images), np.int64), np.arange(len(images)), batch_size, device)
-    transform = partial(eval_transform, crop=ckpt["crop_size"], mean=ckpt["mean"], std=ckpt["std"])
-    logits, _, _ = predict(model, loader, transform, device, amp=device.type == "cuda", tta=tta, desc="predict")
-    return logits.argmax(1).numpy()
+    return Predictor(ckpt, device).logits(images, batch_size, tta).argmax(1).numpy()
 
 
 def best_checkpoints(runs_dir: Path, top: int) -> list[Path]:

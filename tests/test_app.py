@@ -429,3 +429,21 @@ def test_page_in_chromium(runs, browser):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_listed_checkpoint_whose_weights_do_not_fit_is_a_clear_400(runs, tmp_path):
+    folder = tmp_path / "runs"
+    good = torch.load(runs / "best.pt", map_location="cpu", weights_only=True)
+    save_checkpoint(good, folder / "best.pt")
+    edited = {**good, "model_state": {**good["model_state"], "classifier.2.weight": torch.zeros(3, 7)}}
+    save_checkpoint(edited, folder / "20260202-000000-edited" / "best.pt")
+    srv = app.AppServer(("127.0.0.1", 0), app.Checkpoints(folder, folder / "best.pt", torch.device("cpu")))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        name = urllib.parse.quote(str(folder / "20260202-000000-edited" / "best.pt"))
+        status, r = call(srv, f"/predict?ckpt={name}", encode(solid(RED)))
+        assert status == 400 and "do not fit" in r["error"], r
+        assert call(srv, "/predict", encode(solid(RED)))[1]["top5"][0]["name"] == "dog"
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -17,6 +17,7 @@ import pytest
 import evaluate
 import part1_scratch_cnn as part1
 from common.metrics import classification_metrics, collect_runs, comparison_tables
+from common.runs import CheckpointError, load_checkpoint
 from conftest import ROOT, make_dataset, tiny_args
 
 
@@ -120,9 +121,24 @@ def test_truncated_real_checkpoint(trained, tmp_path):
     cut = tmp_path / "cut.pt"
     blob = (out / "best.pt").read_bytes()
     cut.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(evaluate.CheckpointError, match="truncated"):
-        evaluate.load_checkpoint(cut)
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(cut)
     shutil.rmtree(tmp_path)
+
+
+def test_checkpoint_whose_weights_do_not_fit_is_one_error_line(trained, tmp_path):
+    _, out = trained
+    import torch
+    ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    ckpt["model_state"]["classifier.2.weight"] = torch.zeros(3, 7)
+    edited = tmp_path / "edited.pt"
+    torch.save(ckpt, edited)
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(edited), "--out-dir", str(tmp_path / "e")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "do not fit" in lines[0]
+    assert not (tmp_path / "e").exists()
 
 
 def fake_run(runs: Path, name: str, seed: int, val: float, test: float, **config) -> None:

@@ -16,6 +16,7 @@ import evaluate
 import part1_scratch_cnn as part1
 from common.data import DataError, eval_transform
 from common.engine import predict
+from common.inference import load_test_split
 from common.models import model_from_checkpoint
 from common.robustness import CORRUPTIONS, RANDOM, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
 from common.runs import load_checkpoint
@@ -161,8 +162,8 @@ def test_corruptions_and_synthetic_ood_end_to_end(trained, tmp_path):
 
     # batch-by-batch corruption (batches of 16) scores exactly what corrupting all test images at once does
     ckpt = load_checkpoint(runs / "best.pt")
-    args = evaluate.get_args_parser().parse_args(["--ckpt", str(runs / "best.pt")])
-    pixels, labels, idx, _, _ = evaluate.test_data(ckpt, args)
+    test = load_test_split(ckpt)
+    pixels, labels, idx = test.images, test.labels, test.indices
     whole = corrupt(np.asarray(pixels)[idx], "gaussian_noise", 3, seed=0, index=idx)
     loader = [(torch.from_numpy(whole).permute(0, 3, 1, 2), torch.from_numpy(labels[idx]))]
     transform = partial(eval_transform, crop=ckpt["crop_size"], mean=ckpt["mean"], std=ckpt["std"])
