@@ -23,14 +23,13 @@ writes ood.json (AUROC, FPR at 95% TPR) and ood_hist.png. Both reuse the clean p
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.cli import run_main
+from common.cli import ArgumentParser, run_main
 from common.data import IMAGE_EXTENSIONS, DataError, atomic_write_text, decode_many
 from common.engine import resolve_device
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
@@ -41,9 +40,8 @@ from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tp
 from common.runs import load_checkpoint, write_json
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint and compare runs.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Evaluate a checkpoint and compare runs.")
     parser.add_argument("--ckpt", default=None, help="checkpoint to evaluate (e.g. runs/best.pt)")
     parser.add_argument("--data-dir", default=None,
                         help="evaluate on this <class>/ folder instead of the saved test split")
