@@ -18,7 +18,8 @@ from common.data import (IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, BatchLo
                          upscale_check)
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
-from common.models import HEAD, MAX_DEPTH, MODES, block_depth, build_model, unfreeze_to_depth
+from common.architectures import ARCHS
+from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
 
 DEFAULT_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4, "bn": 1e-3, "gradual": 3e-4}
@@ -26,7 +27,7 @@ DEFAULT_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4, "bn": 1e-3, "gradual":
 
 def get_args_parser(arch: str, description: str) -> ArgumentParser:
     """The part 2 command line for one architecture."""
-    modes = MODES[arch]
+    modes = tuple(ARCHS[arch].modes)
     lrs = ", ".join(f"{m} {DEFAULT_LR[m]:g}" for m in modes)
     parser = ArgumentParser(description=description)
     parser.add_argument("--mode", choices=modes, default=modes[0],
@@ -65,12 +66,13 @@ def check_mode_options(args) -> str | None:
 @contextmanager
 def headless(model: nn.Module, arch: str):
     """Temporarily swap the head for an identity, so model(x) returns the pooled backbone features."""
-    head = getattr(model, HEAD[arch])
-    setattr(model, HEAD[arch], nn.Identity())
+    name = ARCHS[arch].head_child
+    head = getattr(model, name)
+    setattr(model, name, nn.Identity())
     try:
         yield head
     finally:
-        setattr(model, HEAD[arch], head)
+        setattr(model, name, head)
 
 
 @torch.no_grad()
@@ -96,7 +98,7 @@ def feature_cache_fields(arch: str, weights_sha256: str, split: Split, img_size:
 
 
 def _feature_width(model: nn.Module, arch: str) -> int:
-    return next(m for m in getattr(model, HEAD[arch]).modules() if isinstance(m, nn.Linear)).in_features
+    return next(m for m in getattr(model, ARCHS[arch].head_child).modules() if isinstance(m, nn.Linear)).in_features
 
 
 def _load_features(path: Path, fields: dict, shape: tuple[int, int], log=print) -> torch.Tensor | None:
@@ -169,7 +171,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
         feats, seconds = cached_features(model, arch, weights, images, split, device, Path(args.output_dir) / "cache",
                                          crop, IMAGENET_MEAN, IMAGENET_STD, log)
         extra["feature_extraction_seconds"] = seconds
-        images, trained, save_model = feats.to(device), getattr(model, HEAD[arch]), model
+        images, trained, save_model = feats.to(device), getattr(model, ARCHS[arch].head_child), model
         train_tf = eval_tf = nn.Identity()
     loaders = make_loaders(images, split, args, device, generators["data"], log)
     lr_of = None
@@ -179,9 +181,9 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     optimizer = make_optimizer(param_groups(trained, args.weight_decay, args.lr, lr_of, include_frozen=gradual), args)
 
     def unfreeze(epoch: int) -> None:
-        depth = min(epoch // args.unfreeze_every, MAX_DEPTH[arch])
+        depth = min(epoch // args.unfreeze_every, ARCHS[arch].max_depth)
         if unfreeze_to_depth(model, arch, depth):
-            log(f"gradual unfreezing: blocks up to depth {depth} of {MAX_DEPTH[arch]} now train "
+            log(f"gradual unfreezing: blocks up to depth {depth} of {ARCHS[arch].max_depth} now train "
                 f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)")
 
     study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta, on_epoch_start=unfreeze if gradual else None)
