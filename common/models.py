@@ -109,6 +109,13 @@ def build_model(arch: str, num_classes: int, mode: str = "full", weights: str = 
     return model, record
 
 
+def set_dropout(model: nn.Module, arch: str, p: float) -> None:
+    """Set the dropout probability of the architecture's head."""
+    if ARCHS[arch].dropout is None:
+        raise ValueError(f"{arch} has no dropout layer in its head")
+    model.get_submodule(ARCHS[arch].dropout).p = p
+
+
 def set_train_mode(model: nn.Module) -> nn.Module:
     """model.train(), except BatchNorm layers whose parameters are frozen stay in eval mode (stats do not move)."""
     model.train()

@@ -22,13 +22,12 @@ from common.architectures import ARCHS
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
 
-DEFAULT_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4, "bn": 1e-3, "gradual": 3e-4}
-
 
 def get_args_parser(arch: str, description: str) -> ArgumentParser:
     """The part 2 command line for one architecture."""
-    modes = tuple(ARCHS[arch].modes)
-    lrs = ", ".join(f"{m} {DEFAULT_LR[m]:g}" for m in modes)
+    spec = ARCHS[arch]
+    modes = tuple(spec.modes)
+    lrs = ", ".join(f"{m} {spec.lr[m]:g}" for m in modes)
     parser = ArgumentParser(description=description)
     parser.add_argument("--mode", choices=modes, default=modes[0],
                         help=f"what is trained: {', '.join(modes)} (bn: BatchNorm layers + head; gradual: head "
@@ -44,7 +43,7 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
                         help="gradual mode: epochs between unfreezing the next block (head, then from the top down)")
     add_augment_args(parser, scale_min=0.35, jitter=0.2)
     add_data_args(parser)
-    add_crop_check(parser, min_crop=32)
+    add_crop_check(parser, min_crop=spec.min_crop)
     add_train_args(parser, lr=None, epochs=20, batch_size=32)
     parser.set_defaults(weight_decay=1e-4, lr=None)
     parser.description += f" Default learning rates fall as more is unfrozen: {lrs}; --lr overrides."
@@ -150,7 +149,7 @@ def cached_features(model, arch, weights: dict, images, split, device, cache_dir
 def train(args, arch: str, split: Split, images, device: torch.device, log=print) -> Path:
     """Build, freeze and fine-tune one model; returns its run folder."""
     if args.lr is None:
-        args.lr = DEFAULT_LR[args.mode]
+        args.lr = ARCHS[arch].lr[args.mode]
     problem = check_mode_options(args)
     if problem:
         raise UserError(problem)
