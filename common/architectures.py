@@ -105,3 +105,8 @@ ARCHS = {spec.name: spec for spec in (
         blocks=(("classifier",), _features(*range(14, 19)), _features(*range(7, 14)), _features(4, 5, 6)),
         gradcam_layer="features.18", min_crop=32, weights="MobileNet_V2_Weights.IMAGENET1K_V1", dropout="classifier.0"),
 )}
+
+
+def arch_of_script(script: str) -> ArchSpec | None:
+    """The spec of the architecture a training script (named without a folder) trains; None for any other file."""
+    return next((spec for spec in ARCHS.values() if spec.script == script), None)
