@@ -117,13 +117,16 @@ def set_dropout(model: nn.Module, arch: str, p: float) -> None:
 
 
 def set_train_mode(model: nn.Module) -> nn.Module:
-    """model.train(), except BatchNorm layers whose parameters are frozen stay in eval mode (stats do not move)."""
+    """model.train(), except modules whose parameters are all frozen stay in eval mode.
+
+    So frozen BatchNorm statistics do not move, and a frozen block drops nothing (stochastic depth, dropout):
+    a frozen backbone computes the same features as in evaluation, and as the feature cache.
+    """
     model.train()
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            params = list(m.parameters(recurse=False))
-            if params and not any(p.requires_grad for p in params):
-                m.eval()
+        params = list(m.parameters())
+        if params and not any(p.requires_grad for p in params):
+            m.eval()
     return model
 
 
