@@ -1,14 +1,21 @@
 """The architecture registry: every spec's facts hold for its network; frozen blocks stay in eval mode."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
+import part2_efficientnet
+from common import transfer
 from common.architectures import ARCHS, arch_of_script
-from common.explain import DEFAULT_LAYER, find_layer
-from common.models import block_depth, build_model, set_train_mode
-from conftest import ROOT
+from common.explain import DEFAULT_LAYER, GradCAM, find_layer
+from common.models import (block_depth, build_model, count_parameters, model_from_checkpoint, set_train_mode,
+                           unfreeze_to_depth)
+from common.runs import load_checkpoint
+from conftest import ROOT, tiny_args
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
@@ -52,3 +59,60 @@ def test_frozen_blocks_stay_in_eval_mode():
     model[0][1].requires_grad_(True)  # a block with one trainable layer trains as a whole
     set_train_mode(model)
     assert frozen.training and frozen[2].training and not frozen[0].training
+
+
+# ---------- EfficientNet-B0: the architecture added as one spec entry ----------
+
+@pytest.mark.parametrize("mode, expected", [("fc", 12_810), ("bn", 54_826), ("gradual", 12_810), ("full", 4_020_358)])
+def test_efficientnet_trainable_parameter_counts(mode, expected):
+    model, _ = build_model("efficientnet_b0", 10, mode)
+    assert count_parameters(model) == (expected, 4_020_358)
+
+
+def test_efficientnet_fc_freezes_the_backbone_in_eval_mode():
+    model, _ = build_model("efficientnet_b0", 10, "fc")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"classifier.1.weight", "classifier.1.bias"}
+    set_train_mode(model)
+    batchnorms = [m for m in model.features.modules() if isinstance(m, nn.BatchNorm2d)]
+    drops = [m for m in model.features.modules() if isinstance(m, StochasticDepth)]
+    assert batchnorms and drops and not any(m.training for m in batchnorms + drops)
+    assert model.classifier.training  # the head's dropout still drops
+    with transfer.headless(model, "efficientnet_b0"):
+        assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 1280)  # pooled features, for --cache-features
+
+
+def test_efficientnet_blocks_unfreeze_from_the_top():
+    model, _ = build_model("efficientnet_b0", 10, "gradual")
+    assert {block_depth("efficientnet_b0", n) for n, _ in model.named_parameters()} == {0, 1, 2, 3, 4}
+    assert unfreeze_to_depth(model, "efficientnet_b0", 1) and not unfreeze_to_depth(model, "efficientnet_b0", 1)
+    tops = {".".join(n.split(".")[:2]) for n, p in model.named_parameters() if p.requires_grad}
+    assert tops == {"classifier.1", "features.6", "features.7", "features.8"}
+    assert block_depth("efficientnet_b0", "features.3.0.block.0.0.weight") == 3
+    assert block_depth("efficientnet_b0", "features.0.0.weight") == 4 == ARCHS["efficientnet_b0"].max_depth
+
+
+def test_efficientnet_cli_offers_its_modes_and_minimum_crop(capsys):
+    parser = part2_efficientnet.get_args_parser()
+    assert parser.parse_args([]).mode == "fc"
+    for argv, message in ((["--mode", "blocks34"], "invalid choice: 'blocks34'"),
+                          (["--crop-size", "16", "--img-size", "32"], "give at least 32")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_efficientnet_trains_rebuilds_and_explains(dataset, tmp_path):
+    out = tmp_path / "runs"
+    args = part2_efficientnet.get_args_parser().parse_args(
+        tiny_args(dataset, out, "--mode", "full", "--lr-decay", "0.5", "--weights", "none", "--epochs", "1",
+                  "--batch-size", "16"))
+    part2_efficientnet.main(args)
+    run = next(p for p in out.iterdir() if p.name.endswith("efficientnet_b0-full"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["trainable_params"] == 4_020_358 and metrics["lr"] == 1e-4  # the spec's full-mode rate
+    ckpt = load_checkpoint(run / "best.pt")
+    model = model_from_checkpoint(ckpt)
+    assert not model.training and all(torch.equal(v, ckpt["model_state"][k]) for k, v in model.state_dict().items())
+    with GradCAM(model, find_layer(model, DEFAULT_LAYER["efficientnet_b0"])) as cam:
+        heat, logits = cam(torch.randn(2, 3, 64, 64))
+    assert heat.shape == (2, 64, 64) and logits.shape == (2, 10) and heat.min() >= 0 and heat.max() <= 1

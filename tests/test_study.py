@@ -154,7 +154,8 @@ def test_bad_plans_and_names_are_clear_errors(dataset, tmp_path):
 def test_plan_may_only_name_the_training_scripts(tmp_path, script):
     plan = write_plan(tmp_path, [{**scratch_run(1e-3), "script": script}])
     with pytest.raises(DataError, match=r"run 'scratch-lr0.001' names script .*; a plan may only run "
-                                        r"part1_scratch_cnn.py, part2_mobilenet.py, part2_resnet18.py"):
+                                        r"part1_scratch_cnn.py, part2_efficientnet.py, part2_mobilenet.py, "
+                                        r"part2_resnet18.py"):
         study.load_plan(str(plan))
 
 
