@@ -47,7 +47,8 @@ class ArchSpec:
 
     build(num_classes=...) makes the bare network. A pretrained one (weights set) is built with its ImageNet head,
     which build_model replaces at `head` once the weights are loaded; one trained from scratch is built for
-    num_classes directly.
+    num_classes directly. Every parameter outside a mode's trainable children is frozen; "bn" mode also trains every
+    BatchNorm layer, and "gradual" starts as "fc" and unfreezes one block deeper at a time (common/transfer.py).
     """
 
     name: str  # checkpoints, run folders and plans name the architecture by this key
@@ -107,8 +108,8 @@ ARCHS = {spec.name: spec for spec in (
     ArchSpec(  # blocks by output stride: 32 (features 6-8), 16 (4-5), 8 (3); the stem and stride 2-4 stages are the rest
         name="efficientnet_b0", display="EfficientNet-B0", script="part2_efficientnet.py",
         build=torchvision.models.efficientnet_b0, head="classifier.1", modes=_HEAD_MODES,
-        lr={m: _TRANSFER_LR[m] for m in _HEAD_MODES}, blocks=(("classifier",), _features(6, 7, 8), _features(4, 5),
-                                                             _features(3)),
+        lr={m: _TRANSFER_LR[m] for m in _HEAD_MODES},
+        blocks=(("classifier",), _features(6, 7, 8), _features(4, 5), _features(3)),
         gradcam_layer="features.8", min_crop=32, weights="EfficientNet_B0_Weights.IMAGENET1K_V1",
         dropout="classifier.0"),
 )}

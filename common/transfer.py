@@ -191,7 +191,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
 
 
 def main(args, arch: str) -> Path:
-    """What part2_resnet18.py and part2_mobilenet.py run: data, then one fine-tuning run (also under torchrun)."""
+    """What the part 2 scripts run: data, then one fine-tuning run (also under torchrun)."""
     init_distributed(args.device)  # a no-op unless started by torchrun
     try:
         device = resolve_device(args.device)
