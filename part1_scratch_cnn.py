@@ -34,12 +34,12 @@ from pathlib import Path
 
 import torch
 
+from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
 from common.data import (IMAGENET_MEAN, IMAGENET_STD, add_augment_args, add_crop_check, add_data_args,
                          atomic_write_text, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
-from common.architectures import ARCHS
 from common.models import build_model, set_dropout
 from common.runs import write_json
 

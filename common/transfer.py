@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, number, positive_int
 from common.data import (IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, BatchLoader, Split, add_augment_args,
                          add_crop_check, add_data_args, cache_key, cache_mismatch, eval_transform, explain_miss,
@@ -18,7 +19,6 @@ from common.data import (IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, BatchLo
                          upscale_check)
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
-from common.architectures import ARCHS
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
 
