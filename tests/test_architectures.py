@@ -28,8 +28,9 @@ def test_spec_fits_its_network(arch):
     children = {name for name, _ in model.named_children()}
     assert all(set(t) <= children for t in spec.modes.values() if t is not None)
     names = [n for n, _ in model.named_parameters()]
-    for prefixes in spec.blocks:  # every block names parameters, none twice
-        assert all(any(n.startswith(p + ".") for n in names) for p in prefixes)
+    prefixes = [p for block in spec.blocks for p in block]
+    assert all(any(n.startswith(p + ".") for n in names) for p in prefixes)  # every block names parameters
+    assert all(sum(n.startswith(p + ".") for p in prefixes) <= 1 for n in names)  # none lies in two blocks
     assert [block_depth(arch, n) for n in names if n.startswith(spec.head_child + ".")] == [0, 0]
     if spec.dropout:
         assert isinstance(model.get_submodule(spec.dropout), nn.Dropout)
