@@ -34,12 +34,13 @@ from pathlib import Path
 
 import torch
 
+from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
 from common.data import (IMAGENET_MEAN, IMAGENET_STD, add_augment_args, add_crop_check, add_data_args,
                          atomic_write_text, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
-from common.models import build_model
+from common.models import build_model, set_dropout
 from common.runs import write_json
 
 ARCH = "scratch_cnn"
@@ -48,8 +49,8 @@ ARCH = "scratch_cnn"
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Train the five-layer CNN from scratch (part 1).")
     add_data_args(parser)
-    add_crop_check(parser, min_crop=64)  # a stride-2 conv and five 2x2 poolings need 2**6 pixels
-    add_train_args(parser, lr=1e-3, epochs=40, batch_size=32)
+    add_crop_check(parser, min_crop=ARCHS[ARCH].min_crop)
+    add_train_args(parser, lr=ARCHS[ARCH].lr["full"], epochs=40, batch_size=32)
     add_augment_args(parser, scale_min=0.25, jitter=0.3)
     parser.add_argument("--dropout", type=probability, default=0.3, help="dropout before the linear head")
     parser.add_argument("--sweep", action="store_true", help="train every --lrs x --batch-sizes configuration")
@@ -75,7 +76,7 @@ def train(args, split, images, device, log=print) -> Path:
     """Train one configuration and return its run folder."""
     generators = seed_everything(args.seed)
     model, weights = build_model(ARCH, len(split.classes))
-    model.classifier[1].p = args.dropout
+    set_dropout(model, ARCH, args.dropout)
     model = model.to(device, memory_format=torch.channels_last)
     train_tf, eval_tf = make_transforms(args, generators["augment"])
     loaders = make_loaders(images, split, args, device, generators["data"], log)

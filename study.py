@@ -37,11 +37,11 @@ import time
 from pathlib import Path
 
 import torch
-import torchvision
 
+from common.architectures import ARCHS, arch_of_script
 from common.data import DataError, resolve_data_dir
 from common.models import WeightsError, load_pretrained
-from common.plans import PLANS, SCRATCH, SCRIPTS, expand_seeds
+from common.plans import PLANS, expand_seeds
 from common.report import build_report
 from common.runs import write_json
 
@@ -86,7 +86,7 @@ def _raise_stopped(signum: int, frame) -> None:
 
 def check_scripts(plan: dict, where: str) -> None:
     """Refuse a plan naming any script but the repository's training scripts (no paths, no other programs)."""
-    allowed = sorted(set(SCRIPTS.values()))
+    allowed = sorted(spec.script for spec in ARCHS.values())
     for r in plan["runs"]:
         if r["script"] not in allowed:
             raise DataError(f"{where}: run {r['name']!r} names script {r['script']!r}; a plan may only run "
@@ -133,7 +133,7 @@ def weights_problem(arch: str, weights: str, timeout: float = 30.0) -> str | Non
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)
     try:
-        load_pretrained(getattr(torchvision.models, arch)(), arch, weights)
+        load_pretrained(ARCHS[arch].build(), arch, weights)
     except WeightsError as e:
         return str(e).split("; ")[0]
     finally:
@@ -161,7 +161,7 @@ def plan_and_warnings(args) -> tuple[dict, list[str]]:
         warning = resnet_warning(args, args.plan)
         return load_plan(args.plan, resnet18=warning is None), [warning] if warning else []
     plan = load_plan(args.plan)
-    uses = any(r["script"] == SCRIPTS["resnet18"] and "--weights" not in r["args"] for r in plan["runs"])
+    uses = any(r["script"] == ARCHS["resnet18"].script and "--weights" not in r["args"] for r in plan["runs"])
     warning = resnet_warning(args, plan["name"]) if uses else None
     return plan, [warning] if warning else []
 
@@ -181,8 +181,10 @@ def train_command(run: dict, plan: dict, args) -> list[str]:
            "--tag", f"{plan['name']}-{run['name']}", "--device", args.device]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
-    if run["script"] != SCRATCH and "--weights" not in run["args"]:
-        cmd += ["--weights", args.resnet_weights if "resnet" in run["script"] else args.mobilenet_weights]
+    flags = {"resnet18": args.resnet_weights, "mobilenet_v2": args.mobilenet_weights}  # others: the script's default
+    weights = flags.get(arch_of_script(run["script"]).name)
+    if weights is not None and "--weights" not in run["args"]:
+        cmd += ["--weights", weights]
     return cmd
 
 
@@ -345,7 +347,7 @@ def main(args) -> int:
 
     weights = {w for w in (args.mobilenet_weights, args.resnet_weights) if w not in ("imagenet", "none")}
     notes = [*REPORT_NOTES, *plan.get("notes", [])]
-    if args.resnet_weights == "none" and any(r["script"] == SCRIPTS["resnet18"] for r in plan["runs"]):
+    if args.resnet_weights == "none" and any(r["script"] == ARCHS["resnet18"].script for r in plan["runs"]):
         notes.append("ResNet-18 runs start from random initialisation (--resnet-weights none), not ImageNet weights.")
     if any(Path(w).name.startswith("mobilenet_v2-4972ace1") for w in weights):
         notes.append("The MobileNetV2 ImageNet weights are the offline RECONSTRUCTION in ../shared/weights "

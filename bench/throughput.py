@@ -27,14 +27,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.architectures import ARCHS  # noqa: E402
 from common.cli import ArgumentParser  # noqa: E402
 from common.data import (IMAGENET_MEAN, IMAGENET_STD, BatchLoader, add_data_args, atomic_write_text,  # noqa: E402
                          cache_path, eval_transform, prepare_data, resolve_data_dir, to_device, train_transform)
 from common.engine import autocast, resolve_device  # noqa: E402
-from common.models import MODES, build_model, set_train_mode  # noqa: E402
-from common.transfer import HEAD, extract_features  # noqa: E402
+from common.models import build_model, set_train_mode  # noqa: E402
+from common.transfer import extract_features  # noqa: E402
 
-ALL_MODELS = [(a, m) for a, modes in MODES.items() for m in modes]
+ALL_MODELS = [(a, m) for a, spec in ARCHS.items() for m in spec.modes]
 
 
 def get_args_parser() -> ArgumentParser:
@@ -142,7 +143,7 @@ def feature_cache_speed(arch: str, images, labels, split, device: torch.device, 
     start = time.perf_counter()
     feats = extract_features(model, arch, images, split, tf, device, batch_size)
     extraction = time.perf_counter() - start
-    head = getattr(model, HEAD[arch])
+    head = getattr(model, ARCHS[arch].head_child)
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=1e-3)
     feats = feats.to(device)
     train_idx, val_idx = split.indices["train"], split.indices["val"]

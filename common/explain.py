@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The last convolutional feature map of each architecture (scratch_cnn: the ReLU of block 5, 7x7 at 224 px).
-DEFAULT_LAYER = {"scratch_cnn": "features.18", "resnet18": "layer4", "mobilenet_v2": "features.18"}
+from common.architectures import ARCHS
+
+# Each architecture's Grad-CAM layer (its last convolutional feature map), read from its spec.
+DEFAULT_LAYER = {name: spec.gradcam_layer for name, spec in ARCHS.items()}
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:

@@ -10,8 +10,8 @@ A plan is a dict (or a JSON file of the same shape, passed as `study.py --plan F
 
 study.py adds --data-dir, --output-dir, --tag <plan>-<name> and, for the part 2 scripts, --weights to every
 run. A run may belong to several groups (the baseline of one experiment is a point of another), so it is
-trained once. Group keys are the ones common/report.py knows how to plot; see GROUPS. "script" must be one of
-SCRIPTS' values (a file of the repository, named without a folder).
+trained once. Group keys are the ones common/report.py knows how to plot; see GROUPS. "script" must be the
+script of an architecture in common/architectures.py (a file of the repository, named without a folder).
 
 A run may carry "seeds": [0, 1, 2]: it stands for one run per seed (expand_seeds), in the same groups, with
 "--seed N" added and the name suffixed "-sN"; seed 0 keeps the plain name and arguments, so a plan that gains
@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import itertools
 
+from common.architectures import ARCHS
 from common.data import DataError
-
-SCRATCH = "part1_scratch_cnn.py"
-SCRIPTS = {"scratch_cnn": SCRATCH, "mobilenet_v2": "part2_mobilenet.py", "resnet18": "part2_resnet18.py"}
 
 GROUPS = {
     "scratch_grid": {"title": "Scratch CNN: learning rate x batch size",
@@ -60,11 +58,8 @@ REGULARIZATION_ARGS = {
 }
 
 
-MODEL_NAMES = {"scratch_cnn": "scratch CNN", "mobilenet_v2": "MobileNetV2", "resnet18": "ResNet-18"}
-
-
 def _run(name: str, model: str, args: list[str], groups: list[str], label: str, **vars_) -> dict:
-    return {"name": name, "label": f"{MODEL_NAMES[model]} {label}", "script": SCRIPTS[model],
+    return {"name": name, "label": f"{ARCHS[model].display} {label}", "script": ARCHS[model].script,
             "args": [str(a) for a in args], "groups": groups, "vars": {"model": model, **vars_}}
 
 
@@ -185,7 +180,7 @@ def quick(resnet18: bool = True) -> dict:
     return make_plan(
         "quick",
         "A smoke run of the whole study for a CPU: the scratch CNN and the fine-tuning strategies "
-        f"({' and '.join(MODEL_NAMES[m] for m in strategies)}) train for 5 and "
+        f"({' and '.join(ARCHS[m].display for m in strategies)}) train for 5 and "
         "3 epochs on 112x112 crops of 128x128 images; the learning-rate, data-fraction and imbalance experiments "
         "train a MobileNetV2 head for 15 epochs on cached 224x224 ImageNet features, its baseline repeated over "
         "3 seeds. Read the numbers for their ranking, not their level: every model here is far from converged.",

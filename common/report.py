@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.architectures import ARCHS  # noqa: E402
 from common.data import atomic_write, atomic_write_text, display_name  # noqa: E402
 from common.plots import save_figure  # noqa: E402
 
@@ -30,7 +31,7 @@ SPREAD_RULE = ("A difference involving a repeated configuration counts as within
                "than two standard errors of the difference, 2·√(s₁²/n₁ + s₂²/n₂), with s the sample standard "
                "deviation over a configuration's n seeds; a configuration run once is taken to vary as much as the "
                "repeated one.")
-MODEL_NAMES = {"scratch_cnn": "scratch CNN", "resnet18": "ResNet-18", "mobilenet_v2": "MobileNetV2"}
+MODEL_NAMES = {name: spec.display for name, spec in ARCHS.items()}
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;background:#f6f7f9;margin:0}
 main{max-width:1180px;margin:0 auto;padding:24px 32px 64px;background:#fff;min-height:100vh}

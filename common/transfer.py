@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, number, positive_int
 from common.data import (IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, BatchLoader, Split, add_augment_args,
                          add_crop_check, add_data_args, cache_key, cache_mismatch, eval_transform, explain_miss,
@@ -18,16 +19,15 @@ from common.data import (IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, BatchLo
                          upscale_check)
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
-from common.models import HEAD, MAX_DEPTH, MODES, block_depth, build_model, unfreeze_to_depth
+from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
-
-DEFAULT_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4, "bn": 1e-3, "gradual": 3e-4}
 
 
 def get_args_parser(arch: str, description: str) -> ArgumentParser:
     """The part 2 command line for one architecture."""
-    modes = MODES[arch]
-    lrs = ", ".join(f"{m} {DEFAULT_LR[m]:g}" for m in modes)
+    spec = ARCHS[arch]
+    modes = tuple(spec.modes)
+    lrs = ", ".join(f"{m} {spec.lr[m]:g}" for m in modes)
     parser = ArgumentParser(description=description)
     parser.add_argument("--mode", choices=modes, default=modes[0],
                         help=f"what is trained: {', '.join(modes)} (bn: BatchNorm layers + head; gradual: head "
@@ -43,7 +43,7 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
                         help="gradual mode: epochs between unfreezing the next block (head, then from the top down)")
     add_augment_args(parser, scale_min=0.35, jitter=0.2)
     add_data_args(parser)
-    add_crop_check(parser, min_crop=32)
+    add_crop_check(parser, min_crop=spec.min_crop)
     add_train_args(parser, lr=None, epochs=20, batch_size=32)
     parser.set_defaults(weight_decay=1e-4, lr=None)
     parser.description += f" Default learning rates fall as more is unfrozen: {lrs}; --lr overrides."
@@ -65,12 +65,13 @@ def check_mode_options(args) -> str | None:
 @contextmanager
 def headless(model: nn.Module, arch: str):
     """Temporarily swap the head for an identity, so model(x) returns the pooled backbone features."""
-    head = getattr(model, HEAD[arch])
-    setattr(model, HEAD[arch], nn.Identity())
+    name = ARCHS[arch].head_child
+    head = getattr(model, name)
+    setattr(model, name, nn.Identity())
     try:
         yield head
     finally:
-        setattr(model, HEAD[arch], head)
+        setattr(model, name, head)
 
 
 @torch.no_grad()
@@ -96,7 +97,7 @@ def feature_cache_fields(arch: str, weights_sha256: str, split: Split, img_size:
 
 
 def _feature_width(model: nn.Module, arch: str) -> int:
-    return next(m for m in getattr(model, HEAD[arch]).modules() if isinstance(m, nn.Linear)).in_features
+    return next(m for m in getattr(model, ARCHS[arch].head_child).modules() if isinstance(m, nn.Linear)).in_features
 
 
 def _load_features(path: Path, fields: dict, shape: tuple[int, int], log=print) -> torch.Tensor | None:
@@ -148,7 +149,7 @@ def cached_features(model, arch, weights: dict, images, split, device, cache_dir
 def train(args, arch: str, split: Split, images, device: torch.device, log=print) -> Path:
     """Build, freeze and fine-tune one model; returns its run folder."""
     if args.lr is None:
-        args.lr = DEFAULT_LR[args.mode]
+        args.lr = ARCHS[arch].lr[args.mode]
     problem = check_mode_options(args)
     if problem:
         raise UserError(problem)
@@ -169,7 +170,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
         feats, seconds = cached_features(model, arch, weights, images, split, device, Path(args.output_dir) / "cache",
                                          crop, IMAGENET_MEAN, IMAGENET_STD, log)
         extra["feature_extraction_seconds"] = seconds
-        images, trained, save_model = feats.to(device), getattr(model, HEAD[arch]), model
+        images, trained, save_model = feats.to(device), getattr(model, ARCHS[arch].head_child), model
         train_tf = eval_tf = nn.Identity()
     loaders = make_loaders(images, split, args, device, generators["data"], log)
     lr_of = None
@@ -179,9 +180,9 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     optimizer = make_optimizer(param_groups(trained, args.weight_decay, args.lr, lr_of, include_frozen=gradual), args)
 
     def unfreeze(epoch: int) -> None:
-        depth = min(epoch // args.unfreeze_every, MAX_DEPTH[arch])
+        depth = min(epoch // args.unfreeze_every, ARCHS[arch].max_depth)
         if unfreeze_to_depth(model, arch, depth):
-            log(f"gradual unfreezing: blocks up to depth {depth} of {MAX_DEPTH[arch]} now train "
+            log(f"gradual unfreezing: blocks up to depth {depth} of {ARCHS[arch].max_depth} now train "
                 f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)")
 
     study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta, on_epoch_start=unfreeze if gradual else None)
@@ -190,7 +191,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
 
 
 def main(args, arch: str) -> Path:
-    """What part2_resnet18.py and part2_mobilenet.py run: data, then one fine-tuning run (also under torchrun)."""
+    """What the part 2 scripts run: data, then one fine-tuning run (also under torchrun)."""
     init_distributed(args.device)  # a no-op unless started by torchrun
     try:
         device = resolve_device(args.device)

@@ -12,8 +12,9 @@ import pytest
 
 import part1_scratch_cnn as part1
 import study
+from common.architectures import ARCHS
 from common.data import DataError
-from common.plans import GROUPS, PLANS, SCRIPTS
+from common.plans import GROUPS, PLANS
 from conftest import ROOT, Killed, kill_after
 
 TINY = ["--per-class", "20", "--split", "12,4,4", "--img-size", "72", "--crop-size", "64", "--workers", "2",
@@ -51,7 +52,7 @@ def test_builtin_plans_are_consistent_and_parse(name, options):
     assert len(keys) == len(set(keys))  # a shared baseline is trained once
     assert set(plan["groups"]) == {g for r in plan["runs"] for g in r["groups"]} == set(GROUPS)
     for r in plan["runs"]:
-        assert (ROOT / r["script"]).is_file() and r["script"] == SCRIPTS[r["vars"]["model"]]
+        assert (ROOT / r["script"]).is_file() and r["script"] == ARCHS[r["vars"]["model"]].script
         for g in r["groups"]:
             assert set(GROUPS[g]["vars"]) <= set(r["vars"]), (r["name"], g)
         module = __import__(r["script"][:-3])
@@ -153,7 +154,8 @@ def test_bad_plans_and_names_are_clear_errors(dataset, tmp_path):
 def test_plan_may_only_name_the_training_scripts(tmp_path, script):
     plan = write_plan(tmp_path, [{**scratch_run(1e-3), "script": script}])
     with pytest.raises(DataError, match=r"run 'scratch-lr0.001' names script .*; a plan may only run "
-                                        r"part1_scratch_cnn.py, part2_mobilenet.py, part2_resnet18.py"):
+                                        r"part1_scratch_cnn.py, part2_efficientnet.py, part2_mobilenet.py, "
+                                        r"part2_resnet18.py"):
         study.load_plan(str(plan))
 
 

@@ -15,7 +15,8 @@ from torch import nn
 import part2_mobilenet
 from common import transfer
 from common.engine import param_groups
-from common.models import TV_WEIGHTS, WeightsError, build_model, count_parameters, load_pretrained, set_train_mode
+from common.architectures import ARCHS
+from common.models import WeightsError, build_model, count_parameters, load_pretrained, set_train_mode
 from common.runs import load_checkpoint
 from conftest import ROOT, tiny_args
 
@@ -69,7 +70,7 @@ def fake_imagenet_state(arch: str) -> dict:
 
 def test_weights_api_picks_up_torch_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    weights = torchvision.models.get_weight(TV_WEIGHTS["mobilenet_v2"])
+    weights = torchvision.models.get_weight(ARCHS["mobilenet_v2"].weights)
     cached = tmp_path / "hub" / "checkpoints" / Path(weights.url).name
     cached.parent.mkdir(parents=True)
     state = fake_imagenet_state("mobilenet_v2")
