@@ -32,8 +32,22 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.cli import ArgumentParser, run_main
-from common.data import (SUBSETS, DataError, DuplicateGroup, atomic_write_text, decode_image, dhash, display_name,
-                         Split, duplicate_groups, file_sha256, hamming, read_split, resolve_data_dir, scan_folder)
+from common.data import (
+    SUBSETS,
+    DataError,
+    DuplicateGroup,
+    Split,
+    atomic_write_text,
+    decode_image,
+    dhash,
+    display_name,
+    duplicate_groups,
+    file_sha256,
+    hamming,
+    read_split,
+    resolve_data_dir,
+    scan_folder,
+)
 from common.plots import save_figure
 
 MODE_NAMES = {

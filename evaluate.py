@@ -34,8 +34,14 @@ from common.data import IMAGE_EXTENSIONS, DataError, atomic_write_text, decode_m
 from common.engine import resolve_device
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
 from common.metrics import classification_metrics, collect_runs, comparison_tables, seed_repeats, seed_tables
-from common.plots import (plot_comparison, plot_confusion_matrix, plot_corruptions, plot_curves, plot_image_grid,
-                          plot_ood_hist)
+from common.plots import (
+    plot_comparison,
+    plot_confusion_matrix,
+    plot_corruptions,
+    plot_curves,
+    plot_image_grid,
+    plot_ood_hist,
+)
 from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
 from common.runs import load_checkpoint, write_json
 

@@ -22,8 +22,15 @@ import torch
 from common.cli import ArgumentParser, UserError, positive_int, run_main
 from common.data import DataError, atomic_write_text, decode_image, display_name
 from common.engine import resolve_device
-from common.explain import (DEFAULT_LAYER, GradCAM, describe_heatmap, find_layer, integrated_gradients, occlusion,
-                            overlay)
+from common.explain import (
+    DEFAULT_LAYER,
+    GradCAM,
+    describe_heatmap,
+    find_layer,
+    integrated_gradients,
+    occlusion,
+    overlay,
+)
 from common.inference import Predictor, center_crop, load_test_split
 from common.plots import plot_image_grid
 from common.runs import load_checkpoint

@@ -28,8 +28,19 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.cli import ArgumentParser  # noqa: E402
-from common.data import (IMAGENET_MEAN, IMAGENET_STD, BatchLoader, add_data_args, atomic_write_text,  # noqa: E402
-                         cache_path, eval_transform, prepare_data, resolve_data_dir, to_device, train_transform)
+from common.data import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BatchLoader,
+    add_data_args,
+    atomic_write_text,
+    cache_path,
+    eval_transform,
+    prepare_data,
+    resolve_data_dir,
+    to_device,
+    train_transform,
+)
 from common.engine import autocast, resolve_device  # noqa: E402
 from common.models import MODES, build_model, set_train_mode  # noqa: E402
 from common.transfer import HEAD, extract_features  # noqa: E402

@@ -20,12 +20,22 @@ from tqdm import tqdm
 
 from common.cli import UserError, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from common.data import Split, class_weights, display_name, mix_batch
-from common.distributed import (barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across,
-                                world_size)
+from common.distributed import barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across, world_size
 from common.metrics import macro_f1
 from common.models import count_parameters, set_train_mode
-from common.runs import (CKPT_FORMAT, MODEL_KEYS, RESUME_KEYS, CheckpointError, CheckpointSaver, check_resume_path,
-                         load_checkpoint, require_keys, run_dir_name, update_global_best, write_json)
+from common.runs import (
+    CKPT_FORMAT,
+    MODEL_KEYS,
+    RESUME_KEYS,
+    CheckpointError,
+    CheckpointSaver,
+    check_resume_path,
+    load_checkpoint,
+    require_keys,
+    run_dir_name,
+    update_global_best,
+    write_json,
+)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

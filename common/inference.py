@@ -14,8 +14,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.data import (BatchLoader, display_name, eval_transform, load_folder, load_or_build_cache, load_split,
-                         resolve_data_dir)
+from common.data import (
+    BatchLoader,
+    display_name,
+    eval_transform,
+    load_folder,
+    load_or_build_cache,
+    load_split,
+    resolve_data_dir,
+)
 from common.engine import predict
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint

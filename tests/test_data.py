@@ -11,9 +11,23 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import (BatchLoader, DataError, add_data_args, assign_subsets, atomic_write_text, decode_image,
-                         duplicate_groups, eval_transform, load_or_build_cache, load_or_create_split, make_loaders,
-                         parse_split_sizes, prepare_data, scan_folder, train_transform)
+from common.data import (
+    BatchLoader,
+    DataError,
+    add_data_args,
+    assign_subsets,
+    atomic_write_text,
+    decode_image,
+    duplicate_groups,
+    eval_transform,
+    load_or_build_cache,
+    load_or_create_split,
+    make_loaders,
+    parse_split_sizes,
+    prepare_data,
+    scan_folder,
+    train_transform,
+)
 from conftest import ANIMALS, make_dataset
 
 

@@ -10,7 +10,6 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 import torch
 
 import part1_scratch_cnn as part1
