@@ -40,7 +40,8 @@ def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Grad-CAM explanations and error analysis.")
     parser.add_argument("--ckpt", default="runs/best.pt", help="checkpoint to explain")
     parser.add_argument("--image", default=None, help="explain this one image instead of the test split")
-    parser.add_argument("--target-class", default=None, help="class to explain (folder or English name; default: predicted)")
+    parser.add_argument("--target-class", default=None,
+                        help="class to explain (folder or English name; default: predicted)")
     parser.add_argument("--layer", default=None, help="target layer name (default: the architecture's last conv block)")
     parser.add_argument("--method", choices=("occlusion", "integrated-gradients", "none"), default="occlusion",
                         help="second explanation shown beside Grad-CAM")

@@ -82,7 +82,8 @@ def test_split_options_must_match_saved_split(dataset, tmp_path):
     make_split(dataset, tmp_path)
     with pytest.raises(DataError, match="was made with --split-seed 0, not --split-seed 3; pass --split-seed 0"):
         make_split(dataset, tmp_path, split_seed=3)
-    with pytest.raises(DataError, match="was made with --per-class 20 --split 12,4,4, not --per-class 10 --split 6,2,2"):
+    with pytest.raises(DataError,
+                       match="was made with --per-class 20 --split 12,4,4, not --per-class 10 --split 6,2,2"):
         make_split(dataset, tmp_path, per_class=10, sizes=(6, 2, 2))
 
 
