@@ -1,4 +1,5 @@
 # make setup  - virtual environment with the pinned requirements
+# make lint   - ruff check . (rules and exclusions in pyproject.toml)
 # make test   - the whole test suite (CPU, offline, synthetic data)
 # make study  - study.py with PLAN on DATA: every experiment, evaluation, robustness, Grad-CAM and
 #               runs/report/index.html. PLAN=quick takes minutes on a CPU; PLAN=full is the complete study (GPU).
@@ -11,7 +12,7 @@ RESNET_WEIGHTS ?= imagenet
 PLAN ?= quick
 PY := $(VENV)/bin/python
 
-.PHONY: setup test study
+.PHONY: setup lint test study
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 setup: $(VENV)/.installed
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # pytest exits 5 when it collects no tests: that is a failure here, not a pass.
 test: setup

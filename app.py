@@ -43,12 +43,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.data import (JPEG_SIGNATURE, PNG_SIGNATURE, DataError, ImageHeader, decode_bytes, display_name,
-                         read_image_header)
+from common.cli import ArgumentParser, UserError, run_main
+from common.data import (
+    JPEG_SIGNATURE,
+    PNG_SIGNATURE,
+    DataError,
+    ImageHeader,
+    decode_bytes,
+    display_name,
+    read_image_header,
+)
 from common.engine import resolve_device
 from common.explain import DEFAULT_LAYER, GradCAM, find_layer, overlay
 from common.inference import LabelledImages, Predictor, center_crop, load_test_split
-from common.cli import ArgumentParser, UserError, run_main
 from common.runs import CheckpointError, load_checkpoint
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -229,7 +236,8 @@ h1 { font-size: 1.4rem; margin: 0 0 1rem; }
 select { max-width: 100%; }
 #test { max-width: 24rem; }
 .note { color: #666; font-size: .9rem; }
-#error { background: #fde8e8; border: 1px solid #e0a0a0; color: #8a1c1c; padding: .6rem .8rem; margin: 1rem 0; border-radius: 4px; }
+#error { background: #fde8e8; border: 1px solid #e0a0a0; color: #8a1c1c; padding: .6rem .8rem; margin: 1rem 0;
+         border-radius: 4px; }
 #status { color: #555; margin: 1rem 0; min-height: 1.4em; }
 .images { display: flex; gap: 1rem; flex-wrap: wrap; }
 figure { margin: 0; }
@@ -247,7 +255,8 @@ td { padding: .2rem .6rem .2rem 0; }
 <div class="controls">
   <label for="ckpt">Checkpoint</label><select id="ckpt"></select>
   <label for="file">Upload an image</label><input id="file" type="file" accept="image/jpeg,image/png">
-  <label for="test">or a test image</label><span><select id="test" disabled><option>loading the test split…</option></select>
+  <label for="test">or a test image</label><span><select id="test" disabled>
+    <option>loading the test split…</option></select>
   <span id="test-note" class="note"></span></span>
 </div>
 <div id="error" role="alert" hidden></div>
@@ -271,7 +280,8 @@ let seq = 0;       // answers to superseded requests are dropped
 async function call(url, options) {
   const response = await fetch(url, options);
   let body;
-  try { body = await response.json(); } catch (e) { throw new Error(`the server answered ${response.status} without details`); }
+  try { body = await response.json(); }
+  catch (e) { throw new Error(`the server answered ${response.status} without details`); }
   if (!response.ok || body.error) throw new Error(body.error || `the server answered ${response.status}`);
   return body;
 }
@@ -298,7 +308,8 @@ async function run(what, request) {
 
 function show(r) {
   const best = r.top5[0];
-  $("top1").textContent = `${best.name} (${(100 * best.prob).toFixed(1)}%)` + (r.true_label ? ` — true label: ${r.true_label}` : "");
+  $("top1").textContent = `${best.name} (${(100 * best.prob).toFixed(1)}%)` +
+    (r.true_label ? ` — true label: ${r.true_label}` : "");
   $("input-img").src = "data:image/png;base64," + r.image_png;
   $("heatmap-img").src = "data:image/png;base64," + r.overlay_png;
   $("heatmap-caption").textContent = `Grad-CAM for ${best.name}`;
@@ -319,7 +330,8 @@ function show(r) {
   }
   const m = r.model;
   const acc = m.best_val_acc == null ? "" : `, validation accuracy ${m.best_val_acc.toFixed(3)}`;
-  $("meta").textContent = `${m.checkpoint}: ${m.arch}/${m.mode}${acc}; ${m.device}, ${(1000 * r.seconds).toFixed(0)} ms` +
+  $("meta").textContent = `${m.checkpoint}: ${m.arch}/${m.mode}${acc}; ${m.device}, ` +
+    `${(1000 * r.seconds).toFixed(0)} ms` +
     (r.name ? `; ${r.name}` : "");
   $("result").hidden = false;
 }
@@ -327,10 +339,12 @@ function show(r) {
 function predictFile(file) {
   if (file.size > MAX_BYTES) {
     $("result").hidden = true;
-    showError(`the file is ${(file.size / 2 ** 20).toFixed(1)} MB, more than the ${MAX_BYTES / 2 ** 20} MB allowed; upload a smaller image`);
+    showError(`the file is ${(file.size / 2 ** 20).toFixed(1)} MB, more than the ${MAX_BYTES / 2 ** 20} MB allowed; ` +
+              "upload a smaller image");
     return;
   }
-  run({file}, () => call(`/predict?ckpt=${ckpt()}`, {method: "POST", body: file, headers: {"Content-Type": "application/octet-stream"}}));
+  run({file}, () => call(`/predict?ckpt=${ckpt()}`,
+                         {method: "POST", body: file, headers: {"Content-Type": "application/octet-stream"}}));
 }
 function predictTest(k) { run({test: k}, () => call(`/test-image/${k}?ckpt=${ckpt()}`)); }
 
@@ -344,7 +358,11 @@ async function loadTests() {
     select.replaceChildren(new Option(r.images.length ? `pick one of ${r.images.length} images` : "none", ""));
     const groups = {};
     r.images.forEach((img, k) => {
-      if (!groups[img.label]) { groups[img.label] = document.createElement("optgroup"); groups[img.label].label = img.label; select.append(groups[img.label]); }
+      if (!groups[img.label]) {
+        groups[img.label] = document.createElement("optgroup");
+        groups[img.label].label = img.label;
+        select.append(groups[img.label]);
+      }
       groups[img.label].append(new Option(img.name, String(k)));
     });
     select.disabled = !r.images.length;
@@ -365,8 +383,12 @@ async function init() {
     if (last && last.file) predictFile(last.file);
     else if (last) predictTest(last.test);
   });
-  $("file").addEventListener("change", () => { if ($("file").files.length) { $("test").value = ""; predictFile($("file").files[0]); } });
-  $("test").addEventListener("change", () => { if ($("test").value !== "") { $("file").value = ""; predictTest(Number($("test").value)); } });
+  $("file").addEventListener("change", () => {
+    if ($("file").files.length) { $("test").value = ""; predictFile($("file").files[0]); }
+  });
+  $("test").addEventListener("change", () => {
+    if ($("test").value !== "") { $("file").value = ""; predictTest(Number($("test").value)); }
+  });
   loadTests();
 }
 init();
@@ -425,7 +447,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._json({"images": [], "note": f"no test images: {e}"})
                 return
             names = bundle.predictor.names
-            self._json({"images": [{"name": n, "label": names[test.labels[i]]} for i, n in zip(test.indices, test.names)],
+            images = [{"name": n, "label": names[test.labels[i]]} for i, n in zip(test.indices, test.names)]
+            self._json({"images": images,
                         "note": test.description})
         elif url.path.startswith("/test-image/"):
             bundle = self._bundle(query)

@@ -32,8 +32,22 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.cli import ArgumentParser, run_main
-from common.data import (SUBSETS, DataError, DuplicateGroup, atomic_write_text, decode_image, dhash, display_name,
-                         Split, duplicate_groups, file_sha256, hamming, read_split, resolve_data_dir, scan_folder)
+from common.data import (
+    SUBSETS,
+    DataError,
+    DuplicateGroup,
+    Split,
+    atomic_write_text,
+    decode_image,
+    dhash,
+    display_name,
+    duplicate_groups,
+    file_sha256,
+    hamming,
+    read_split,
+    resolve_data_dir,
+    scan_folder,
+)
 from common.plots import save_figure
 
 MODE_NAMES = {
@@ -66,7 +80,7 @@ def get_args_parser() -> ArgumentParser:
 
 
 def read_header(path: Path) -> tuple[int, int, str, bool] | None:
-    """(width, height, colour mode, has transparency) from the file header without decoding; None if PIL cannot read it."""
+    """(width, height, colour mode, has transparency) from the header without decoding; None if PIL cannot read it."""
     try:
         with open(path, "rb") as f:
             head = f.read(25)
@@ -342,13 +356,15 @@ def findings(result: dict) -> list[str]:
                f"imbalance {counts[big] / counts[small]:.1f}x")
     lines = [f"{result['n_images']} images in {len(counts)} classes; {balance}",
              f"{len(result['unreadable'])} unreadable file(s) (OpenCV cannot decode them; training skips them)",
-             f"{ex['groups']} exact-duplicate group(s) ({ex['files']} files, {ex['redundant_copies']} redundant copies), "
+             f"{ex['groups']} exact-duplicate group(s) ({ex['files']} files, "
+             f"{ex['redundant_copies']} redundant copies), "
              f"{ex['cross_class_groups']} across classes",
              f"{near['groups']} near-duplicate group(s) (dhash within {result['near_threshold']} of 64 bits; "
              f"{near['files']} files), {near['cross_class_groups']} across classes"]
     n_cross = ex["cross_class_groups"] + near["cross_class_groups"]
     if n_cross:
-        lines.append(f"**{n_cross} duplicate group(s) span classes: label noise, and they leak between train and test**")
+        lines.append(f"**{n_cross} duplicate group(s) span classes: "
+                     "label noise, and they leak between train and test**")
     if result.get("split_leakage"):
         lines.append(_leakage_line(result["split_leakage"]))
     # Which classes a rare mode sits in matters: a mode (or format) peculiar to one class is a shortcut to learn.
@@ -363,7 +379,8 @@ def findings(result: dict) -> list[str]:
         lines.append(f"sizes: width {s['width']['min']:.0f}-{s['width']['max']:.0f} px, height "
                      f"{s['height']['min']:.0f}-{s['height']['max']:.0f} px (median {s['width']['median']:.0f}x"
                      f"{s['height']['median']:.0f}); {s['tiny']} tiny (shorter side < {result['tiny']} px); "
-                     f"aspect ratio {p['5']:.2f}-{p['95']:.2f} (5-95%), {s['aspect']['min']:.2f}-{s['aspect']['max']:.2f} in all")
+                     f"aspect ratio {p['5']:.2f}-{p['95']:.2f} (5-95%), "
+                     f"{s['aspect']['min']:.2f}-{s['aspect']['max']:.2f} in all")
     return lines
 
 
@@ -440,7 +457,8 @@ def markdown_report(result: dict, figures: list[str]) -> str:
           "## Unreadable files", "", *_listed([f"`{p}`" for p in result["unreadable"]]), "",
           "## Image sizes", "",
           f"From the file headers; tiny = shorter side below {result['tiny']} px; aspect ratio = width / height.", "",
-          _table(["class", "headers read", "width min/median/max", "height min/median/max", "aspect min/median/max", "tiny"],
+          _table(["class", "headers read", "width min/median/max", "height min/median/max", "aspect min/median/max",
+                  "tiny"],
                  [[names[c], sizes[c]["n"], _min_median_max_text(sizes[c], "width", ".0f"),
                    _min_median_max_text(sizes[c], "height", ".0f"), _min_median_max_text(sizes[c], "aspect", ".2f"),
                    f"{sizes[c].get('tiny', 0)} ({sizes[c].get('tiny_share', 0):.1%})"] for c in rows]), ""]

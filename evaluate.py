@@ -34,8 +34,14 @@ from common.data import IMAGE_EXTENSIONS, DataError, atomic_write_text, decode_m
 from common.engine import resolve_device
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
 from common.metrics import classification_metrics, collect_runs, comparison_tables, seed_repeats, seed_tables
-from common.plots import (plot_comparison, plot_confusion_matrix, plot_corruptions, plot_curves, plot_image_grid,
-                          plot_ood_hist)
+from common.plots import (
+    plot_comparison,
+    plot_confusion_matrix,
+    plot_corruptions,
+    plot_curves,
+    plot_image_grid,
+    plot_ood_hist,
+)
 from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
 from common.runs import load_checkpoint, write_json
 
@@ -51,7 +57,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--out-dir", default=None, help="where outputs go (default: next to the checkpoint)")
     parser.add_argument("--compare", default=None, metavar="RUNS_DIR", help="compare every run under this folder")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--tta", action="store_true", help="average the predictions for each image and its mirror image")
+    parser.add_argument("--tta", action="store_true",
+                        help="average the predictions for each image and its mirror image")
     parser.add_argument("--max-errors", type=int, default=20, help="misclassified images shown in the grid")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--workers", type=int, default=2, help="decoding threads for --data-dir and --ood DIR")
@@ -59,7 +66,8 @@ def get_args_parser() -> ArgumentParser:
     g.add_argument("--corruptions", action="store_true",
                    help=f"also evaluate under every corruption ({', '.join(CORRUPTIONS)}) and severity")
     g.add_argument("--severities", default="1,2,3,4,5", help="corruption severities (integers 1 to 5)")
-    g.add_argument("--corruption-seed", type=int, default=0, help="seed of the random corruptions (noise, rotation sign)")
+    g.add_argument("--corruption-seed", type=int, default=0,
+                   help="seed of the random corruptions (noise, rotation sign)")
     g.add_argument("--ood", default=None, metavar="DIR|synthetic",
                    help="also score out-of-distribution images: every image under DIR, or synthetic textures "
                         "(write ./synthetic for a folder of that name)")
@@ -81,7 +89,8 @@ def parse_severities(text: str) -> list[int]:
 def ood_files(folder: Path) -> list[Path]:
     """Every .jpg/.jpeg/.png under folder, recursively, in sorted order; a DataError when there are none."""
     if not folder.is_dir():
-        raise DataError(f"--ood folder {folder} does not exist; pass a folder of .jpg/.jpeg/.png images or --ood synthetic")
+        raise DataError(f"--ood folder {folder} does not exist; "
+                        "pass a folder of .jpg/.jpeg/.png images or --ood synthetic")
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise DataError(f"--ood folder {folder} holds no .jpg/.jpeg/.png images; add some or pass --ood synthetic")
@@ -118,7 +127,8 @@ def evaluate_checkpoint(args) -> dict:
     out = Path(args.out_dir) if args.out_dir else (
         ckpt_path.parent / f"eval-{Path(args.data_dir).name}" if args.data_dir else ckpt_path.parent)
 
-    def run(images, labels: np.ndarray, idx: np.ndarray, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, float]:
+    def run(images, labels: np.ndarray, idx: np.ndarray,
+            desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, float]:
         return predictor.predict(images, labels, idx, args.batch_size, args.tta, desc)
 
     logits, y, seconds = run(images, labels, idx)
@@ -167,9 +177,10 @@ def corruption_study(run, images: np.ndarray, labels: np.ndarray, idx: np.ndarra
             logits, y, _ = run(Corrupted(images, name, s, args.corruption_seed), labels, idx, desc=f"{name} {s}")
             accuracy[name].append((logits.argmax(1) == y).double().mean().item())
     by_severity = np.mean(list(accuracy.values()), axis=0).tolist()
-    report = {"checkpoint": result["checkpoint"], "arch": result["arch"], "mode": result["mode"], "data": result["data"],
-              "seed": args.corruption_seed, "n": result["n"], "clean_acc": result["accuracy"], "severities": severities,
-              "accuracy": accuracy, "mean_acc_by_severity": by_severity, "mean_corrupted_acc": float(np.mean(by_severity)),
+    report = {"checkpoint": result["checkpoint"], "arch": result["arch"], "mode": result["mode"],
+              "data": result["data"], "seed": args.corruption_seed, "n": result["n"],
+              "clean_acc": result["accuracy"], "severities": severities, "accuracy": accuracy,
+              "mean_acc_by_severity": by_severity, "mean_corrupted_acc": float(np.mean(by_severity)),
               "device": result["device"], "seconds": time.perf_counter() - start}
     print(f"\naccuracy under corruptions ({report['n']} images, seed {args.corruption_seed}, "
           f"{report['seconds']:.1f}s); clean {report['clean_acc']:.4f}")
@@ -185,7 +196,7 @@ def corruption_study(run, images: np.ndarray, labels: np.ndarray, idx: np.ndarra
 
 def ood_study(run, msp_in: np.ndarray, paths: list[Path] | None, img_size: int, result: dict, args, out: Path,
               title: str) -> dict:
-    """Separate the evaluated images from out-of-distribution ones by max softmax probability; writes ood.json and .png."""
+    """Tell the evaluated images from out-of-distribution ones by max softmax probability; writes ood.json, .png."""
     if paths is None:
         source, images = "synthetic", synthetic_textures(args.ood_count, img_size)
     else:

@@ -22,8 +22,15 @@ import torch
 from common.cli import ArgumentParser, UserError, positive_int, run_main
 from common.data import DataError, atomic_write_text, decode_image, display_name
 from common.engine import resolve_device
-from common.explain import (DEFAULT_LAYER, GradCAM, describe_heatmap, find_layer, integrated_gradients, occlusion,
-                            overlay)
+from common.explain import (
+    DEFAULT_LAYER,
+    GradCAM,
+    describe_heatmap,
+    find_layer,
+    integrated_gradients,
+    occlusion,
+    overlay,
+)
 from common.inference import Predictor, center_crop, load_test_split
 from common.plots import plot_image_grid
 from common.runs import load_checkpoint
@@ -33,7 +40,8 @@ def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Grad-CAM explanations and error analysis.")
     parser.add_argument("--ckpt", default="runs/best.pt", help="checkpoint to explain")
     parser.add_argument("--image", default=None, help="explain this one image instead of the test split")
-    parser.add_argument("--target-class", default=None, help="class to explain (folder or English name; default: predicted)")
+    parser.add_argument("--target-class", default=None,
+                        help="class to explain (folder or English name; default: predicted)")
     parser.add_argument("--layer", default=None, help="target layer name (default: the architecture's last conv block)")
     parser.add_argument("--method", choices=("occlusion", "integrated-gradients", "none"), default="occlusion",
                         help="second explanation shown beside Grad-CAM")

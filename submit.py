@@ -48,10 +48,12 @@ class SubmissionError(UserError):
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Write, validate and upload Kaggle submissions.")
-    parser.add_argument("--ckpt", nargs="+", default=None, help="checkpoints (default: the three best runs by val accuracy)")
+    parser.add_argument("--ckpt", nargs="+", default=None,
+                        help="checkpoints (default: the three best runs by val accuracy)")
     parser.add_argument("--runs-dir", default="runs", help="where to look for the best runs")
     parser.add_argument("--top", type=int, default=3, help="how many of the best runs to submit")
-    parser.add_argument("--test-dir", default=None, help=f"flat folder of test images (default: $ANIMALS10_TEST_DIR, else {DEFAULT_TEST_DIR})")
+    parser.add_argument("--test-dir", default=None,
+                        help=f"flat folder of test images (default: $ANIMALS10_TEST_DIR, else {DEFAULT_TEST_DIR})")
     parser.add_argument("--out-dir", default="submissions")
     parser.add_argument("--columns", default="ID,Label", help="id and label column names")
     parser.add_argument("--id-form", choices=("index", "stem", "name"), default="index",
@@ -160,7 +162,8 @@ def read_sample(path: Path) -> tuple[list[str], list[str], list[str]]:
     except (OSError, UnicodeDecodeError) as e:
         raise SubmissionError(f"cannot read --sample-submission {path} ({e})") from None
     if len(rows) < 2 or len(rows[0]) < 2:
-        raise SubmissionError(f"--sample-submission {path} needs a header with an id and a label column and one row per image")
+        raise SubmissionError(f"--sample-submission {path} needs a header with an id and a label column "
+                              "and one row per image")
     body = [r for r in rows[1:] if r]
     return rows[0][:2], [r[0] for r in body], [r[1].strip() for r in body if len(r) > 1 and r[1].strip()]
 
@@ -237,10 +240,12 @@ def upload(path: Path, message: str, competition: str) -> str:
             import kaggle
             kaggle.api.authenticate()
     except (Exception, SystemExit) as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() and not isinstance(e, SystemExit) else "no credentials"
+        reason = str(e).strip()
+        detail = reason.splitlines()[0] if reason and not isinstance(e, SystemExit) else "no credentials"
         raise SubmissionError(
             f"the kaggle client could not authenticate ({detail}); put your API token in ~/.kaggle/kaggle.json "
-            "(Kaggle > Settings > Create New Token) or set KAGGLE_USERNAME and KAGGLE_KEY, or use --no-upload") from None
+            "(Kaggle > Settings > Create New Token) or set KAGGLE_USERNAME and KAGGLE_KEY, "
+            "or use --no-upload") from None
     try:
         response = kaggle.api.competition_submit(str(path), message, competition, quiet=True)
     except Exception as e:
@@ -295,7 +300,8 @@ def main(args) -> None:
     test_dir = Path(args.test_dir or os.environ.get("ANIMALS10_TEST_DIR") or DEFAULT_TEST_DIR)
     files = list_test_images(test_dir)
     if not args.no_upload and not args.competition:
-        raise SubmissionError("no competition given; pass --competition SLUG (or set KAGGLE_COMPETITION), or --no-upload")
+        raise SubmissionError("no competition given; "
+                              "pass --competition SLUG (or set KAGGLE_COMPETITION), or --no-upload")
     ids = image_ids(files, args.id_form)
     columns, order, sample_labels = row_order(files, ids, args)
     vocabulary = competition_vocabulary(sample_labels, args.label_form, args.sample_submission)

@@ -29,8 +29,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.architectures import ARCHS  # noqa: E402
 from common.cli import ArgumentParser  # noqa: E402
-from common.data import (IMAGENET_MEAN, IMAGENET_STD, BatchLoader, add_data_args, atomic_write_text,  # noqa: E402
-                         cache_path, eval_transform, prepare_data, resolve_data_dir, to_device, train_transform)
+from common.data import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BatchLoader,
+    add_data_args,
+    atomic_write_text,
+    cache_path,
+    eval_transform,
+    prepare_data,
+    resolve_data_dir,
+    to_device,
+    train_transform,
+)
 from common.engine import autocast, resolve_device  # noqa: E402
 from common.models import build_model, set_train_mode  # noqa: E402
 from common.transfer import extract_features  # noqa: E402
@@ -76,7 +87,7 @@ def baseline_data(data_dir: Path, rel_paths: list[str], batch_size: int, workers
 
 def our_data(images, labels, indices, batch_size: int, device: torch.device, crop: int,
              scale: tuple[float, float] | None = None, jitter: float = 0.0) -> float:
-    """img/s of the decode-once cache + batched augmentation on the device (default: the baseline's random crop + flip)."""
+    """img/s of the decode-once cache + batched augmentation on the device (default: the baseline's crop + flip)."""
     g = torch.Generator().manual_seed(0)
     loader = BatchLoader(images, labels, indices, batch_size, device, shuffle=True, generator=g)
     tf = partial(train_transform, crop=crop, mean=IMAGENET_MEAN, std=IMAGENET_STD, generator=g,
@@ -151,7 +162,8 @@ def feature_cache_speed(arch: str, images, labels, split, device: torch.device, 
     head.train()
     for b in range(0, len(train_idx), 32):
         idx = torch.as_tensor(train_idx[b:b + 32])
-        loss = nn.functional.cross_entropy(head(feats[idx.to(device)]), torch.as_tensor(labels[idx.numpy()], device=device))
+        target = torch.as_tensor(labels[idx.numpy()], device=device)
+        loss = nn.functional.cross_entropy(head(feats[idx.to(device)]), target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -187,11 +199,13 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['mode']} | {r['train_img_per_s']:.0f} | {r['infer_img_per_s']:.0f} | "
                      f"{r['epoch_s_est']:.1f} | {peak} |")
     for arch, f in result.get("feature_cache", {}).items():
-        lines += ["", f"Feature caching, {arch} fc: {f['feature_extraction_s']:.1f}s once for {f['images']} images, then "
+        lines += ["", f"Feature caching, {arch} fc: {f['feature_extraction_s']:.1f}s once for {f['images']} images, "
+                  "then "
                   f"{f['cached_epoch_s']:.2f}s per epoch against {f['uncached_epoch_s_est']:.1f}s uncached (est.): "
                   f"{f['speedup']:.0f}x per epoch."]
     if result.get("study_minutes_est") is not None:
-        lines += ["", f"Whole study at 30 epochs per variant (est. from the table): {result['study_minutes_est']:.1f} min."]
+        lines += ["", "Whole study at 30 epochs per variant (est. from the table): "
+                      f"{result['study_minutes_est']:.1f} min."]
     return "\n".join(lines) + "\n"
 
 

@@ -56,7 +56,8 @@ DECODE_VERSION = 2  # part of cache keys: bump when decode_image's output change
 TRANSFORM_VERSION = 1  # part of the feature-cache key: bump when eval_transform's output changes
 
 GET_DATA_ADVICE = (
-    "download the Kaggle dataset with `kaggle datasets download -d alessiocorrado99/animals10 --unzip -p data/animals10` "
+    "download the Kaggle dataset with "
+    "`kaggle datasets download -d alessiocorrado99/animals10 --unzip -p data/animals10` "
     "and pass --data-dir data/animals10/raw-img (or set ANIMALS10_DIR)"
 )
 
@@ -97,7 +98,8 @@ def add_data_args(parser) -> None:
     g.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed for initialisation, augmentation and batch order (repeat a run on the same split "
                         "with --seed 0, 1, 2 to see the run-to-run spread)")
-    g.add_argument("--img-size", type=positive_int, default=256, help="images are resized to this square size and cached")
+    g.add_argument("--img-size", type=positive_int, default=256,
+                   help="images are resized to this square size and cached")
     g.add_argument("--crop-size", type=positive_int, default=224, help="networks see crops of this size")
     g.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="decoding threads")
     g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
@@ -132,7 +134,8 @@ def add_augment_args(parser, scale_min: float, jitter: float) -> None:
     g.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
     g.add_argument("--auto-augment", choices=tuple(AUTO_AUGMENT), default="none",
                    help="torchvision's RandAugment or TrivialAugmentWide on each training image before cropping")
-    g.add_argument("--mixup", type=nonnegative_float, default=0.0, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
+    g.add_argument("--mixup", type=nonnegative_float, default=0.0, metavar="ALPHA",
+                   help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
     g.add_argument("--cutmix", type=nonnegative_float, default=0.0, metavar="ALPHA",
                    help="CutMix with Beta(ALPHA, ALPHA) (0 = off); with --mixup too, each batch uses one of them")
 
@@ -170,7 +173,8 @@ def train_subset(labels: np.ndarray, train_idx: np.ndarray, fraction: float = 1.
     if not 0 < fraction <= 1:
         raise DataError(f"--fraction {fraction:g} is not in (0, 1]; use e.g. --fraction 0.2")
     if imbalance < 1:
-        raise DataError(f"--imbalance {imbalance:g} is below 1; give the ratio of the largest to the smallest class, e.g. 10")
+        raise DataError(f"--imbalance {imbalance:g} is below 1; "
+                        "give the ratio of the largest to the smallest class, e.g. 10")
     train_idx = np.asarray(train_idx)
     classes = np.unique(labels[train_idx])
     kept = []
@@ -193,7 +197,7 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def make_loaders(images, split: "Split", args, device: torch.device, generator: torch.Generator,
                  log=print) -> dict[str, "BatchLoader"]:
-    """Train (shuffled, full batches only; --fraction/--imbalance subset; --balance oversample), val and test loaders."""
+    """Train (shuffled, full batches only; --fraction/--imbalance subset; --balance oversample), val, test loaders."""
     train_idx = train_subset(split.labels, split.indices["train"], args.fraction, args.imbalance, split.split_seed)
     if len(train_idx) != len(split.indices["train"]):
         counts = np.bincount(split.labels[train_idx], minlength=len(split.classes))
@@ -230,7 +234,8 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, 
         h, w = x.shape[-2:]
         cy, cx = (torch.rand(2, generator=g) * torch.tensor([h, w])).long().tolist()
         bh, bw = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
-        y0, y1, x0, x1 = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h), max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
+        y0, y1 = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h)
+        x0, x1 = max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
         x = x.clone()
         x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
         lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
@@ -293,9 +298,11 @@ def scan_folder(data_dir: Path) -> dict[str, list[str]]:
         if files:
             classes[sub.name] = files
     if not classes:
-        raise DataError(f"data folder {data_dir} holds no <class>/ folders with .jpg/.jpeg/.png images; {GET_DATA_ADVICE}")
+        raise DataError(f"data folder {data_dir} holds no <class>/ folders with .jpg/.jpeg/.png images; "
+                        f"{GET_DATA_ADVICE}")
     if len(classes) < 2:
-        raise DataError(f"data folder {data_dir} holds only one class ({next(iter(classes))}); point --data-dir at the folder of class folders")
+        raise DataError(f"data folder {data_dir} holds only one class ({next(iter(classes))}); "
+                        "point --data-dir at the folder of class folders")
     return classes
 
 
@@ -717,7 +724,8 @@ def _check_split_counts(split: Split) -> None:
         counts = np.bincount(split.labels[split.indices[name]], minlength=len(split.classes))
         wanted = [split.meta["class_sizes"][c][k] for c in split.classes]
         if counts.tolist() != wanted:
-            raise DataError(f"the saved split's {name} set does not hold the recorded images per class; delete it to re-split")
+            raise DataError(f"the saved split's {name} set does not hold the recorded images per class; "
+                            "delete it to re-split")
     subset_of = {e["path"]: e["subset"] for e in split.entries}
     for group in split.meta.get("groups") or []:
         if len({subset_of.get(p) for p in group}) != 1 or group[0] not in subset_of:
@@ -855,7 +863,8 @@ def verify_split(split: Split, data_dir: Path) -> None:
             raise DataError(f"{path} is in the saved split but missing from the data folder; "
                             "restore it, or pass a new --split-file to re-split")
         if path.stat().st_size != e["size"] or file_sha256(path) != e["sha256"]:
-            raise DataError(f"{path} changed since the split was saved; restore it, or pass a new --split-file to re-split")
+            raise DataError(f"{path} changed since the split was saved; "
+                            "restore it, or pass a new --split-file to re-split")
 
 
 def read_split(split_file: Path) -> Split:
@@ -1110,7 +1119,8 @@ class BatchLoader:
         order = self.indices
         # The same generator state in every process, so all draw the same order and take their own slices.
         if self.sample_weights is not None:
-            order = order[torch.multinomial(self.sample_weights, len(order), replacement=True, generator=self.generator)]
+            picks = torch.multinomial(self.sample_weights, len(order), replacement=True, generator=self.generator)
+            order = order[picks]
         elif self.shuffle:
             order = order[torch.randperm(len(order), generator=self.generator)]
         step = self.batch_size * self.world
@@ -1162,7 +1172,7 @@ def train_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Sequ
         top = torch.randint(0, h - crop + 1, (n,), generator=g).tolist()
         left = torch.randint(0, w - crop + 1, (n,), generator=g).tolist()
         flip = (torch.rand(n, generator=g) < 0.5).tolist()
-        tiles = (x[i, :, t:t + crop, l:l + crop] for i, (t, l) in enumerate(zip(top, left)))
+        tiles = (x[i, :, row:row + crop, col:col + crop] for i, (row, col) in enumerate(zip(top, left)))
         out = torch.stack([tile.flip(-1) if f else tile for tile, f in zip(tiles, flip)])
     else:
         area = h * w * torch.empty(n).uniform_(*scale, generator=g)
@@ -1199,7 +1209,8 @@ def _color_jitter(x: torch.Tensor, strength: float, g: torch.Generator | None) -
 def upscale_check(images: np.ndarray, crop: int) -> None:
     """Refuse a crop larger than the cached images."""
     if images.shape[1] < crop or images.shape[2] < crop:
-        raise DataError(f"--crop-size {crop} is larger than the cached {images.shape[1]}px images; lower it or raise --img-size")
+        raise DataError(f"--crop-size {crop} is larger than the cached {images.shape[1]}px images; "
+                        "lower it or raise --img-size")
 
 
 

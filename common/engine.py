@@ -20,12 +20,22 @@ from tqdm import tqdm
 
 from common.cli import UserError, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
 from common.data import Split, class_weights, display_name, mix_batch
-from common.distributed import (barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across,
-                                world_size)
+from common.distributed import barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across, world_size
 from common.metrics import macro_f1
 from common.models import count_parameters, set_train_mode
-from common.runs import (CKPT_FORMAT, MODEL_KEYS, RESUME_KEYS, CheckpointError, CheckpointSaver, check_resume_path,
-                         load_checkpoint, require_keys, run_dir_name, update_global_best, write_json)
+from common.runs import (
+    CKPT_FORMAT,
+    MODEL_KEYS,
+    RESUME_KEYS,
+    CheckpointError,
+    CheckpointSaver,
+    check_resume_path,
+    load_checkpoint,
+    require_keys,
+    run_dir_name,
+    update_global_best,
+    write_json,
+)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -36,20 +46,26 @@ def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) 
     g.add_argument("--epochs", type=positive_int, default=epochs, help="epochs to train")
     g.add_argument("--batch-size", type=positive_int, default=batch_size, help="batch size")
     g.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
-    g.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimizer (SGD uses momentum 0.9, Nesterov)")
-    g.add_argument("--weight-decay", type=nonnegative_float, default=0.05, help="weight decay (not applied to norms and biases)")
+    g.add_argument("--opt", choices=("adamw", "sgd"), default="adamw",
+                   help="optimizer (SGD uses momentum 0.9, Nesterov)")
+    g.add_argument("--weight-decay", type=nonnegative_float, default=0.05,
+                   help="weight decay (not applied to norms and biases)")
     g.add_argument("--sched", choices=("cosine", "plateau", "none"), default="cosine",
                    help="cosine decay after warmup, or ReduceLROnPlateau on val accuracy")
     g.add_argument("--warmup-epochs", type=nonnegative_int, default=1, help="linear warmup epochs (cosine schedule)")
     g.add_argument("--label-smoothing", type=probability, default=0.1, help="label smoothing, in [0, 1)")
     g.add_argument("--balance", choices=("none", "weights", "oversample"), default="none",
-                   help="class-imbalance remedy: inverse-frequency weighted cross-entropy, or oversampling rare classes")
-    g.add_argument("--patience", type=nonnegative_int, default=0, help="stop after this many epochs without a better val accuracy (0: never)")
+                   help="class-imbalance remedy: inverse-frequency weighted cross-entropy, "
+                        "or oversampling rare classes")
+    g.add_argument("--patience", type=nonnegative_int, default=0,
+                   help="stop after this many epochs without a better val accuracy (0: never)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    g.add_argument("--amp", choices=("auto", "off"), default="auto", help="mixed precision on CUDA (bf16 where supported)")
+    g.add_argument("--amp", choices=("auto", "off"), default="auto",
+                   help="mixed precision on CUDA (bf16 where supported)")
     g.add_argument("--tag", default=None, help="suffix for the run folder name")
     g.add_argument("--resume", default=None, help="continue a killed run from its runs/<run>/last.pt")
-    g.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: synchronise BatchNorm statistics across processes")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: synchronise BatchNorm statistics across processes")
 
 
 class DivergedError(UserError):
@@ -155,7 +171,8 @@ def evaluate(model: nn.Module, loader: Iterable, transform: Transform, criterion
     """Loss, accuracy and inference throughput on a loader."""
     logits, labels, seconds = predict(model, loader, transform, device, amp, desc)
     return {"loss": criterion(logits, labels).item(), "acc": (logits.argmax(1) == labels).float().mean().item(),
-            "images": len(labels), "seconds": seconds, "img_per_s": len(labels) / seconds if seconds > 0 else float("nan")}
+            "images": len(labels), "seconds": seconds,
+            "img_per_s": len(labels) / seconds if seconds > 0 else float("nan")}
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float,
@@ -259,7 +276,8 @@ def _resume(args, study: Study, saver_config: dict, output_dir: Path) -> tuple[P
                               f"not {study.arch}/{study.mode}; resume it with its own script and --mode")
     require_keys(ckpt, MODEL_KEYS + RESUME_KEYS, args.resume)
     if ckpt["split_fingerprint"] != study.split.fingerprint:
-        raise CheckpointError(f"--resume {args.resume} was trained on another split; resume with its --output-dir/--split-file")
+        raise CheckpointError(f"--resume {args.resume} was trained on another split; "
+                              "resume with its --output-dir/--split-file")
     saved = ckpt["config"]
     # An option the saved config lacks was added since the run started; its default is what the run used.
     changed = [k for k, v in saver_config.items()
@@ -416,7 +434,8 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         "test_acc": te["acc"], "test_loss": te["loss"], "test_macro_f1": te["macro_f1"],
         "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),
         "train_img_per_s": float(np.mean([h["train_img_per_s"] for h in history])) if history else None,
-        "eval_img_per_s": te["img_per_s"], "peak_memory_mb": max(h["peak_memory_mb"] for h in history) if history else None,
+        "eval_img_per_s": te["img_per_s"],
+        "peak_memory_mb": max(h["peak_memory_mb"] for h in history) if history else None,
         "trainable_params": count_parameters(save_model)[0], "total_params": total, "device": str(device),
         "checkpoint_mb": (run_dir / "best.pt").stat().st_size / 2**20, **(extra_metrics or {}),
         "history": history,

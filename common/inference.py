@@ -14,8 +14,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.data import (BatchLoader, display_name, eval_transform, load_folder, load_or_build_cache, load_split,
-                         resolve_data_dir)
+from common.data import (
+    BatchLoader,
+    display_name,
+    eval_transform,
+    load_folder,
+    load_or_build_cache,
+    load_split,
+    resolve_data_dir,
+)
 from common.engine import predict
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
@@ -51,7 +58,8 @@ class Predictor:
         return self.transform(x).contiguous(memory_format=torch.channels_last)
 
     def predict(self, images, labels: np.ndarray | None = None, indices: np.ndarray | None = None,
-                batch_size: int = 64, tta: bool = False, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor, float]:
+                batch_size: int = 64, tta: bool = False,
+                desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor, float]:
         """(logits, labels, seconds) for images[indices] (default: all), batch by batch, AMP on CUDA.
 
         `images` is anything indexable by an index array that gives uint8 N x H x W x 3 (the pixel cache, an

@@ -37,8 +37,8 @@ COMPARE_COLUMNS = [
     ("epochs", "epochs_run"), ("best val acc", "best_val_acc"), ("test acc", "test_acc"),
     ("macro F1", "test_macro_f1"), ("trainable params", "trainable_params"), ("total params", "total_params"),
     ("train time (s)", "train_seconds"), ("s/epoch", "seconds_per_epoch"), ("train img/s", "train_img_per_s"),
-    ("inference img/s", "eval_img_per_s"), ("peak memory (MiB)", "peak_memory_mb"), ("checkpoint (MiB)", "checkpoint_mb"),
-    ("device", "device"),
+    ("inference img/s", "eval_img_per_s"), ("peak memory (MiB)", "peak_memory_mb"),
+    ("checkpoint (MiB)", "checkpoint_mb"), ("device", "device"),
 ]
 
 
@@ -73,7 +73,8 @@ def comparison_tables(rows: list[dict]) -> tuple[str, str]:
     for r in rows:
         writer.writerow([r.get(key, "") for _, key in COMPARE_COLUMNS])
     md = ["| " + " | ".join(title for title, _ in COMPARE_COLUMNS) + " |",
-          "|" + "|".join("---" if key in ("run", "arch", "mode", "device") else "---:" for _, key in COMPARE_COLUMNS) + "|"]
+          "|" + "|".join("---" if key in ("run", "arch", "mode", "device") else "---:"
+                         for _, key in COMPARE_COLUMNS) + "|"]
     for r in rows:
         cells = [f"{r['lr']:g}" if key == "lr" and r.get("lr") is not None else _fmt(r.get(key))
                  for _, key in COMPARE_COLUMNS]

@@ -97,7 +97,8 @@ def plot_comparison(rows: list[dict], path_val: Path, path_time: Path) -> None:
         ax.annotate(f"{r['arch']}/{r['mode']}", (r.get("train_seconds", 0), r.get("test_acc", 0)), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("symlog")
-    ax.set(xlabel="training time (s, device as in the table)", ylabel="test accuracy", title="accuracy vs training time")
+    ax.set(xlabel="training time (s, device as in the table)", ylabel="test accuracy",
+           title="accuracy vs training time")
     ax.grid(alpha=0.3)
     save_figure(fig, path_time)
 

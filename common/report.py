@@ -931,7 +931,10 @@ class _Report:
             return
         rs = [r for r in runs if r is not base]
         opts = [str(r["vars"].get("option")) for r in rs]
-        pp = (lambda d: d * 100 if _num(d) else None)
+
+        def pp(d: float | None) -> float | None:
+            return d * 100 if _num(d) else None
+
         series = {"Δ test acc": [pp(_delta(_m(r, "test_acc"), _m(base, "test_acc"))) for r in rs],
                   "Δ best val acc": [pp(_delta(_val(r), _val(base))) for r in rs]}
         img = self.plot("regularization", _plot_grouped, opts, series, ylabel="change vs baseline (pp)",

@@ -20,7 +20,8 @@ from common.data import atomic_write, atomic_write_text, file_lock, file_sha256,
 CKPT_FORMAT = "animals10-ckpt/1"
 # What every script needs to rebuild and run a model from the file alone, and what --resume needs besides.
 MODEL_KEYS = ("arch", "mode", "classes", "model_state", "img_size", "crop_size", "mean", "std")
-RESUME_KEYS = ("split_fingerprint", "epoch", "best_epoch", "best_val_acc", "optimizer_state", "scheduler_state", "rng", "history", "config")
+RESUME_KEYS = ("split_fingerprint", "epoch", "best_epoch", "best_val_acc", "optimizer_state", "scheduler_state", "rng",
+               "history", "config")
 
 
 class CheckpointError(UserError):
@@ -192,7 +193,8 @@ def update_global_best(output_dir: Path, fingerprint: str, classes: list[str], l
                   "checkpoint": str(source), "sha256": file_sha256(source), "split_fingerprint": fingerprint,
                   "classes": classes}
         target = output_dir / "best.pt"
-        if _read_json(output_dir / "best.json") == record and target.is_file() and file_sha256(target) == record["sha256"]:
+        unchanged = _read_json(output_dir / "best.json") == record
+        if unchanged and target.is_file() and file_sha256(target) == record["sha256"]:
             return
         atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))  # bytes as they are
         write_json(output_dir / "best.json", record)

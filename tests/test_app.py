@@ -23,8 +23,14 @@ import torch
 
 import app
 from common import data as common_data
-from common.data import (DecodeBudget, decode_image, display_name, eval_transform, load_or_create_split,
-                         read_image_header)
+from common.data import (
+    DecodeBudget,
+    decode_image,
+    display_name,
+    eval_transform,
+    load_or_create_split,
+    read_image_header,
+)
 from common.models import ScratchCNN
 from common.runs import CKPT_FORMAT, save_checkpoint
 from conftest import ANIMALS, ROOT, make_dataset

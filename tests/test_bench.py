@@ -18,7 +18,8 @@ import throughput  # noqa: E402
 
 
 def test_cache_matches_imagefolder_pil_path(dataset, tmp_path):
-    split, pixels = load_or_create_split(dataset, tmp_path / "split.json", 20, (12, 4, 4), 0, 48, 2, log=lambda *_: None)
+    split, pixels = load_or_create_split(dataset, tmp_path / "split.json", 20, (12, 4, 4), 0, 48, 2,
+                                         log=lambda *_: None)
     images = load_or_build_cache(dataset, split, tmp_path / "cache", 48, pixels)
     folder = datasets.ImageFolder(str(dataset))
     assert folder.classes == split.classes
@@ -32,7 +33,8 @@ def test_cache_matches_imagefolder_pil_path(dataset, tmp_path):
 
 
 def test_resident_tensor_path_equals_memmap_path(dataset, tmp_path):
-    split, pixels = load_or_create_split(dataset, tmp_path / "split.json", 20, (12, 4, 4), 0, 40, 2, log=lambda *_: None)
+    split, pixels = load_or_create_split(dataset, tmp_path / "split.json", 20, (12, 4, 4), 0, 40, 2,
+                                         log=lambda *_: None)
     images = load_or_build_cache(dataset, split, tmp_path / "cache", 40, pixels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resident = to_device(images, device) if device.type == "cuda" else torch.from_numpy(np.array(images))

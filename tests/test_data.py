@@ -11,9 +11,23 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import (BatchLoader, DataError, add_data_args, assign_subsets, atomic_write_text, decode_image,
-                         duplicate_groups, eval_transform, load_or_build_cache, load_or_create_split, make_loaders,
-                         parse_split_sizes, prepare_data, scan_folder, train_transform)
+from common.data import (
+    BatchLoader,
+    DataError,
+    add_data_args,
+    assign_subsets,
+    atomic_write_text,
+    decode_image,
+    duplicate_groups,
+    eval_transform,
+    load_or_build_cache,
+    load_or_create_split,
+    make_loaders,
+    parse_split_sizes,
+    prepare_data,
+    scan_folder,
+    train_transform,
+)
 from conftest import ANIMALS, make_dataset
 
 
@@ -68,7 +82,8 @@ def test_split_options_must_match_saved_split(dataset, tmp_path):
     make_split(dataset, tmp_path)
     with pytest.raises(DataError, match="was made with --split-seed 0, not --split-seed 3; pass --split-seed 0"):
         make_split(dataset, tmp_path, split_seed=3)
-    with pytest.raises(DataError, match="was made with --per-class 20 --split 12,4,4, not --per-class 10 --split 6,2,2"):
+    with pytest.raises(DataError,
+                       match="was made with --per-class 20 --split 12,4,4, not --per-class 10 --split 6,2,2"):
         make_split(dataset, tmp_path, per_class=10, sizes=(6, 2, 2))
 
 

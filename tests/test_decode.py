@@ -17,8 +17,19 @@ import pytest
 from PIL import Image
 
 from common import data
-from common.data import (DataError, DecodeBudget, decode_bytes, decode_image, decode_many, load_or_build_cache,
-                         load_or_create_split, prepare_data, read_image_header, to_bgr8, undecodable_reason)
+from common.data import (
+    DataError,
+    DecodeBudget,
+    decode_bytes,
+    decode_image,
+    decode_many,
+    load_or_build_cache,
+    load_or_create_split,
+    prepare_data,
+    read_image_header,
+    to_bgr8,
+    undecodable_reason,
+)
 from conftest import make_dataset
 
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel in the file, by colour type

@@ -133,7 +133,8 @@ def test_checkpoint_whose_weights_do_not_fit_is_one_error_line(trained, tmp_path
     ckpt["model_state"]["classifier.2.weight"] = torch.zeros(3, 7)
     edited = tmp_path / "edited.pt"
     torch.save(ckpt, edited)
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(edited), "--out-dir", str(tmp_path / "e")],
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(edited),
+                           "--out-dir", str(tmp_path / "e")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()

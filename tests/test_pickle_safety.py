@@ -12,8 +12,16 @@ import pytest
 import torch
 
 import app
-from common.data import (IMAGENET_MEAN, IMAGENET_STD, cache_key, cache_path, load_or_build_cache, load_or_create_split,
-                         pixel_cache_fields, save_cache_key)
+from common.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    cache_key,
+    cache_path,
+    load_or_build_cache,
+    load_or_create_split,
+    pixel_cache_fields,
+    save_cache_key,
+)
 from common.models import WeightsError, load_pretrained
 from common.runs import CKPT_FORMAT, CheckpointError
 from common.transfer import cached_features, feature_cache_fields

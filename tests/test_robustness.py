@@ -59,14 +59,16 @@ def test_corruptions_do_what_they_say():
     stripes = np.zeros((1, 64, 64, 3), np.uint8)
     stripes[:, ::2] = 200
     low = corrupt(stripes, "contrast", 1).astype(np.float64)
-    assert low.std() == pytest.approx(0.4 * stripes.std(), rel=0.02) and low.mean() == pytest.approx(stripes.mean(), abs=1)
+    assert low.std() == pytest.approx(0.4 * stripes.std(), rel=0.02)
+    assert low.mean() == pytest.approx(stripes.mean(), abs=1)
     assert corrupt(stripes, "gaussian_blur", 5).std() < 0.05 * stripes.std()
     # the reflected border keeps a flat image flat: no black corners after rotation
     assert np.array_equal(corrupt(grey, "rotation", 5), grey)
 
 
 def test_bad_corruption_arguments_are_refused(images):
-    with pytest.raises(ValueError, match="choose from gaussian_noise, gaussian_blur, brightness, contrast, jpeg, rotation"):
+    with pytest.raises(ValueError,
+                       match="choose from gaussian_noise, gaussian_blur, brightness, contrast, jpeg, rotation"):
         corrupt(images, "fog", 1)
     for severity in (0, 6):
         with pytest.raises(ValueError, match="not one of 1, 2, 3, 4, 5"):
@@ -144,7 +146,8 @@ def assert_png(path):
 
 CORRUPTION_KEYS = {"checkpoint", "arch", "mode", "data", "seed", "n", "clean_acc", "severities", "accuracy",
                    "mean_acc_by_severity", "mean_corrupted_acc", "device", "seconds"}
-OOD_KEYS = {"checkpoint", "ood_source", "n_in", "n_out", "auroc", "fpr_at_95_tpr", "msp_in_mean", "msp_out_mean", "score"}
+OOD_KEYS = {"checkpoint", "ood_source", "n_in", "n_out", "auroc", "fpr_at_95_tpr", "msp_in_mean", "msp_out_mean",
+            "score"}
 
 
 def test_corruptions_and_synthetic_ood_end_to_end(trained, tmp_path):

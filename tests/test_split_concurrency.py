@@ -9,8 +9,9 @@ from pathlib import Path
 
 from conftest import ROOT, make_dataset
 
-# A process that says it is ready, waits for the go file, then prepares the data as a training script does. Drawing the split is
-# slowed down by a second, so that both processes are sure to look for split.json before either has saved it.
+# A process that says it is ready, waits for the go file, then prepares the data as a training script does. Drawing
+# the split is slowed down by a second, so that both processes are sure to look for split.json before either has
+# saved it.
 WORKER = """
 import json, os, sys, time
 from pathlib import Path

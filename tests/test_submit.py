@@ -10,7 +10,6 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 import torch
 
 import part1_scratch_cnn as part1
@@ -63,7 +62,8 @@ def test_csv_contents_for_tiny_model(trained, tmp_path):
     rows_b = read_rows(next((tmp_path / "b").glob("*.csv")))
     assert rows_b[0] == ["image", "animal"]
     assert [r[0] for r in rows_b[1:]] == [f"{i}.jpg" for i in range(1, 13)]
-    english = dict(zip(ANIMALS, ["dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep", "spider", "squirrel"]))
+    english = dict(zip(ANIMALS, ["dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep", "spider",
+                                 "squirrel"]))
     assert [r[1] for r in rows_b[1:]] == [english[label] for _, label in rows[1:]]
 
 

@@ -1,4 +1,5 @@
-"""Results that cannot be silently wrong: resume only what can be resumed, one global best per split, checked options."""
+"""Results that cannot be silently wrong: resume only what can be resumed, one global best per split, checked
+options."""
 from __future__ import annotations
 
 import json
@@ -105,7 +106,7 @@ def test_concurrent_global_best_updates_leave_the_best_run(tmp_path):
     for i, acc in enumerate(accs):
         fake_run(out, f"run{i:02d}", acc)
     names = [f"run{i:02d}" for i in range(24)]
-    for trial in range(5):
+    for _ in range(5):
         procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(ROOT), str(out), *names[k::2]])
                  for k in range(2)]
         assert all(p.wait(timeout=120) == 0 for p in procs)
@@ -155,8 +156,8 @@ def test_bad_options_are_refused_when_parsed(dataset, tmp_path, script, extra, f
 
 def test_a_start_that_fails_leaves_no_run_folder(dataset, tmp_path):
     out = tmp_path / "runs"
-    proc = cli("part1_scratch_cnn.py", tiny_args(dataset, out, "--epochs", "1", "--lr", "1e9", "--opt", "sgd", "--warmup-epochs", "0",
-                                                  "--label-smoothing", "0"), tmp_path)
+    proc = cli("part1_scratch_cnn.py", tiny_args(dataset, out, "--epochs", "1", "--lr", "1e9", "--opt", "sgd",
+                                                  "--warmup-epochs", "0", "--label-smoothing", "0"), tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: the training loss became")
     assert run_dirs(out) == []
