@@ -1,4 +1,5 @@
-"""Part 1: a five-layer CNN trained from scratch on the Animals-10 subset, with learning-rate and batch-size experiments.
+"""Part 1: a five-layer CNN trained from scratch on the Animals-10 subset, with learning-rate and batch-size
+experiments.
 
 Examples:
     python part1_scratch_cnn.py                                   # defaults: AdamW lr 1e-3, batch 32, 40 epochs
@@ -36,8 +37,19 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
-from common.data import (IMAGENET_MEAN, IMAGENET_STD, add_augment_args, add_crop_check, add_data_args,
-                         atomic_write_text, make_loaders, make_transforms, prepare_data, to_device, upscale_check)
+from common.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    add_augment_args,
+    add_crop_check,
+    add_data_args,
+    atomic_write_text,
+    make_loaders,
+    make_transforms,
+    prepare_data,
+    to_device,
+    upscale_check,
+)
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
 from common.models import build_model, set_dropout

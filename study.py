@@ -61,14 +61,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run a study plan and write its report.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--plan", default="quick", help=f"{' or '.join(PLANS)}, or a plan JSON file")
-    parser.add_argument("--data-dir", default=None, help="folder of <class>/<images> (default: $ANIMALS10_DIR, else data/animals10/raw-img)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder of <class>/<images> (default: $ANIMALS10_DIR, else data/animals10/raw-img)")
     parser.add_argument("--output-dir", default="runs", help="where the runs, the split and the report go")
     parser.add_argument("--mobilenet-weights", default="imagenet", help="--weights for MobileNetV2 runs")
     parser.add_argument("--resnet-weights", default="imagenet", help="--weights for ResNet-18 runs")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--only", default=None, help="comma-separated run names: train only these (the report covers all)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated run names: train only these (the report covers all)")
     parser.add_argument("--list", action="store_true", help="print each run's command and status, run nothing")
-    parser.add_argument("--report-only", action="store_true", help="train nothing; evaluate and report what is finished")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing; evaluate and report what is finished")
     return parser
 
 
@@ -112,7 +115,8 @@ def load_plan(name: str, resnet18: bool = True) -> dict:
             if not isinstance(r["args"], list) or not isinstance(r["script"], str):
                 raise TypeError("'args' must be a list and 'script' a string")
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"plan file {path} is not a valid plan ({type(e).__name__}: {e}); see common/plans.py") from None
+        raise DataError(f"plan file {path} is not a valid plan ({type(e).__name__}: {e}); "
+                        "see common/plans.py") from None
     check_scripts(plan, f"plan file {path}")
     try:
         plan["runs"] = expand_seeds(plan["runs"])
@@ -338,8 +342,9 @@ def main(args) -> int:
                  eval=read_json(folder / "eval.json"), corruptions=read_json(folder / "corruptions.json"),
                  ood=read_json(folder / "ood.json"))
         r["files"] = {key: str(folder / name) for key, name in (
-            ("curves", "curves.png"), ("confusion_matrix", "confusion_matrix.png"), ("misclassified", "misclassified.png"),
-            ("corruptions", "corruptions.png"), ("ood_hist", "ood_hist.png"), ("gradcam_grid", "gradcam/gradcam_grid.png"),
+            ("curves", "curves.png"), ("confusion_matrix", "confusion_matrix.png"),
+            ("misclassified", "misclassified.png"), ("corruptions", "corruptions.png"), ("ood_hist", "ood_hist.png"),
+            ("gradcam_grid", "gradcam/gradcam_grid.png"),
             ("error_analysis", "gradcam/error_analysis.md")) if (folder / name).is_file()}
     for r in records:
         if r["status"] != "done":

@@ -105,7 +105,8 @@ ARCHS = {spec.name: spec for spec in (
         head="classifier.1", modes=_HEAD_MODES, lr={m: _TRANSFER_LR[m] for m in _HEAD_MODES},
         blocks=(("classifier",), _features(*range(14, 19)), _features(*range(7, 14)), _features(4, 5, 6)),
         gradcam_layer="features.18", min_crop=32, weights="MobileNet_V2_Weights.IMAGENET1K_V1", dropout="classifier.0"),
-    ArchSpec(  # blocks by output stride: 32 (features 6-8), 16 (4-5), 8 (3); the stem and stride 2-4 stages are the rest
+    # Blocks by output stride: 32 (features 6-8), 16 (4-5), 8 (3); the stem and the stride 2-4 stages are the rest.
+    ArchSpec(
         name="efficientnet_b0", display="EfficientNet-B0", script="part2_efficientnet.py",
         build=torchvision.models.efficientnet_b0, head="classifier.1", modes=_HEAD_MODES,
         lr={m: _TRANSFER_LR[m] for m in _HEAD_MODES},

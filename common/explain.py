@@ -72,7 +72,8 @@ class GradCAM:
     def _save_gradient(self, grad: torch.Tensor) -> None:
         self.gradients = grad.detach()
 
-    def __call__(self, x: torch.Tensor, target: torch.Tensor | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor,
+                 target: torch.Tensor | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps (N x H x W in [0, 1]) for the target classes (default: the predicted ones) and the logits."""
         if self.handle is None:
             raise RuntimeError("use GradCAM inside a `with` block so its hook is registered and removed")
@@ -105,18 +106,18 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, patch: in
     lefts = sorted(set(range(0, max(w - patch, 0) + 1, stride)) | {max(w - patch, 0)})
     heat = torch.zeros(n, h, w, device=x.device)
     count = torch.zeros(h, w, device=x.device)
-    boxes = [(t, l) for t in tops for l in lefts]
+    boxes = [(top, left) for top in tops for left in lefts]
     for i in range(n):
         for start in range(0, len(boxes), batch):
             chunk = boxes[start:start + batch]
             xs = x[i:i + 1].repeat(len(chunk), 1, 1, 1)
-            for k, (t, l) in enumerate(chunk):
-                xs[k, :, t:t + patch, l:l + patch] = 0
+            for k, (top, left) in enumerate(chunk):
+                xs[k, :, top:top + patch, left:left + patch] = 0
             probs = model(xs).softmax(1)[:, target[i]]
-            for k, (t, l) in enumerate(chunk):
-                heat[i, t:t + patch, l:l + patch] += base[i] - probs[k]
+            for k, (top, left) in enumerate(chunk):
+                heat[i, top:top + patch, left:left + patch] += base[i] - probs[k]
                 if i == 0:
-                    count[t:t + patch, l:l + patch] += 1
+                    count[top:top + patch, left:left + patch] += 1
     return heat / count.clamp_min(1)
 
 
@@ -155,7 +156,7 @@ def describe_heatmap(heatmap: np.ndarray) -> str:
     py, px = np.unravel_index(np.argmax(heatmap), heatmap.shape)
     rows = ("top", "middle", "bottom")[min(3 * py // h, 2)]
     cols = ("left", "centre", "right")[min(3 * px // w, 2)]
-    where = "centre" if (rows, cols) == ("middle", "centre") else f"{rows} {cols}" if rows != "middle" else f"middle {cols}"
+    where = "centre" if (rows, cols) == ("middle", "centre") else f"{rows} {cols}"
     central = heatmap[h // 4:3 * h // 4, w // 4:3 * w // 4].sum() / total
     spread = float((heatmap > 0.5).mean())
     focus = "focused" if spread < 0.15 else "broad" if spread > 0.4 else "moderately spread"

@@ -11,6 +11,7 @@ from common.architectures import ARCHS, ScratchCNN  # noqa: F401  (ScratchCNN: c
 from common.cli import UserError
 from common.data import file_sha256
 
+
 class WeightsError(UserError):
     """Pretrained weights could not be had or do not fit; the message says what to do."""
 

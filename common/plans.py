@@ -40,7 +40,8 @@ GROUPS = {
                   "question": "How much training data does each approach need?",
                   "vars": ["model", "fraction"]},
     "regularization": {"title": "Regularization and augmentation",
-                       "question": "Do label smoothing, MixUp, CutMix, RandAugment or TrivialAugment help on this data?",
+                       "question": "Do label smoothing, MixUp, CutMix, RandAugment or TrivialAugment help on "
+                                   "this data?",
                        "vars": ["option"]},
     "imbalance": {"title": "Class imbalance",
                   "question": "What does a long-tailed training set do to per-class recall, and do weighted "
@@ -99,7 +100,8 @@ def expand_seeds(runs: list[dict]) -> list[dict]:
     return out
 
 
-def make_plan(name: str, description: str, *, data: list[str], scratch: list[str], scratch_lrs: list[float], batch_sizes: list[int],
+def make_plan(name: str, description: str, *, data: list[str], scratch: list[str], scratch_lrs: list[float],
+              batch_sizes: list[int],
               base_lr: float, base_bs: int, strategies: dict[str, list[str]], strategy_args: list[str],
               lr_model: str, lr_strategy: str, lr_args: list[str], transfer_lrs: list[float], base_transfer_lr: float,
               fractions: list[float], imbalance_ratio: float, severities: str, ood_count: int,
@@ -118,7 +120,8 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
                          ["scratch_grid"], f"lr {lr:g}, batch {bs}", lr=lr, batch_size=bs))
     base = [*scratch, "--lr", base_lr, "--batch-size", base_bs]
     runs.append(_run(f"scratch-lr{base_lr:g}-bs{base_bs}", "scratch_cnn", base, ["regularization", "fractions"],
-                     f"lr {base_lr:g}, batch {base_bs}", option="baseline", fraction=1.0, lr=base_lr, batch_size=base_bs))
+                     f"lr {base_lr:g}, batch {base_bs}", option="baseline", fraction=1.0, lr=base_lr,
+                     batch_size=base_bs))
     baselines = {"scratch": runs[-1]}
     for option, extra in REGULARIZATION_ARGS.items():
         runs.append(_run(f"scratch-{option}", "scratch_cnn", [*base, *extra], ["regularization"],
@@ -134,8 +137,8 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
                          f"{lr_strategy}, lr {lr:g}", strategy=lr_strategy, lr=lr))
     transfer_base = [*lr_base, "--lr", base_transfer_lr]
     runs.append(_run(f"{lr_model}-{lr_strategy}-lr{base_transfer_lr:g}", lr_model, transfer_base,
-                     ["fractions", "imbalance"], f"{lr_strategy}, lr {base_transfer_lr:g}", strategy=lr_strategy, lr=base_transfer_lr, fraction=1.0, ratio=1,
-                     remedy="none"))
+                     ["fractions", "imbalance"], f"{lr_strategy}, lr {base_transfer_lr:g}", strategy=lr_strategy,
+                     lr=base_transfer_lr, fraction=1.0, ratio=1, remedy="none"))
     baselines["transfer"] = runs[-1]
     for f in fractions:
         if f < 1:
@@ -203,7 +206,8 @@ def full() -> dict:
         "batch-size grid for the scratch CNN (40 epochs), every fine-tuning strategy for ResNet-18 and MobileNetV2 "
         "(15 epochs), a learning-rate study of fully fine-tuned ResNet-18, data fractions, regularization and "
         "class imbalance; the scratch and the ResNet-18 baselines are repeated over 3 seeds.",
-        data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "40"], scratch_lrs=[1e-2, 1e-3, 1e-4], batch_sizes=[16, 32, 64], base_lr=1e-3,
+        data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "40"], scratch_lrs=[1e-2, 1e-3, 1e-4],
+        batch_sizes=[16, 32, 64], base_lr=1e-3,
         base_bs=32, strategies={"resnet18": ["fc", "bn", "blocks34", "gradual", "full", "discriminative"],
                                 "mobilenet_v2": ["fc", "bn", "gradual", "full", "discriminative"]},
         strategy_args=["--epochs", "15"],

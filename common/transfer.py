@@ -13,10 +13,27 @@ from tqdm import tqdm
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.data import (IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, BatchLoader, Split, add_augment_args,
-                         add_crop_check, add_data_args, cache_key, cache_mismatch, eval_transform, explain_miss,
-                         make_loaders, make_transforms, pixel_cache_fields, prepare_data, save_cache_key, to_device,
-                         upscale_check)
+from common.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TRANSFORM_VERSION,
+    BatchLoader,
+    Split,
+    add_augment_args,
+    add_crop_check,
+    add_data_args,
+    cache_key,
+    cache_mismatch,
+    eval_transform,
+    explain_miss,
+    make_loaders,
+    make_transforms,
+    pixel_cache_fields,
+    prepare_data,
+    save_cache_key,
+    to_device,
+    upscale_check,
+)
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
 from common.models import block_depth, build_model, unfreeze_to_depth
@@ -35,7 +52,8 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
     parser.add_argument("--weights", default="imagenet",
                         help="'imagenet' (torchvision weights API and its cache), a state-dict file, or 'none'")
     parser.add_argument("--cache-features", action="store_true",
-                        help="fc mode: run the frozen backbone once (no augmentation) and train the head on its features")
+                        help="fc mode: run the frozen backbone once (no augmentation) and train the head on its "
+                             "features")
     parser.add_argument("--lr-decay", type=number(float, 0, 1, low_open=True), default=1.0,
                         help="full and gradual modes: each block deeper from the head gets this factor more learning "
                              "rate decay (discriminative rates)")
@@ -185,7 +203,8 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
             log(f"gradual unfreezing: blocks up to depth {depth} of {ARCHS[arch].max_depth} now train "
                 f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)")
 
-    study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta, on_epoch_start=unfreeze if gradual else None)
+    study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta,
+                  on_epoch_start=unfreeze if gradual else None)
     return fit(trained, study, args, generators, device, optimizer=optimizer, save_model=save_model,
                extra_metrics=extra, log=log)
 

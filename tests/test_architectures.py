@@ -12,8 +12,14 @@ import part2_efficientnet
 from common import transfer
 from common.architectures import ARCHS, arch_of_script
 from common.explain import DEFAULT_LAYER, GradCAM, find_layer
-from common.models import (block_depth, build_model, count_parameters, model_from_checkpoint, set_train_mode,
-                           unfreeze_to_depth)
+from common.models import (
+    block_depth,
+    build_model,
+    count_parameters,
+    model_from_checkpoint,
+    set_train_mode,
+    unfreeze_to_depth,
+)
 from common.runs import load_checkpoint
 from conftest import ROOT, tiny_args
 

@@ -121,7 +121,8 @@ def test_integrated_gradients_completeness():
     target = torch.tensor([1, 2])
     attr = integrated_gradients(model, x, target, steps=64)
     with torch.no_grad():
-        gap = model(x).gather(1, target.view(-1, 1))[:, 0] - model(torch.zeros_like(x)).gather(1, target.view(-1, 1))[:, 0]
+        index = target.view(-1, 1)
+        gap = model(x).gather(1, index)[:, 0] - model(torch.zeros_like(x)).gather(1, index)[:, 0]
     torch.testing.assert_close(attr.sum((1, 2, 3)), gap, atol=2e-3, rtol=1e-2)
 
 
@@ -137,7 +138,8 @@ def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path):
     assert "# Error analysis: scratch_cnn/full" in md and ("top-3" in md or "No misclassified" in md)
     one = dataset / "gatto" / "img000.jpg"
     gradcam.main(gradcam.get_args_parser().parse_args(
-        ["--ckpt", str(out / "best.pt"), "--image", str(one), "--target-class", "cat", "--method", "integrated-gradients",
+        ["--ckpt", str(out / "best.pt"), "--image", str(one), "--target-class", "cat",
+         "--method", "integrated-gradients",
          "--out-dir", str(tmp_path / "one")]))
     assert "Grad-CAM (cat)" in (tmp_path / "one" / "error_analysis.md").read_text()
     proc = subprocess.run([sys.executable, str(ROOT / "gradcam.py"), "--ckpt", str(out / "best.pt"),

@@ -52,7 +52,8 @@ def test_class_weights_are_inverse_frequency():
     labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
     w = class_weights(labels, 4)
     assert torch.allclose(w, torch.tensor([10 / 24, 10 / 12, 10 / 4, 0.0]))
-    assert torch.allclose(w[:3] * torch.tensor([6.0, 3.0, 1.0]), torch.full((3,), 10 / 4))  # every class weighs the same
+    # every class weighs the same
+    assert torch.allclose(w[:3] * torch.tensor([6.0, 3.0, 1.0]), torch.full((3,), 10 / 4))
 
 
 def test_oversampling_balances_classes_reproducibly():
@@ -136,7 +137,8 @@ def test_gradual_run_leaves_deeper_blocks_untouched_until_their_epoch(dataset, t
     initial = build_model("mobilenet_v2", 10, "gradual")[0].state_dict()
     last = load_checkpoint(run / "last.pt")["model_state"]
     changed = {k.split(".")[1] for k, v in last.items() if k.startswith("features.") and not torch.equal(v, initial[k])}
-    assert changed == {"14", "15", "16", "17", "18"}  # depth 1, unfrozen for epoch 2; BatchNorm stats of frozen blocks kept
+    # depth 1, unfrozen for epoch 2; BatchNorm stats of frozen blocks kept
+    assert changed == {"14", "15", "16", "17", "18"}
     assert not torch.equal(last["classifier.1.weight"], initial["classifier.1.weight"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["trainable_params"] > 12_810

@@ -22,7 +22,8 @@ TINY = ["--per-class", "20", "--split", "12,4,4", "--img-size", "72", "--crop-si
 
 
 def write_plan(tmp_path: Path, runs: list[dict]) -> Path:
-    plan = {"name": "tiny", "description": "a tiny synthetic study", "robustness": {"severities": "1,3", "ood_count": 20},
+    plan = {"name": "tiny", "description": "a tiny synthetic study",
+            "robustness": {"severities": "1,3", "ood_count": 20},
             "groups": {"scratch_grid": GROUPS["scratch_grid"], "strategies": GROUPS["strategies"]}, "runs": runs}
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
@@ -79,7 +80,8 @@ def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
     plan = write_plan(tmp_path, [scratch_run(3e-3), scratch_run(1e-3)])
     assert run_study(plan, dataset, out) == 0
     folders = run_folders(out)
-    assert len(folders) == 2 and all(name.endswith(("tiny-scratch-lr0.003", "tiny-scratch-lr0.001")) for name in folders)
+    assert len(folders) == 2
+    assert all(name.endswith(("tiny-scratch-lr0.003", "tiny-scratch-lr0.001")) for name in folders)
     data = json.loads((out / "report" / "study.json").read_text())
     assert [r["status"] for r in data["runs"]] == ["done", "done"]
     assert all(r["eval"]["n"] == 40 and r["metrics"]["epochs_run"] == 2 for r in data["runs"])
@@ -310,13 +312,13 @@ def test_stopping_study_stops_its_training_and_resumes(dataset, tmp_path):
             with open(log, "wb") as f:
                 proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=f, stderr=subprocess.STDOUT)
             started.append(proc)
-            child = wait_for(lambda: [c for c in children(proc.pid) if "part1_scratch_cnn" in
-                                      Path(f"/proc/{c}/cmdline").read_text(errors="replace")], 120)[0]
+            child = wait_for(lambda pid=proc.pid: [c for c in children(pid) if "part1_scratch_cnn" in
+                                                   Path(f"/proc/{c}/cmdline").read_text(errors="replace")], 120)[0]
             wait_for(lambda: list((tmp_path / "runs").glob("*-tiny-*/last.pt")), 240)  # an epoch is saved
             assert ("(resuming)" in log.read_text()) == resumed
             proc.send_signal(sig)
             assert proc.wait(timeout=30) == (128 + sig if sig == signal.SIGTERM else -sig)
-            wait_for(lambda: not alive(child), 10)
+            wait_for(lambda pid=child: not alive(pid), 10)
         assert "stopped by SIGTERM" in (tmp_path / "study-SIGTERM.log").read_text()
         assert "Traceback" not in (tmp_path / "study-SIGTERM.log").read_text()
     finally:

@@ -108,7 +108,8 @@ def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path, monkeypa
     run = max(p for p in out.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert_same_run(run, straight)
     best = json.loads((out / "best.json").read_text())
-    assert best["run_dir"] == str(run) and best["val_acc"] == json.loads((run / "metrics.json").read_text())["best_val_acc"]
+    assert best["run_dir"] == str(run)
+    assert best["val_acc"] == json.loads((run / "metrics.json").read_text())["best_val_acc"]
     assert (out / "best.pt").read_bytes() == (run / "best.pt").read_bytes()
 
 
@@ -142,7 +143,8 @@ def test_sweep_writes_table_and_marks_best(dataset, tmp_path):
     md = (sweep / "sweep.md").read_text()
     assert md.count("**best**") == 1
     best = json.loads((sweep / "best.json").read_text())
-    rows = [json.loads((out / r.name / "metrics.json").read_text()) for r in out.iterdir() if "scratch_cnn-full-lr" in r.name]
+    rows = [json.loads((out / r.name / "metrics.json").read_text())
+            for r in out.iterdir() if "scratch_cnn-full-lr" in r.name]
     assert len(rows) == 2 and best["best_val_acc"] == max(r["best_val_acc"] for r in rows)
 
 

@@ -14,8 +14,8 @@ from torch import nn
 
 import part2_mobilenet
 from common import transfer
-from common.engine import param_groups
 from common.architectures import ARCHS
+from common.engine import param_groups
 from common.models import WeightsError, build_model, count_parameters, load_pretrained, set_train_mode
 from common.runs import load_checkpoint
 from conftest import ROOT, tiny_args
