@@ -350,7 +350,7 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         update_global_best(output_dir, study.split.fingerprint, study.split.classes, log)
     if args.resume:
         run_dir, ckpt = _resume(args, study, config, output_dir)
-        saver = CheckpointSaver(run_dir, ckpt["config"])
+        saver = CheckpointSaver(run_dir, ckpt["config"], exists=True)
         if main_process:
             saver.recover(ckpt)
         barrier()

@@ -87,8 +87,9 @@ class CheckpointSaver:
     The folder and its config.json are created by the first commit, so a start that fails leaves nothing.
     """
 
-    def __init__(self, run_dir: Path, config: dict):
-        self.run_dir, self.config = run_dir, config
+    def __init__(self, run_dir: Path, config: dict, exists: bool = False):
+        """run_dir: the folder to create at the first commit (or a free name like it); with exists, a resumed run."""
+        self.run_dir, self.config, self._created = run_dir, config, exists
 
     @property
     def last(self) -> Path:
@@ -104,9 +105,11 @@ class CheckpointSaver:
 
     def ensure_dir(self) -> None:
         """Create the run folder (a free name like the one asked for) with its config.json, once."""
-        if not (self.run_dir / "config.json").is_file():
+        if not self._created:
+            # A run started in the same second by another process or a sweep may hold the name: never share it.
             self.run_dir = make_run_dir(self.run_dir.parent, self.run_dir.name)
             write_json(self.run_dir / "config.json", self.config)
+            self._created = True
 
     def commit(self, ckpt: dict, improved: bool) -> None:
         """Write one epoch: the pending best (if improved), then last.pt, then the best into place."""

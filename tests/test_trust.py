@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import part1_scratch_cnn as part1
-from common.runs import CheckpointError, load_checkpoint, update_global_best
+from common.runs import CheckpointError, CheckpointSaver, load_checkpoint, update_global_best
 from conftest import ROOT, make_dataset, tiny_args
 
 FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
@@ -66,17 +66,21 @@ def test_resume_with_other_training_options_is_refused(dataset, finished):
 
 def test_global_best_ignores_runs_on_another_split_or_classes(dataset, tmp_path):
     out = tmp_path / "runs"
-    run_part1(tiny_args(dataset, out, "--epochs", "1", "--lr", "1e-6"))  # near chance on the current split
-    run = run_dirs(out)[0]
+    run_part1(tiny_args(dataset, out, "--epochs", "1"))
+    (run,) = run_dirs(out)
     three = make_dataset(tmp_path / "three", classes=["cane", "gatto", "ragno"])
-    # An easy 3-class run on its own split file, in the same runs/ folder, gets a higher val accuracy.
-    run_part1(tiny_args(three, out, "--epochs", "4", "--batch-size", "8", "--lr", "3e-3", "--jitter", "0",
+    # A 3-class run on its own split file, in the same runs/ folder.
+    run_part1(tiny_args(three, out, "--epochs", "2", "--batch-size", "8", "--jitter", "0",
                         "--split-file", str(tmp_path / "three-split.json")))
-    other = max(run_dirs(out), key=lambda p: p.stat().st_mtime_ns)
-    assert json.loads((other / "metrics.json").read_text())["best_val_acc"] > \
-        json.loads((run / "metrics.json").read_text())["best_val_acc"]
+    (other,) = [p for p in run_dirs(out) if p != run]
+    config = json.loads((other / "config.json").read_text())
+    assert len(config["classes"]) == 3
+    for folder, acc in ((run, 0.1), (other, 0.99)):  # whatever the tiny runs reached: the other one is better
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "best_val_acc": acc}))
+    update_global_best(out, config["split_fingerprint"], config["classes"], log=lambda *a: None)  # as its end does
     best = json.loads((out / "best.json").read_text())
-    assert best["run_dir"] == str(run) and len(best["classes"]) == 10
+    assert best["run_dir"] == str(run) and len(best["classes"]) == 10 and best["val_acc"] == 0.1
     assert (out / "best.pt").read_bytes() == (run / "best.pt").read_bytes()
 
 
@@ -182,3 +186,13 @@ def test_edited_checkpoint_is_a_clear_error(finished):
     torch.save(ckpt, out / "edited.pt")
     with pytest.raises(CheckpointError, match="lacks crop_size"):
         load_checkpoint(out / "edited.pt")
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    name = tmp_path / "runs" / "20260101-000000-scratch_cnn-full"
+    a, b = CheckpointSaver(name, {"run": "a"}), CheckpointSaver(name, {"run": "b"})
+    a.commit({"epoch": 0}, improved=True)
+    b.commit({"epoch": 0}, improved=True)
+    assert a.run_dir != b.run_dir and b.run_dir.name == name.name + "-1"
+    assert json.loads((b.run_dir / "config.json").read_text()) == {"run": "b"}
+    assert json.loads((a.run_dir / "config.json").read_text()) == {"run": "a"}
