@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import part1_scratch_cnn as part1
+from common.data import DataError, load_or_create_split
 from common.runs import load_checkpoint
-from conftest import tiny_args
+from conftest import ROOT, tiny_args
+
+sys.path.insert(0, str(ROOT / "bench"))
+import tutorial  # noqa: E402
 
 FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
 
@@ -41,3 +46,31 @@ def test_monitor_test_records_test_accuracy_and_changes_nothing_else(dataset, tm
     for m in (mp, mw):
         elapsed = [h["elapsed_s"] for h in m["history"]]
         assert 0 < elapsed[0] < elapsed[1]
+
+
+def tiny_split(dataset: Path, tmp_path: Path):
+    split, _ = load_or_create_split(dataset, tmp_path / "split.json", 20, (12, 4, 4), 0, 72, 2, log=lambda *_: None)
+    return split
+
+
+def test_tutorial_reads_the_saved_splits_files_and_labels(dataset, tmp_path):
+    split = tiny_split(dataset, tmp_path)
+    samples = tutorial.split_samples(dataset, split)
+    for subset, idx in split.indices.items():
+        assert [Path(p) for p, _ in samples[subset]] == [dataset / split.entries[i]["path"] for i in idx]
+        assert [y for _, y in samples[subset]] == split.labels[idx].tolist()
+    (dataset / split.entries[0]["path"]).unlink()
+    with pytest.raises(DataError, match="missing"):
+        tutorial.split_samples(dataset, split)
+
+
+def test_tutorial_trains_tests_every_epoch_and_writes_progress(dataset, tmp_path):
+    split = tiny_split(dataset, tmp_path)
+    config = tutorial.TutorialConfig("scratch_cnn", epochs=2, lr=3e-3, batch_size=16, resize=72, crop=64,
+                                     device="cpu")
+    rows = tutorial.run(config, dataset, split, tmp_path / "progress.json", log=lambda *_: None)
+    saved = json.loads((tmp_path / "progress.json").read_text())
+    assert saved["rows"] == rows and saved["config"]["workers"] == 2 and saved["lr"] == 3e-3
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0 <= r["test_acc"] <= 1 and 0 <= r["val_acc"] <= 1 and r["train_img_per_s"] > 0 for r in rows)
+    assert 0 < rows[0]["elapsed_s"] < rows[1]["elapsed_s"]
