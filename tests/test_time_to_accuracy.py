@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from common.runs import load_checkpoint
 from conftest import ROOT, tiny_args
 
 sys.path.insert(0, str(ROOT / "bench"))
+import gpu_collect  # noqa: E402
 import time_to_accuracy as tta  # noqa: E402
 import tutorial  # noqa: E402
 
@@ -170,3 +173,50 @@ def test_outcomes_ratios_and_the_report():
     assert "| mobilenet_v2:full | 0.95 | 22 s (epoch 2) | 2 | not reached in 30 min | 1 | > 81.8x |" in md
     assert "--weights none (random initialisation)" in md and "resnet18: offline" in md
     assert "| resnet18:full | 9.0 | 12.0 | 45.0 | 12.0 | 5.0x |" in md
+
+
+GPU_CHECK = ROOT / "bench" / "gpu_check.sh"
+
+
+def test_gpu_check_script_parses_and_is_executable():
+    assert os.access(GPU_CHECK, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(GPU_CHECK)], capture_output=True).returncode == 0
+    assert "set -euo pipefail" in GPU_CHECK.read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the failure on a machine without CUDA")
+def test_gpu_check_fails_fast_in_one_line_without_cuda(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "WORK": str(tmp_path / "work"), "RESULTS_DIR": str(tmp_path)}
+    r = subprocess.run([str(GPU_CHECK)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no CUDA device is visible"), lines
+    assert not (tmp_path / "work").exists() and not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_gpu_collect_gathers_steps_runs_and_throughput(tmp_path):
+    work = tmp_path / "work"
+    (work / "logs").mkdir(parents=True)
+    (work / "steps.tsv").write_text("cuda-tests\tok\t12\t0\nresnet18-full\ttimed out (35s)\t37\t124\n")
+    (work / "logs" / "cuda-tests.log").write_text("....\n5 passed in 9.1s\n")
+    run = work / "runs" / "20261201-000000-resnet18-full-gpucheck"
+    run.mkdir(parents=True)
+    metrics = {"arch": "resnet18", "mode": "full", "epochs_run": 2, "batch_size": 256, "lr": 1e-4,
+               "best_val_acc": 0.9, "test_acc": 0.88, "seconds_per_epoch": 0.4, "train_img_per_s": 12000.0,
+               "eval_img_per_s": 30000.0, "peak_memory_mb": 5000.0, "device": "cuda"}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "config.json").write_text(json.dumps({"amp": True, "weights": {"source": "none (random)"}}))
+    (work / "throughput").mkdir()
+    (work / "throughput" / "cuda-2026-12-01.json").write_text(json.dumps({"device": "cuda"}))
+    (work / "throughput" / "cuda-2026-12-01.md").write_text("| data path | img/s |\n")
+    args = gpu_collect.get_args_parser().parse_args(["--work", str(work), "--gpu-name", "NVIDIA H200",
+                                                     "--results-dir", str(tmp_path / "results"), "--note", "a note"])
+    assert gpu_collect.main(args) == 0
+    (json_file,) = (tmp_path / "results").glob("nvidia-h200-*.json")
+    report = json.loads(json_file.read_text())
+    assert [s["status"] for s in report["steps"]] == ["ok", "timed out (35s)"] and report["total_s"] == 49
+    assert report["steps"][0]["last_line"] == "5 passed in 9.1s"
+    assert report["runs"][0]["train_img_per_s"] == 12000.0 and report["runs"][0]["amp"] is True
+    md = json_file.with_suffix(".md").read_text()
+    assert "| resnet18 | full | 256 | 0.4 | 12000 |" in md and "meets the aim of 10,000" in md
+    assert "- a note" in md and "| data path | img/s |" in md
