@@ -38,6 +38,7 @@ from common.runs import (
 )
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+PROCESS_START = time.perf_counter()  # history rows' elapsed_s counts from here: about when the script started
 
 
 def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) -> None:
@@ -66,6 +67,9 @@ def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) 
     g.add_argument("--resume", default=None, help="continue a killed run from its runs/<run>/last.pt")
     g.add_argument("--sync-bn", action="store_true",
                    help="under torchrun on GPUs: synchronise BatchNorm statistics across processes")
+    g.add_argument("--monitor-test", action="store_true",
+                   help="also evaluate the test set after every epoch and record test_acc in metrics.json's history "
+                        "(monitoring only, e.g. for time to accuracy: never used to choose the best epoch or to stop)")
 
 
 class DivergedError(UserError):
@@ -264,7 +268,8 @@ def _set_rng_state(states: list[dict], generators: dict[str, torch.Generator]) -
 
 
 # Options that may differ when a run is resumed: where things are and how fast, not what is trained.
-RESUME_MAY_DIFFER = {"resume", "device", "amp", "workers", "data_dir", "output_dir", "split_file", "tag"}
+RESUME_MAY_DIFFER = {"resume", "device", "amp", "workers", "data_dir", "output_dir", "split_file", "tag",
+                     "monitor_test"}
 
 
 def _resume(args, study: Study, saver_config: dict, output_dir: Path) -> tuple[Path, dict]:
@@ -406,6 +411,10 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
                "val_acc": va["acc"], "epoch_seconds": epoch_seconds, "train_img_per_s": tr["img_per_s"],
                "eval_img_per_s": va["img_per_s"], "peak_memory_mb": peak_memory_mb(device)}
+        if args.monitor_test:  # after epoch_seconds and the choice of the best epoch, which it must not touch
+            row["test_acc"] = evaluate(model, study.loaders["test"], study.eval_transform, criterion, device, amp,
+                                       desc="test")["acc"]
+        row["elapsed_s"] = time.perf_counter() - PROCESS_START
         history.append(row)
         ckpt = checkpoint(epoch)  # every process takes part: it gathers their RNG states
         if main_process:

@@ -38,6 +38,24 @@ def make_dataset(root: Path, classes=ANIMALS, per_class: int = 20, size: int = 4
     return root
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped when torch.cuda.is_available() is false")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip the tests marked cuda on a machine without CUDA (bench/gpu_check.sh runs them on a GPU)."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch  # only when a cuda test was collected
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is false")
+    for item in marked:
+        item.add_marker(skip)
+
+
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "raw-img")
