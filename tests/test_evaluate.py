@@ -16,6 +16,7 @@ import pytest
 
 import evaluate
 import part1_scratch_cnn as part1
+from common import plots
 from common.metrics import classification_metrics, collect_runs, comparison_tables
 from common.runs import CheckpointError, load_checkpoint
 from conftest import ROOT, make_dataset, tiny_args
@@ -98,6 +99,24 @@ def test_compare_has_one_row_per_run(trained, tmp_path):
     for name in ("compare_val_acc.png", "compare_test_acc_vs_time.png"):
         assert cv2.imread(str(out / name)) is not None
     assert collect_runs(tmp_path) == [] and comparison_tables([])[1].count("\n") == 2
+
+
+def test_image_grid_title_clears_two_line_captions(tmp_path, monkeypatch):
+    """misclassified.png's captions take two lines: the title above them must not cover any."""
+    overlaps = []
+
+    def check_then_save(fig, path, dpi=120):
+        fig.draw_without_rendering()  # runs the layout
+        (title,) = [t.get_window_extent() for t in fig.texts]  # the suptitle
+        overlaps.extend(ax.title.get_text() for ax in fig.axes if title.overlaps(ax.title.get_window_extent()))
+        real_save(fig, path, dpi)
+
+    real_save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", check_then_save)
+    tiles = [np.full((32, 32, 3), 40 * k, np.uint8) for k in range(7)]
+    captions = [f"true cat\npred dog (0.9{k})" for k in range(7)]
+    plots.plot_image_grid(tiles, captions, tmp_path / "grid.png", "scratch_cnn/full: 7 of 40 misclassified")
+    assert overlaps == [] and cv2.imread(str(tmp_path / "grid.png")) is not None
 
 
 @pytest.mark.parametrize("content, message", [
