@@ -14,8 +14,8 @@ uploads only. The first use of a split whose pixel cache
 is missing decodes it into runs/cache/ once, as evaluate.py would.
 
 Why no Gradio: the page needs one upload, two selects and a table, which a single self-contained HTML
-page with a little inline JavaScript does; Python's http.server serves it and four JSON endpoints with no
-new dependency (Gradio brings FastAPI, uvicorn, pandas and a front-end bundle), starts at once, works
+page with a little inline JavaScript (static/app.html) does; Python's http.server serves it and four JSON
+endpoints with no new dependency (Gradio brings FastAPI, uvicorn, pandas and a front-end bundle), starts at once, works
 offline, and its prediction function and endpoints are tested directly. The server is meant for
 loopback use (one user, a few requests at a time), which is what ThreadingHTTPServer is for; it handles at
 most 8 requests at a time, and answers only requests addressed to a loopback name or to its --host (403
@@ -65,6 +65,8 @@ MAX_DECODED_BYTES = 3 * MAX_PIXELS
 MAX_HANDLERS = 8  # requests handled at once; each can hold a 20 MB upload and its decode
 MIN_SIDE = 32  # smaller images hold nothing recognisable once scaled up to the model's input size
 TOP_K = 5
+PAGE_FILE = Path(__file__).resolve().parent / "static" / "app.html"  # beside app.py, whatever the working folder
+MAX_BYTES_SLOT = "__MAX_UPLOAD_BYTES__"  # where the page's script takes MAX_UPLOAD_BYTES
 
 
 class UploadError(Exception):
@@ -226,175 +228,15 @@ class Checkpoints:
             return self._tests[key]
 
 
-PAGE = r"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Animals-10 classifier</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body { font: 15px/1.4 system-ui, sans-serif; margin: 1.5rem auto; max-width: 60rem; padding: 0 1rem; color: #222; }
-h1 { font-size: 1.4rem; margin: 0 0 1rem; }
-.controls { display: grid; grid-template-columns: max-content 1fr; gap: .5rem 1rem; align-items: center; }
-select { max-width: 100%; }
-#test { max-width: 24rem; }
-.note { color: #666; font-size: .9rem; }
-#error { background: #fde8e8; border: 1px solid #e0a0a0; color: #8a1c1c; padding: .6rem .8rem; margin: 1rem 0;
-         border-radius: 4px; }
-#status { color: #555; margin: 1rem 0; min-height: 1.4em; }
-.images { display: flex; gap: 1rem; flex-wrap: wrap; }
-figure { margin: 0; }
-figure img { width: 280px; height: 280px; object-fit: contain; border: 1px solid #ccc; image-rendering: auto; }
-figcaption { font-size: .9rem; color: #555; }
-#top1 { font-size: 1.3rem; margin: 1rem 0 .5rem; }
-table { border-collapse: collapse; }
-td { padding: .2rem .6rem .2rem 0; }
-.bar { background: #3b7dd8; height: .8rem; }
-.bar-cell { width: 16rem; }
-.percent { text-align: right; }
-</style></head>
-<body>
-<h1>Animals-10 classifier with Grad-CAM</h1>
-<div class="controls">
-  <label for="ckpt">Checkpoint</label><select id="ckpt"></select>
-  <label for="file">Upload an image</label><input id="file" type="file" accept="image/jpeg,image/png">
-  <label for="test">or a test image</label><span><select id="test" disabled>
-    <option>loading the test split…</option></select>
-  <span id="test-note" class="note"></span></span>
-</div>
-<div id="error" role="alert" hidden></div>
-<div id="status"></div>
-<div id="result" hidden>
-  <div id="top1"></div>
-  <div class="images">
-    <figure><img id="input-img" alt="model input"><figcaption>what the model sees (centre crop)</figcaption></figure>
-    <figure><img id="heatmap-img" alt="Grad-CAM overlay"><figcaption id="heatmap-caption">Grad-CAM</figcaption></figure>
-  </div>
-  <table id="top5"></table>
-  <p id="meta" class="note"></p>
-</div>
-<script>
-"use strict";
-const MAX_BYTES = __MAX_UPLOAD_BYTES__;
-const $ = (id) => document.getElementById(id);
-let last = null;   // what is shown: {file} or {test: k}, re-run when the checkpoint changes
-let seq = 0;       // answers to superseded requests are dropped
+def load_page(path: Path = PAGE_FILE) -> str:
+    """The page's HTML, with the upload limit filled in; the file is read once, when app.py is imported."""
+    html = path.read_text(encoding="utf-8")
+    if html.count(MAX_BYTES_SLOT) != 1:
+        raise RuntimeError(f"{path} must hold {MAX_BYTES_SLOT} exactly once; restore it from git")
+    return html.replace(MAX_BYTES_SLOT, str(int(MAX_UPLOAD_BYTES)))  # a number: nothing to escape
 
-async function call(url, options) {
-  const response = await fetch(url, options);
-  let body;
-  try { body = await response.json(); }
-  catch (e) { throw new Error(`the server answered ${response.status} without details`); }
-  if (!response.ok || body.error) throw new Error(body.error || `the server answered ${response.status}`);
-  return body;
-}
-function showError(message) { $("error").textContent = message; $("error").hidden = !message; }
-function ckpt() { return encodeURIComponent($("ckpt").value); }
 
-async function run(what, request) {
-  const mine = ++seq;
-  last = what;
-  showError("");
-  $("status").textContent = "classifying…";
-  try {
-    const r = await request();
-    if (mine !== seq) return;
-    show(r);
-    $("status").textContent = "";
-  } catch (e) {
-    if (mine !== seq) return;
-    $("status").textContent = "";
-    $("result").hidden = true;
-    showError(e.message);
-  }
-}
-
-function show(r) {
-  const best = r.top5[0];
-  $("top1").textContent = `${best.name} (${(100 * best.prob).toFixed(1)}%)` +
-    (r.true_label ? ` — true label: ${r.true_label}` : "");
-  $("input-img").src = "data:image/png;base64," + r.image_png;
-  $("heatmap-img").src = "data:image/png;base64," + r.overlay_png;
-  $("heatmap-caption").textContent = `Grad-CAM for ${best.name}`;
-  const table = $("top5");
-  table.replaceChildren();
-  for (const c of r.top5) {
-    const row = table.insertRow();
-    row.insertCell().textContent = c.name;
-    const percent = row.insertCell();
-    percent.className = "percent";
-    percent.textContent = `${(100 * c.prob).toFixed(1)}%`;
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    bar.style.width = `${Math.max(100 * c.prob, 0.5)}%`;
-    const cell = row.insertCell();
-    cell.className = "bar-cell";
-    cell.append(bar);
-  }
-  const m = r.model;
-  const acc = m.best_val_acc == null ? "" : `, validation accuracy ${m.best_val_acc.toFixed(3)}`;
-  $("meta").textContent = `${m.checkpoint}: ${m.arch}/${m.mode}${acc}; ${m.device}, ` +
-    `${(1000 * r.seconds).toFixed(0)} ms` +
-    (r.name ? `; ${r.name}` : "");
-  $("result").hidden = false;
-}
-
-function predictFile(file) {
-  if (file.size > MAX_BYTES) {
-    $("result").hidden = true;
-    showError(`the file is ${(file.size / 2 ** 20).toFixed(1)} MB, more than the ${MAX_BYTES / 2 ** 20} MB allowed; ` +
-              "upload a smaller image");
-    return;
-  }
-  run({file}, () => call(`/predict?ckpt=${ckpt()}`,
-                         {method: "POST", body: file, headers: {"Content-Type": "application/octet-stream"}}));
-}
-function predictTest(k) { run({test: k}, () => call(`/test-image/${k}?ckpt=${ckpt()}`)); }
-
-async function loadTests() {
-  const select = $("test");
-  select.disabled = true;
-  select.replaceChildren(new Option("loading the test split…", ""));
-  $("test-note").textContent = "";
-  try {
-    const r = await call(`/test-images?ckpt=${ckpt()}`);
-    select.replaceChildren(new Option(r.images.length ? `pick one of ${r.images.length} images` : "none", ""));
-    const groups = {};
-    r.images.forEach((img, k) => {
-      if (!groups[img.label]) {
-        groups[img.label] = document.createElement("optgroup");
-        groups[img.label].label = img.label;
-        select.append(groups[img.label]);
-      }
-      groups[img.label].append(new Option(img.name, String(k)));
-    });
-    select.disabled = !r.images.length;
-    $("test-note").textContent = r.note || "";
-  } catch (e) {
-    select.replaceChildren(new Option("unavailable", ""));
-    $("test-note").textContent = e.message;
-  }
-}
-
-async function init() {
-  try {
-    const r = await call("/checkpoints");
-    for (const name of r.checkpoints) $("ckpt").append(new Option(name, name, false, name === r.default));
-  } catch (e) { showError(e.message); return; }
-  $("ckpt").addEventListener("change", () => {
-    loadTests();
-    if (last && last.file) predictFile(last.file);
-    else if (last) predictTest(last.test);
-  });
-  $("file").addEventListener("change", () => {
-    if ($("file").files.length) { $("test").value = ""; predictFile($("file").files[0]); }
-  });
-  $("test").addEventListener("change", () => {
-    if ($("test").value !== "") { $("file").value = ""; predictTest(Number($("test").value)); }
-  });
-  loadTests();
-}
-init();
-</script>
-</body></html>
-""".replace("__MAX_UPLOAD_BYTES__", str(MAX_UPLOAD_BYTES))
+PAGE = load_page()
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -48,7 +48,7 @@ from common.data import (
     resolve_data_dir,
     scan_folder,
 )
-from common.plots import save_figure
+from common.plots import plot_image_grid, save_figure
 
 MODE_NAMES = {
     "1": "black and white", "L": "grayscale", "LA": "grayscale + alpha", "P": "palette", "PA": "palette + alpha",
@@ -58,6 +58,7 @@ MODE_NAMES = {
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_LISTED = 100  # groups or files listed in report.md; eda.json has them all
+THUMBNAILS = {"tile": (2.2, 2.4), "fontsize": 7, "dpi": 100}  # sample and duplicate grids: many small tiles
 
 
 def get_args_parser() -> ArgumentParser:
@@ -262,19 +263,6 @@ def plot_sizes(records: list[dict], classes: list[str], tiny: int, path: Path) -
     save_figure(fig, path)
 
 
-def plot_grid(tiles: list[np.ndarray], captions: list[str], cols: int, title: str, path: Path) -> None:
-    """A grid of RGB tiles with captions; constrained layout keeps the title clear of two-line captions."""
-    rows = max(1, -(-len(tiles) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False, layout="constrained")
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img, caption in zip(axes.flat, tiles, captions):
-        ax.imshow(img)
-        ax.set_title(caption, fontsize=7)
-    fig.suptitle(title)
-    save_figure(fig, path, dpi=100)
-
-
 def _size_text(record: dict) -> str:
     return f"{record['width']}x{record['height']} {record['mode']}" if record["width"] else record["mode"]
 
@@ -291,8 +279,8 @@ def plot_samples(sampled: dict[str, list[str]], images: dict[str, np.ndarray], b
             captions.append(f"{display_name(cls)}: {_size_text(r)}" + ("" if p in images else "\nunreadable"))
         tiles += [np.full((size, size, 3), 255, np.uint8)] * (cols - len(chosen))
         captions += [""] * (cols - len(chosen))
-    plot_grid(tiles, captions, cols, f"{cols} random images per class (seed {seed}), squashed to square as training "
-              "decodes them; captions: original size and mode", path)
+    plot_image_grid(tiles, captions, path, f"{cols} random images per class (seed {seed}), squashed to square as "
+                    "training decodes them; captions: original size and mode", cols, **THUMBNAILS)
 
 
 def plot_duplicates(groups: list[dict], by_path: dict[str, dict], data_dir: Path, size: int, max_pairs: int,
@@ -318,8 +306,9 @@ def plot_duplicates(groups: list[dict], by_path: dict[str, dict], data_dir: Path
             captions.append(f"{display_name(r['class'])}: {name}\n{_size_text(r)}"
                             + (f"  ({g['kind']}, {relation})" if f == other else ""))
     n_cross = sum(g["cross_class"] for g in groups)
-    plot_grid(tiles, captions, 4, f"duplicate pairs from {len(order)} of {len(groups)} groups ("
-              + (f"{n_cross} across classes, shown first)" if n_cross else "none across classes)"), path)
+    plot_image_grid(tiles, captions, path, f"duplicate pairs from {len(order)} of {len(groups)} groups ("
+                    + (f"{n_cross} across classes, shown first)" if n_cross else "none across classes)"), 4,
+                    **THUMBNAILS)
 
 
 def duplicate_summary(groups: list[dict]) -> dict:

@@ -33,7 +33,7 @@ from common.cli import ArgumentParser, run_main
 from common.data import IMAGE_EXTENSIONS, DataError, atomic_write_text, decode_many
 from common.engine import resolve_device
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
-from common.metrics import classification_metrics, collect_runs, comparison_tables, seed_repeats, seed_tables
+from common.metrics import classification_metrics, comparison_tables, seed_repeats, seed_tables
 from common.plots import (
     plot_comparison,
     plot_confusion_matrix,
@@ -43,7 +43,7 @@ from common.plots import (
     plot_ood_hist,
 )
 from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
-from common.runs import load_checkpoint, write_json
+from common.runs import finished_runs, load_checkpoint, write_json
 
 
 def get_args_parser() -> ArgumentParser:
@@ -234,12 +234,13 @@ def compare(runs_dir: Path) -> list[dict]:
     Runs that differ only by seed (common.metrics.configuration of their config.json) are also shown as one row
     each, mean ± sample standard deviation, in compare.md and compare_seeds.csv.
     """
-    rows = collect_runs(runs_dir)
+    runs = sorted(finished_runs(runs_dir), key=lambda r: -r["metrics"].get("best_val_acc", 0))
+    rows = [{**r["metrics"], "run": r["run_dir"].name} for r in runs]
     if not rows:
         raise DataError(f"no finished runs (run folders with metrics.json) under {runs_dir}; train a model first")
     csv_text, md = comparison_tables(rows)
     written = ["compare.csv", "compare.md"]
-    repeats = seed_repeats(runs_dir, rows)
+    repeats = seed_repeats(runs)
     if repeats:
         seed_csv, seed_md = seed_tables(repeats)
         md += ("\nRuns that differ only by seed (every other entry of config.json is the same), "

@@ -11,15 +11,14 @@ import torch
 import torch.distributed as dist
 
 
-def init_distributed(device_name: str) -> tuple[int, int]:
-    """Join the process group torchrun describes in the environment; returns (rank, world size)."""
+def init_distributed(device_name: str) -> None:
+    """Join the process group torchrun describes in the environment (rank() and world_size() then tell the place)."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2 or dist.is_initialized():
-        return rank(), world_size()
+        return
     cuda = device_name != "cpu" and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
-    return rank(), world_size()
 
 
 def is_distributed() -> bool:

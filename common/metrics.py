@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
@@ -40,19 +39,6 @@ COMPARE_COLUMNS = [
     ("inference img/s", "eval_img_per_s"), ("peak memory (MiB)", "peak_memory_mb"),
     ("checkpoint (MiB)", "checkpoint_mb"), ("device", "device"),
 ]
-
-
-def collect_runs(runs_dir: Path) -> list[dict]:
-    """metrics.json of every finished run folder under runs_dir, sorted by best validation accuracy."""
-    rows = []
-    for path in sorted(runs_dir.glob("*/metrics.json")):
-        try:
-            metrics = json.loads(path.read_text())
-        except ValueError:
-            continue
-        metrics["run"] = path.parent.name
-        rows.append(metrics)
-    return sorted(rows, key=lambda m: -m.get("best_val_acc", 0))
 
 
 def _fmt(value) -> str:
@@ -101,16 +87,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
 
 
-def seed_repeats(runs_dir: Path, rows: list[dict]) -> list[list[dict]]:
-    """Groups of at least two finished runs (rows of collect_runs) that differ only by seed, by their config.json."""
+def seed_repeats(runs: list[dict]) -> list[list[dict]]:
+    """Groups of at least two finished runs (entries of common.runs.finished_runs) that differ only by seed.
+
+    Each run in a group is its metrics with "run" (the folder name) and "seed".
+    """
     groups: dict[str, list[dict]] = {}
-    for r in rows:
-        path = runs_dir / r["run"] / "config.json"
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError):
+    for r in runs:
+        if r["config"] is None:
             continue  # no readable config: the run cannot be matched, it stays a row of its own
-        groups.setdefault(configuration(config), []).append({**r, "seed": config.get("seed")})
+        row = {**r["metrics"], "run": r["run_dir"].name, "seed": r["config"].get("seed")}
+        groups.setdefault(configuration(r["config"]), []).append(row)
     return [g for g in groups.values() if len(g) > 1]
 
 

@@ -63,22 +63,25 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     save_figure(fig, path)
 
 
-def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, title: str = "",
-                    cols: int = 5) -> None:
-    """A grid of RGB uint8 images with a caption under each."""
+def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, title: str = "", cols: int = 5,
+                    tile: tuple[float, float] = (3.0, 3.3), fontsize: float = 8, dpi: int = 120) -> None:
+    """A grid of RGB uint8 images, each tile inches wide and high with its caption above it, cols to a row.
+
+    Constrained layout keeps the title clear of the captions, two-line ones included.
+    """
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(tile[0] * cols, tile[1] * rows), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, cap in zip(axes.flat, images, captions):
         ax.imshow(img)
-        ax.set_title(cap, fontsize=8)
+        ax.set_title(cap, fontsize=fontsize)
     if not images:
         axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
-    fig.tight_layout()
     if title:
-        fig.suptitle(title, y=1.0)
-    save_figure(fig, path)
+        fig.suptitle(title)
+    save_figure(fig, path, dpi=dpi)
 
 
 def plot_comparison(rows: list[dict], path_val: Path, path_time: Path) -> None:

@@ -22,7 +22,6 @@ PARAMS: dict[str, tuple[float, ...]] = {
     "jpeg": (25, 18, 15, 10, 7),                       # JPEG quality
     "rotation": (5, 10, 15, 20, 30),                   # degrees, random sign per image; reflected border
 }
-RANDOM = ("gaussian_noise", "rotation")  # the others do not use the seed
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:

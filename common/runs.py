@@ -152,14 +152,18 @@ def check_resume_path(path: Path, output_dir: Path) -> Path:
 
 
 def finished_runs(output_dir: Path) -> list[dict]:
-    """The registry: every finished run folder under output_dir with its config and metrics."""
+    """The registry: every finished run folder (one with a readable metrics.json) under output_dir, by name.
+
+    Each is {"run_dir", "config", "metrics"}; config is None when config.json is missing or unreadable (a folder
+    from an older version): such a run is listed, but never matched to a split or a configuration.
+    """
     runs = []
     for metrics_path in sorted(output_dir.glob("*/metrics.json")):
         run_dir = metrics_path.parent
         config, metrics = _read_json(run_dir / "config.json"), _read_json(metrics_path)
-        if isinstance(config, dict) and isinstance(metrics, dict) and "best_val_acc" in metrics \
-                and (run_dir / "best.pt").is_file():
-            runs.append({"run_dir": run_dir, "config": config, "metrics": metrics})
+        if isinstance(metrics, dict):
+            runs.append({"run_dir": run_dir, "config": config if isinstance(config, dict) else None,
+                         "metrics": metrics})
     return runs
 
 
@@ -175,7 +179,8 @@ def runs_on_split(output_dir: Path, fingerprint: str, classes: list[str]) -> lis
     """Finished runs on the current split (see current_split) and these classes, best validation accuracy first."""
     fingerprint, classes = current_split(output_dir, fingerprint, classes)
     runs = [r for r in finished_runs(output_dir)
-            if r["config"].get("split_fingerprint") == fingerprint and r["config"].get("classes") == classes]
+            if r["config"] is not None and "best_val_acc" in r["metrics"] and (r["run_dir"] / "best.pt").is_file()
+            and r["config"].get("split_fingerprint") == fingerprint and r["config"].get("classes") == classes]
     return sorted(runs, key=lambda r: -r["metrics"]["best_val_acc"])  # a stable sort keeps the earliest of equals
 
 

@@ -264,6 +264,25 @@ def test_endpoints(server, runs):
     assert server.checkpoints.get(names[0]) is loaded and len(server.checkpoints._models) == 3
 
 
+def test_the_page_is_served_from_its_own_file(server):
+    html = (ROOT / "static" / "app.html").read_text(encoding="utf-8")
+    status, page = call(server, "/")
+    assert status == 200 and page == html.replace(app.MAX_BYTES_SLOT, str(app.MAX_UPLOAD_BYTES))
+    assert f"const MAX_BYTES = {20 * 2**20};" in page and "__" not in page.split("<script>")[1]
+
+
+def test_the_page_is_found_from_any_working_folder(tmp_path):
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import app; print(app.PAGE.splitlines()[0])"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "<!doctype html>\n", proc.stderr[-2000:]
+
+
+def test_a_page_file_without_its_upload_limit_slot_is_refused(tmp_path):
+    (tmp_path / "app.html").write_text("<!doctype html><script>const MAX_BYTES = 1;</script>")
+    with pytest.raises(RuntimeError, match="__MAX_UPLOAD_BYTES__ exactly once"):
+        app.load_page(tmp_path / "app.html")
+
+
 @pytest.mark.parametrize("length, status, message", [(str(50 * 2**20), 413, "more than the 20 MB allowed"),
                                                       ("-1", 411, "no valid Content-Length")])
 def test_bad_request_sizes_are_refused_unread(server, length, status, message):

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from common.distributed import init_distributed, is_main, rank, world_size
 from common.runs import load_checkpoint
 from conftest import ROOT, tiny_args
 
@@ -74,3 +75,13 @@ def test_two_processes_match_one_and_resume(dataset, tmp_path):
     ma = json.loads((runs_in(single)[0] / "metrics.json").read_text())
     mb = json.loads((run_dir / "metrics.json").read_text())
     assert mb["test_acc"] == pytest.approx(ma["test_acc"]) and mb["resumed_from_epoch"] == 1
+
+
+@pytest.mark.parametrize("env", [{}, {"RANK": "0", "WORLD_SIZE": "1"}])
+def test_a_single_process_joins_no_group(monkeypatch, env):
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    init_distributed("cpu")
+    assert not torch.distributed.is_initialized() and (rank(), world_size(), is_main()) == (0, 1, True)

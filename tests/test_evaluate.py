@@ -16,8 +16,9 @@ import pytest
 
 import evaluate
 import part1_scratch_cnn as part1
-from common.metrics import classification_metrics, collect_runs, comparison_tables
-from common.runs import CheckpointError, load_checkpoint
+from common import plots
+from common.metrics import classification_metrics, comparison_tables
+from common.runs import CheckpointError, finished_runs, load_checkpoint, runs_on_split
 from conftest import ROOT, make_dataset, tiny_args
 
 
@@ -97,7 +98,25 @@ def test_compare_has_one_row_per_run(trained, tmp_path):
     assert (out / "compare.md").read_text().count("\n") == 4
     for name in ("compare_val_acc.png", "compare_test_acc_vs_time.png"):
         assert cv2.imread(str(out / name)) is not None
-    assert collect_runs(tmp_path) == [] and comparison_tables([])[1].count("\n") == 2
+    assert finished_runs(tmp_path) == [] and comparison_tables([])[1].count("\n") == 2
+
+
+def test_image_grid_title_clears_two_line_captions(tmp_path, monkeypatch):
+    """misclassified.png's captions take two lines: the title above them must not cover any."""
+    overlaps = []
+
+    def check_then_save(fig, path, dpi=120):
+        fig.draw_without_rendering()  # runs the layout
+        (title,) = [t.get_window_extent() for t in fig.texts]  # the suptitle
+        overlaps.extend(ax.title.get_text() for ax in fig.axes if title.overlaps(ax.title.get_window_extent()))
+        real_save(fig, path, dpi)
+
+    real_save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", check_then_save)
+    tiles = [np.full((32, 32, 3), 40 * k, np.uint8) for k in range(7)]
+    captions = [f"true cat\npred dog (0.9{k})" for k in range(7)]
+    plots.plot_image_grid(tiles, captions, tmp_path / "grid.png", "scratch_cnn/full: 7 of 40 misclassified")
+    assert overlaps == [] and cv2.imread(str(tmp_path / "grid.png")) is not None
 
 
 @pytest.mark.parametrize("content, message", [
@@ -184,3 +203,20 @@ def test_compare_without_configs_or_repeats_has_no_seed_table(tmp_path):
     (runs / "b" / "config.json").unlink()  # an old run folder: never grouped, still compared
     evaluate.compare(runs)
     assert not (runs / "compare_seeds.csv").exists() and "seed" not in (runs / "compare.md").read_text()
+
+
+def test_compare_lists_the_registrys_runs_and_skips_unreadable_metrics(tmp_path):
+    runs = tmp_path / "runs"
+    for k, name in enumerate(("a", "b", "c", "d")):
+        fake_run(runs, name, k, 0.9 - k / 10, 0.9 - k / 10)
+    (runs / "b" / "metrics.json").write_text("[0.8, 0.8]")  # JSON, but not a run's metrics
+    (runs / "c" / "metrics.json").write_text('{"best_val_acc": 0.')  # cut short
+    (runs / "d" / "config.json").unlink()  # an old run folder: listed, never matched
+    rows = evaluate.compare(runs)
+    assert [r["run"] for r in rows] == ["a", "d"]
+    assert [(r["run_dir"].name, r["config"] is None) for r in finished_runs(runs)] == [("a", False), ("d", True)]
+    # The global best's candidates are the registry's runs with a best.pt and a config on the split.
+    assert runs_on_split(runs, "abc", None) == []
+    for name in ("a", "d"):
+        (runs / name / "best.pt").write_bytes(b"")
+    assert [r["run_dir"].name for r in runs_on_split(runs, "abc", None)] == ["a"]
