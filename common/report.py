@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common.architectures import ARCHS  # noqa: E402
 from common.data import atomic_write, atomic_write_text, display_name  # noqa: E402
+from common.markdown import inline, markdown_to_html, slug  # noqa: E402
 from common.plots import save_figure  # noqa: E402
 
 NOISE = 0.01  # ~1 pp: on a 750-image test set that is 7-8 images, inside run-to-run variation
@@ -155,66 +156,6 @@ def _var(key: str, v) -> str:
     if key == "fraction" and _num(v):
         return f"{v * 100:g}%"
     return f_g(v)
-
-
-def _slug(text: str) -> str:
-    """GitHub-style heading anchor, so the Markdown contents links work too."""
-    return re.sub(r"[^\w\- ]", "", text.lower()).strip().replace(" ", "-") or "section"
-
-
-def _inline(text: str) -> str:
-    """Escape text, then render `code` and **bold**."""
-    out = []
-    for part in re.split(r"(`[^`\n]+`)", text):
-        if len(part) > 1 and part[0] == part[-1] == "`":
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-        else:
-            out.append(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(part)))
-    return "".join(out)
-
-
-def markdown_to_html(text: str, shift: int = 0) -> str:
-    """Headings (moved down by shift levels), bullet lists, pipe tables and paragraphs; all text escaped."""
-    out: list[str] = []
-    block: list[str] = []
-    kind = ""
-
-    def flush() -> None:
-        if kind == "p":
-            out.append(f"<p>{_inline(' '.join(block))}</p>")
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block) + "</ul>")
-        elif kind == "table":
-            rows = [[c.strip() for c in r.strip().strip("|").split("|")] for r in block]
-            sep = len(rows) > 1 and all(re.fullmatch(r":?-+:?", c) for c in rows[1])
-            right = [c.endswith(":") for c in rows[1]] if sep else []
-            head, body = (rows[0], rows[2:]) if sep else ([], rows)
-
-            def cells(row: list[str], tag: str) -> str:
-                return "".join(f'<{tag}{" class=n" if i < len(right) and right[i] else ""}>{_inline(c)}</{tag}>'
-                               for i, c in enumerate(row))
-            out.append('<div class="scroll"><table>' + (f"<tr>{cells(head, 'th')}</tr>" if head else "")
-                       + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in body) + "</table></div>")
-        block.clear()
-
-    for line in text.splitlines():
-        s = line.strip()
-        head = re.match(r"(#{1,6})\s+(.*)", s)
-        new = ("" if not s else "h" if head else "table" if s.startswith("|")
-               else "ul" if re.match(r"[-*+]\s", s) else "ul+" if kind == "ul" and line[:1].isspace() else "p")
-        if new == "ul+":  # an indented line continues the previous bullet
-            block[-1] += " " + s
-            continue
-        if new != kind or new in ("h", ""):
-            flush()
-        kind = new
-        if head:
-            level = min(6, len(head[1]) + shift)
-            out.append(f"<h{level}>{_inline(head[2])}</h{level}>")
-        elif new:
-            block.append(s[2:].strip() if new == "ul" else s)
-    flush()
-    return "\n".join(out)
 
 
 # ---------- run accessors ----------
@@ -442,29 +383,29 @@ class _Doc:
 
     def heading(self, level: int, text: str) -> None:
         """A heading with an anchor; level 2 goes into the contents."""
-        anchor = base = _slug(text)
+        anchor = base = slug(text)
         while anchor in self.ids:
             anchor = f"{base}-{len(self.ids)}"
         self.ids.add(anchor)
         if level == 2:
             self.toc.append((anchor, text))
-        self.html.append(f'<h{level} id="{anchor}">{_inline(text)}</h{level}>')
+        self.html.append(f'<h{level} id="{anchor}">{inline(text)}</h{level}>')
         self.md.append(f"{'#' * level} {text}\n")
 
     def para(self, text: str) -> None:
         """A paragraph; `code` and **bold** are rendered."""
-        self.html.append(f"<p>{_inline(text)}</p>")
+        self.html.append(f"<p>{inline(text)}</p>")
         self.md.append(text + "\n")
 
     def bullets(self, items: list[str]) -> None:
         """A bullet list."""
         if items:
-            self.html.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+            self.html.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>")
             self.md.append("\n".join(f"- {i}" for i in items) + "\n")
 
     def box(self, cls: str, title: str, items: list[str]) -> None:
         """A coloured box with a title and a bullet list."""
-        self.html.append(f'<div class="box {cls}"><p class="box-title">{_inline(title)}</p>')
+        self.html.append(f'<div class="box {cls}"><p class="box-title">{inline(title)}</p>')
         self.md.append(f"**{title}**\n")
         self.bullets(items)
         self.html.append("</div>")
@@ -498,7 +439,7 @@ class _Doc:
         if not figs:
             return
         items = "".join(f'<figure><a href="{html.escape(s)}"><img src="{html.escape(s)}" alt="{html.escape(c)}" '
-                        f'loading="lazy"></a><figcaption>{_inline(c)}</figcaption></figure>' for s, c in figs)
+                        f'loading="lazy"></a><figcaption>{inline(c)}</figcaption></figure>' for s, c in figs)
         cls = "figs" + (" c2" if cols == 2 and len(figs) > 1 else "") + (" narrow" if narrow else "")
         self.html.append(f'<div class="{cls}">{items}</div>')
         self.md.append("\n\n".join(f"![{c}]({s})" for s, c in figs) + "\n")
@@ -510,13 +451,13 @@ class _Doc:
 
     def code(self, summary: str, text: str) -> None:
         """A collapsible code block."""
-        self.html.append(f"<details><summary>{_inline(summary)}</summary><pre>{html.escape(text)}</pre></details>")
+        self.html.append(f"<details><summary>{inline(summary)}</summary><pre>{html.escape(text)}</pre></details>")
         self.md.append(f"{summary}\n\n```bash\n{text}\n```\n")
 
     def render(self, title: str) -> tuple[str, str]:
         """(HTML page, Markdown text)."""
         toc_html = ('<nav class="toc"><strong>Contents</strong><ol>' + "".join(
-            f'<li><a href="#{a}">{_inline(t)}</a></li>' for a, t in self.toc) + "</ol></nav>")
+            f'<li><a href="#{a}">{inline(t)}</a></li>' for a, t in self.toc) + "</ol></nav>")
         toc_md = "**Contents**\n\n" + "\n".join(f"{i}. [{t}](#{a})" for i, (a, t) in enumerate(self.toc, 1)) + "\n"
         body = "\n".join(self.html).replace(self.TOC, toc_html)
         page = (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from common.report import build_report, f_int, f_time, markdown_to_html
+from common.markdown import markdown_to_html
+from common.report import build_report, f_int, f_time
 
 CLASSES = ["cane", "cavallo", "elefante", "farfalla", "gallina", "gatto", "mucca", "pecora", "ragno", "scoiattolo"]
 ENGLISH = ["dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep", "spider", "squirrel"]
