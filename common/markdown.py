@@ -1,8 +1,26 @@
-"""Markdown text: the small Markdown subset the report renders as HTML."""
+"""Markdown text: the project's one pipe-table writer, and the small Markdown subset the report renders as HTML."""
 from __future__ import annotations
 
 import html
 import re
+from typing import Sequence
+
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")  # a cell boundary: a pipe that markdown_table did not escape
+
+
+def _cell(value) -> str:
+    """A value as table-cell text; a pipe is escaped so it cannot end the cell."""
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(headers: Sequence, rows: Sequence[Sequence], align: str | None = None) -> str:
+    """A pipe table without a trailing newline; align has one letter per column, "l" or "r" (default all "l")."""
+    align = align or "l" * len(headers)
+    if len(align) != len(headers):
+        raise ValueError(f"align {align!r} has {len(align)} letters for {len(headers)} columns")
+    lines = ["| " + " | ".join(map(_cell, headers)) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(map(_cell, row)) + " |" for row in rows])
 
 
 def slug(text: str) -> str:
@@ -23,7 +41,7 @@ def inline(text: str) -> str:
 
 def _table_html(block: list[str]) -> str:
     """A pipe table (header and alignment row optional) as a scrollable HTML table; right-aligned columns get .n."""
-    rows = [[c.strip() for c in r.strip().strip("|").split("|")] for r in block]
+    rows = [[c.strip().replace("\\|", "|") for c in _CELL_SPLIT.split(r.strip().strip("|"))] for r in block]
     sep = len(rows) > 1 and all(re.fullmatch(r":?-+:?", c) for c in rows[1])
     right = [c.endswith(":") for c in rows[1]] if sep else []
     head, body = (rows[0], rows[2:]) if sep else ([], rows)

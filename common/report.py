@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common.architectures import ARCHS  # noqa: E402
 from common.data import atomic_write, atomic_write_text, display_name  # noqa: E402
-from common.markdown import inline, markdown_to_html, slug  # noqa: E402
+from common.markdown import inline, markdown_table, markdown_to_html, slug  # noqa: E402
 from common.plots import save_figure  # noqa: E402
 
 NOISE = 0.01  # ~1 pp: on a 750-image test set that is 7-8 images, inside run-to-run variation
@@ -426,12 +426,11 @@ class _Doc:
                 text, win = fmt(r[i]), best[i] is not None and r[i] == best[i]
                 cls = " ".join(c for c, on in (("n", numeric[i]), ("best", win)) if on)
                 cells.append(f'<td{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}>{html.escape(text)}</td>')
-                mdc.append(f"**{text}**" if win else text.replace("|", "\\|"))
+                mdc.append(f"**{text}**" if win else text)
             body.append("<tr>" + "".join(cells) + "</tr>")
-            md.append("| " + " | ".join(mdc) + " |")
+            md.append(mdc)
         self.html.append(f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>')
-        self.md.append("\n".join(["| " + " | ".join(h for h, _, _ in cols) + " |",
-                                  "|" + "|".join("---:" if n else "---" for n in numeric) + "|", *md]) + "\n")
+        self.md.append(markdown_table([h for h, _, _ in cols], md, "".join("r" if n else "l" for n in numeric)) + "\n")
 
     def figures(self, figs: list[tuple[str | None, str]], cols: int = 1, narrow: bool = False) -> None:
         """Images (paths relative to the report) with captions; each links to the full-size file."""

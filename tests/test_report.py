@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from common.markdown import markdown_to_html
+from common.markdown import markdown_table, markdown_to_html
 from common.report import build_report, f_int, f_time
 
 CLASSES = ["cane", "cavallo", "elefante", "farfalla", "gallina", "gatto", "mucca", "pecora", "ragno", "scoiattolo"]
@@ -257,6 +257,16 @@ def test_markdown_and_number_formatting():
     assert "<p>para &lt;i&gt;</p>" in out
     assert (f_time(45), f_time(600), f_time(3.1), f_int(1234567), f_int(None)) == (
         "45.0 s", "10.0 min", "3.10 s", "1,234,567", "–")
+
+
+def test_markdown_table_escapes_pipes_and_round_trips():
+    text = markdown_table(["run", "a|b"], [["x|y", 0.5], ["z", 2]], align="lr")
+    assert text == "| run | a\\|b |\n|---|---:|\n| x\\|y | 0.5 |\n| z | 2 |"
+    assert markdown_table(["a", "b"], []) == "| a | b |\n|---|---|"  # default: every column left-aligned
+    out = markdown_to_html(text)  # an escaped pipe stays inside its cell
+    assert "<th>run</th><th class=n>a|b</th>" in out and "<td>x|y</td><td class=n>0.5</td>" in out
+    with pytest.raises(ValueError, match="align"):
+        markdown_table(["a", "b"], [], align="l")
 
 
 def with_seeds(study: dict, tmp: Path) -> dict:
