@@ -23,11 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common.architectures import ARCHS  # noqa: E402
 from common.data import atomic_write, atomic_write_text, display_name  # noqa: E402
+from common.formatting import DASH, Stat, f_acc, f_g, f_int, f_pp, f_rate, f_time, is_num  # noqa: E402
 from common.markdown import inline, markdown_table, markdown_to_html, slug  # noqa: E402
 from common.plots import save_figure  # noqa: E402
 
 NOISE = 0.01  # ~1 pp: on a 750-image test set that is 7-8 images, inside run-to-run variation
-DASH = "–"
 SPREAD_RULE = ("A difference involving a repeated configuration counts as within the seed spread when it is smaller "
                "than two standard errors of the difference, 2·√(s₁²/n₁ + s₂²/n₂), with s the sample standard "
                "deviation over a configuration's n seeds; a configuration run once is taken to vary as much as the "
@@ -60,25 +60,6 @@ pre{background:#f6f7f9;padding:10px;white-space:pre-wrap;font-size:12.5px}summar
 
 # ---------- formatting ----------
 
-def _num(x) -> bool:
-    """A finite int or float (not a bool)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-class Stat(float):
-    """The mean of a figure over seed repeats; a float everywhere, with .std (sample, ddof 1) and .n besides."""
-
-    std: float
-    n: int
-
-    def __new__(cls, values: list[float]) -> "Stat":
-        mean = sum(values) / len(values)
-        obj = super().__new__(cls, mean)
-        obj.n = len(values)
-        obj.std = math.sqrt(sum((v - mean) ** 2 for v in values) / (obj.n - 1)) if obj.n > 1 else 0.0
-        return obj
-
-
 def _combine(values: list):
     """One value for several repeats: numbers a Stat (equal non-floats stay), dicts key by key, the rest the first."""
     first = values[0]
@@ -86,7 +67,7 @@ def _combine(values: list):
         return first
     if all(isinstance(v, dict) for v in values):
         return {k: _combine([v[k] for v in values if k in v]) for k in first}
-    if all(_num(v) for v in values) and (any(isinstance(v, float) for v in values) or len(set(values)) > 1):
+    if all(is_num(v) for v in values) and (any(isinstance(v, float) for v in values) or len(set(values)) > 1):
         return Stat(values)
     return first
 
@@ -113,47 +94,11 @@ def _collapse_repeats(runs: list[dict]) -> list[dict]:
     return out
 
 
-def f_acc(x) -> str:
-    """Accuracy-like fraction, 4 decimals; a mean over seeds as mean ± std."""
-    if isinstance(x, Stat) and x.n > 1 and math.isfinite(x):
-        return f"{x:.4f} ± {x.std:.4f}"
-    return f"{x:.4f}" if _num(x) else DASH
-
-
-def f_pp(d) -> str:
-    """A difference of fractions in percentage points."""
-    return f"{d * 100:+.1f} pp" if _num(d) else DASH
-
-
-def f_time(s) -> str:
-    """Seconds as s, min or h."""
-    if not _num(s):
-        return DASH
-    if s < 120:
-        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
-    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
-
-
-def f_int(x) -> str:
-    """Integer with thousands separators."""
-    return f"{round(x):,}" if _num(x) else DASH
-
-
-def f_rate(x) -> str:
-    """Throughput: no decimals unless small."""
-    return (f"{x:,.0f}" if x >= 100 else f"{x:.1f}") if _num(x) else DASH
-
-
-def f_g(x) -> str:
-    """Compact number (learning rates, ratios) or the value as text."""
-    return f"{x:g}" if _num(x) else DASH if x is None else str(x)
-
-
 def _var(key: str, v) -> str:
     """A group variable's value as shown to readers."""
     if key == "model":
         return MODEL_NAMES.get(v, str(v))
-    if key == "fraction" and _num(v):
+    if key == "fraction" and is_num(v):
         return f"{v * 100:g}%"
     return f_g(v)
 
@@ -168,19 +113,19 @@ def _m(r: dict, key: str):
 def _val(r: dict) -> float:
     """Best validation accuracy, for ranking (missing sorts last)."""
     v = _m(r, "best_val_acc")
-    return v if _num(v) else -math.inf
+    return v if is_num(v) else -math.inf
 
 
 def _f1(r: dict):
     """Test macro F1 from metrics, else from eval.json."""
     f = _m(r, "test_macro_f1")
-    return f if _num(f) else ((r.get("eval") or {}).get("macro") or {}).get("f1")
+    return f if is_num(f) else ((r.get("eval") or {}).get("macro") or {}).get("f1")
 
 
 def _time(r: dict):
     """Training seconds including a one-off feature extraction, the honest cost of a cached-feature run."""
     t = _m(r, "train_seconds")
-    return t + (_m(r, "feature_extraction_seconds") or 0) if _num(t) else None
+    return t + (_m(r, "feature_extraction_seconds") or 0) if is_num(t) else None
 
 
 def _arch(r: dict) -> str:
@@ -200,7 +145,7 @@ def _mode(r: dict) -> str:
 
 def _delta(a, b):
     """a - b, or None when either is missing."""
-    return a - b if _num(a) and _num(b) else None
+    return a - b if is_num(a) and is_num(b) else None
 
 
 def _init(r: dict) -> str:
@@ -220,12 +165,12 @@ def _recalls(r: dict) -> dict[str, float]:
     pc = ev.get("per_class") or {}
     names = [display_name(c) for c in ev.get("classes") or []] or [
         k for k in pc if k not in ("accuracy", "macro avg", "weighted avg")]
-    return {c: pc[c]["recall"] for c in names if isinstance(pc.get(c), dict) and _num(pc[c].get("recall"))}
+    return {c: pc[c]["recall"] for c in names if isinstance(pc.get(c), dict) and is_num(pc[c].get("recall"))}
 
 
 def _sortkey(v) -> tuple:
     """Numbers in order, then text, with the reference settings ('none', 'baseline') first."""
-    return (-1, 0, "") if str(v) in ("none", "baseline") else (0, v, "") if _num(v) else (1, 0, str(v))
+    return (-1, 0, "") if str(v) in ("none", "baseline") else (0, v, "") if is_num(v) else (1, 0, str(v))
 
 
 # ---------- plots ----------
@@ -237,7 +182,7 @@ def _colors(runs: list[dict]) -> dict[str, str]:
 
 def _plot_scatter(runs: list[dict], numbers: dict[str, int], path: Path) -> None:
     """Test accuracy against training time (log x), each point labelled with its number in the runs table."""
-    pts = [(max(_time(r), 1e-2), _m(r, "test_acc"), r) for r in runs if _num(_time(r)) and _num(_m(r, "test_acc"))]
+    pts = [(max(_time(r), 1e-2), _m(r, "test_acc"), r) for r in runs if is_num(_time(r)) and is_num(_m(r, "test_acc"))]
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(9, 4.8))
     ax.set_xscale("log")
@@ -279,7 +224,7 @@ def _plot_val_curves(runs: list[dict], numbers: dict[str, int], path: Path, top:
 
 def _plot_heatmap(grid: list[list], rows: list, cols: list, path: Path, title: str) -> None:
     """Best val acc on an lr x batch-size grid, values written in the cells."""
-    data = [[v if _num(v) else math.nan for v in row] for row in grid]
+    data = [[v if is_num(v) else math.nan for v in row] for row in grid]
     fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 2.2, 0.55 * len(rows) + 1.4))
     im = ax.imshow(data, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), [f_g(c) for c in cols])
@@ -299,7 +244,7 @@ def _plot_bars(runs: list[dict], path: Path, title: str) -> None:
     """Test accuracy per run as bars, training time written on each."""
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(runs) + 1.5), 4))
-    accs = [_m(r, "test_acc") if _num(_m(r, "test_acc")) else 0 for r in runs]
+    accs = [_m(r, "test_acc") if is_num(_m(r, "test_acc")) else 0 for r in runs]
     bars = ax.bar(range(len(runs)), accs, color=[colors[_model(r)] for r in runs])
     ax.bar_label(bars, [f"{a:.4f}\n{f_time(_time(r))}" for a, r in zip(accs, runs)], fontsize=8, padding=2)
     ax.set_xticks(range(len(runs)), [f"{_model(r)}\n{_mode(r)}" for r in runs], fontsize=8)
@@ -336,7 +281,7 @@ def _plot_grouped(groups: list[str], series: dict[str, list], path: Path, ylabel
     fig, ax = plt.subplots(figsize=size)
     for i, (name, vals) in enumerate(series.items()):
         pos = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
-        vals = [v if _num(v) else 0 for v in vals]
+        vals = [v if is_num(v) else 0 for v in vals]
         (ax.barh if horizontal else ax.bar)(pos, vals, width, label=name, color=f"C{i}", zorder=2)
     ticks = (ax.set_yticks if horizontal else ax.set_xticks)
     ticks(range(len(groups)), groups, **({} if horizontal else {"rotation": 30, "ha": "right"}))
@@ -412,11 +357,11 @@ class _Doc:
 
     def table(self, cols: list[tuple[str, Callable, str | None]], rows: list[list]) -> None:
         """cols are (header, formatter, 'max'/'min'/None); rows hold raw values; the best per column is marked."""
-        numeric = [any(_num(r[i]) for r in rows) and all(_num(r[i]) or r[i] is None for r in rows)
+        numeric = [any(is_num(r[i]) for r in rows) and all(is_num(r[i]) or r[i] is None for r in rows)
                    for i in range(len(cols))]
         best = []
         for i, (_, _, how) in enumerate(cols):
-            vals = [r[i] for r in rows if _num(r[i])]
+            vals = [r[i] for r in rows if is_num(r[i])]
             best.append((max if how == "max" else min)(vals) if how and len(vals) > 1 and len(set(vals)) > 1 else None)
         head = "".join(f'<th{" class=n" if n else ""}>{html.escape(h)}</th>' for n, (h, _, _) in zip(numeric, cols))
         body, md = [], []
@@ -481,7 +426,7 @@ class _Report:
         self.repeated = any(r.get("seeds") for r in self.done)
         self.failed = [r for r in runs if not (r.get("status") == "done" and r.get("metrics"))]
         self.numbers = {r["name"]: i for i, r in enumerate(self.done, 1)}
-        self.n_test = next((r["eval"]["n"] for r in self.done if _num((r.get("eval") or {}).get("n"))), None)
+        self.n_test = next((r["eval"]["n"] for r in self.done if is_num((r.get("eval") or {}).get("n"))), None)
         # 1 pp, or 3 test images where the test set is small enough for that to be more
         self.noise = max(NOISE, 3 / self.n_test) if self.n_test else NOISE
 
@@ -497,7 +442,7 @@ class _Report:
 
     def within(self, d, a=None, b=None) -> str | None:
         """'within seed spread' or 'within noise' for the difference d = a - b, or None when it is beyond both."""
-        if not _num(d):
+        if not is_num(d):
             return None
         se2 = self.two_se(a, b)
         if se2 is not None and abs(d) < se2:
@@ -506,7 +451,7 @@ class _Report:
 
     def noisy(self, d, signed: bool = True, a=None, b=None) -> str:
         """Difference in pp, flagged when it is within the seed spread of a and b or within noise."""
-        text = f_pp(d) if signed or not _num(d) else f"{abs(d) * 100:.1f} pp"
+        text = f_pp(d) if signed or not is_num(d) else f"{abs(d) * 100:.1f} pp"
         flag = self.within(d, a, b)
         return text + (f" ({flag})" if flag else "")
 
@@ -516,7 +461,7 @@ class _Report:
 
     def setting(self, runs: list[dict]) -> str:
         """'at 30 epochs on cpu': the epochs and devices behind a figure."""
-        eps = sorted({_m(r, "epochs_run") for r in runs if _num(_m(r, "epochs_run"))})
+        eps = sorted({_m(r, "epochs_run") for r in runs if is_num(_m(r, "epochs_run"))})
         devs = sorted({str(_m(r, "device") or self.study.get("device") or "?") for r in runs})
         ep = f_g(eps[0]) if len(eps) == 1 else f"{f_g(eps[0])}–{f_g(eps[-1])}" if eps else "?"
         return f"at {ep} epoch{'' if ep == '1' else 's'} on {', '.join(devs)}"
@@ -628,7 +573,8 @@ class _Report:
             top, first = max(rs, key=_val), rs[0]
             parts = "; ".join(f"{_mode(r)} ({f_int(_m(r, 'trainable_params'))} trainable) test "
                               f"{f_acc(_m(r, 'test_acc'))} in {f_time(_time(r))}" for r in rs)
-            ratio = _time(top) / _time(first) if _num(_time(top)) and _num(_time(first)) and _time(first) > 0 else None
+            ratio = (_time(top) / _time(first) if is_num(_time(top)) and is_num(_time(first)) and _time(first) > 0
+                     else None)
             gain = self.noisy(_delta(_m(top, "test_acc"), _m(first, "test_acc")), a=_m(top, "test_acc"),
                               b=_m(first, "test_acc"))
             verdict = (f"training the fewest parameters ({_mode(first)}) is best on validation" if top is first else
@@ -668,7 +614,7 @@ class _Report:
             rs = sorted((r for r in frac if _model(r) == model), key=lambda r: r["vars"].get("fraction") or 0)
             small, full = rs[0], rs[-1]
             a, b = _m(small, "test_acc"), _m(full, "test_acc")
-            if len(rs) > 1 and _num(a) and _num(b) and b > 0:
+            if len(rs) > 1 and is_num(a) and is_num(b) and b > 0:
                 lo, hi = (_var("fraction", r["vars"].get("fraction")) for r in (small, full))
                 parts.append(f"{model} keeps {a / b:.0%} of its test acc with {lo} of the training images "
                              f"({f_acc(a)} vs {f_acc(b)} at {hi})")
@@ -685,7 +631,7 @@ class _Report:
             if r is base:
                 continue
             dt, dv = _delta(_m(r, "test_acc"), _m(base, "test_acc")), _delta(_val(r), _val(base))
-            flag = self.within(dt, _m(r, "test_acc"), _m(base, "test_acc")) if _num(dt) else "within noise"
+            flag = self.within(dt, _m(r, "test_acc"), _m(base, "test_acc")) if is_num(dt) else "within noise"
             key = flag.split(",")[0] if flag else "helped" if dt > 0 else "hurt"
             verdicts[key].append(f"{r['vars'].get('option')} ({f_pp(dt)} test, {f_pp(dv)} val"
                                  + (f"; {flag.split(', ', 1)[1]}" if key == "within seed spread" else "") + ")")
@@ -735,7 +681,7 @@ class _Report:
         roles: dict[str, list[str]] = {}
         transfer = [r for r in done if _arch(r) != "scratch_cnn"]
         scratch = [r for r in done if _arch(r) == "scratch_cnn"]
-        close = [r for r in done if _val(r) >= _val(done[0]) - NOISE and _num(_time(r))]
+        close = [r for r in done if _val(r) >= _val(done[0]) - NOISE and is_num(_time(r))]
         for role, rs in (("best transfer", transfer), ("best scratch", scratch)):
             if rs:
                 roles.setdefault(rs[0]["name"], []).append(role)
@@ -744,7 +690,7 @@ class _Report:
             roles.setdefault(fast["name"], []).append("fastest within 1 pp of best val")
         by_name = {r["name"]: r for r in done}
         line = f"**Efficiency vs accuracy** ({self.setting([by_name[n] for n in roles])})"
-        if fast and fast is not done[0] and _num(_time(done[0])) and _time(fast) > 0:
+        if fast and fast is not done[0] and is_num(_time(done[0])) and _time(fast) > 0:
             line += (f": {fast['label']} gets within 1 pp of the best validation accuracy in {f_time(_time(fast))}, "
                      f"{_time(done[0]) / _time(fast):.1f}× less than the best run ({f_time(_time(done[0]))})")
         self.doc.para(line + ".")
@@ -847,7 +793,7 @@ class _Report:
         """(x, test acc, best val acc) points per combination of the `by` variables."""
         out: dict[str, list] = {}
         for r in runs:
-            if _num(r["vars"].get(x)) and r["vars"][x] > 0:
+            if is_num(r["vars"].get(x)) and r["vars"][x] > 0:
                 name = " ".join(_var(v, r["vars"].get(v, "")) for v in by).strip() or _model(r)
                 out.setdefault(name, []).append((r["vars"][x], _m(r, "test_acc"), _m(r, "best_val_acc")))
         return out
@@ -873,7 +819,7 @@ class _Report:
         opts = [str(r["vars"].get("option")) for r in rs]
 
         def pp(d: float | None) -> float | None:
-            return d * 100 if _num(d) else None
+            return d * 100 if is_num(d) else None
 
         series = {"Δ test acc": [pp(_delta(_m(r, "test_acc"), _m(base, "test_acc"))) for r in rs],
                   "Δ best val acc": [pp(_delta(_val(r), _val(base))) for r in rs]}

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
+from common.formatting import f_int, f_time
 from common.markdown import markdown_table, markdown_to_html
-from common.report import build_report, f_int, f_time
+from common.report import build_report
 
 CLASSES = ["cane", "cavallo", "elefante", "farfalla", "gallina", "gatto", "mucca", "pecora", "ragno", "scoiattolo"]
 ENGLISH = ["dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep", "spider", "squirrel"]
@@ -307,7 +308,8 @@ def test_seed_repeats_show_mean_std_and_spread(study, tmp_path):
 
 
 def test_within_spread_rule():
-    from common.report import Stat, _Report
+    from common.formatting import Stat
+    from common.report import _Report
     a, b = Stat([0.90, 0.92, 0.94]), Stat([0.91, 0.93])
     assert (a, a.std, a.n) == (pytest.approx(0.92), pytest.approx(0.02), 3)
     assert _Report.two_se(a, b) == pytest.approx(2 * math.sqrt(0.02 ** 2 / 3 + b.std ** 2 / 2))
