@@ -21,18 +21,29 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.architectures import ARCHS  # noqa: E402
-from common.data import atomic_write, atomic_write_text, display_name  # noqa: E402
-from common.formatting import DASH, Stat, f_acc, f_g, f_int, f_pp, f_rate, f_time, is_num  # noqa: E402
+from common.data import atomic_write, atomic_write_text  # noqa: E402
+from common.formatting import DASH, f_acc, f_g, f_int, f_pp, f_rate, f_time, is_num  # noqa: E402
 from common.markdown import inline, markdown_table, markdown_to_html, slug  # noqa: E402
 from common.plots import save_figure  # noqa: E402
+from common.study_runs import (  # noqa: E402
+    NOISE,
+    SPREAD_RULE,
+    Spread,
+    arch_key,
+    best_val,
+    collapse_repeats,
+    delta,
+    init_text,
+    macro_f1,
+    metric,
+    mode_name,
+    model_name,
+    recalls,
+    sortkey,
+    train_time,
+    var_text,
+)
 
-NOISE = 0.01  # ~1 pp: on a 750-image test set that is 7-8 images, inside run-to-run variation
-SPREAD_RULE = ("A difference involving a repeated configuration counts as within the seed spread when it is smaller "
-               "than two standard errors of the difference, 2·√(s₁²/n₁ + s₂²/n₂), with s the sample standard "
-               "deviation over a configuration's n seeds; a configuration run once is taken to vary as much as the "
-               "repeated one.")
-MODEL_NAMES = {name: spec.display for name, spec in ARCHS.items()}
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;background:#f6f7f9;margin:0}
 main{max-width:1180px;margin:0 auto;padding:24px 32px 64px;background:#fff;min-height:100vh}
@@ -58,135 +69,21 @@ pre{background:#f6f7f9;padding:10px;white-space:pre-wrap;font-size:12.5px}summar
 """
 
 
-# ---------- formatting ----------
-
-def _combine(values: list):
-    """One value for several repeats: numbers a Stat (equal non-floats stay), dicts key by key, the rest the first."""
-    first = values[0]
-    if len(values) == 1:
-        return first
-    if all(isinstance(v, dict) for v in values):
-        return {k: _combine([v[k] for v in values if k in v]) for k in first}
-    if all(is_num(v) for v in values) and (any(isinstance(v, float) for v in values) or len(set(values)) > 1):
-        return Stat(values)
-    return first
-
-
-def _collapse_repeats(runs: list[dict]) -> list[dict]:
-    """Finished runs with one entry per configuration: seed repeats (same "repeat" key) merged into their means."""
-    by_key: dict[str, list[dict]] = {}
-    for r in runs:
-        by_key.setdefault(r.get("repeat") or r["name"], []).append(r)
-    out = []
-    for key, members in by_key.items():
-        if len(members) == 1:
-            out.append(members[0])
-            continue
-        # robustness results and files come from the repeat that has them (the runner explains one run)
-        rep = max(members, key=lambda r: (bool(r.get("corruptions")), len(r.get("files") or {})))
-        seeds = sorted(r["vars"].get("seed", 0) for r in members)
-        out.append({**rep, "name": key, "seeds": seeds,
-                    "label": re.sub(r", seed \d+$", "", members[0]["label"]) + f" ({len(members)} seeds)",
-                    "vars": {k: v for k, v in members[0]["vars"].items() if k != "seed"},
-                    "metrics": _combine([r["metrics"] for r in members]),
-                    "eval": _combine([r["eval"] for r in members]) if all(r.get("eval") for r in members)
-                    else rep.get("eval")})
-    return out
-
-
-def _var(key: str, v) -> str:
-    """A group variable's value as shown to readers."""
-    if key == "model":
-        return MODEL_NAMES.get(v, str(v))
-    if key == "fraction" and is_num(v):
-        return f"{v * 100:g}%"
-    return f_g(v)
-
-
-# ---------- run accessors ----------
-
-def _m(r: dict, key: str):
-    """A field of the run's metrics.json, or None."""
-    return (r.get("metrics") or {}).get(key)
-
-
-def _val(r: dict) -> float:
-    """Best validation accuracy, for ranking (missing sorts last)."""
-    v = _m(r, "best_val_acc")
-    return v if is_num(v) else -math.inf
-
-
-def _f1(r: dict):
-    """Test macro F1 from metrics, else from eval.json."""
-    f = _m(r, "test_macro_f1")
-    return f if is_num(f) else ((r.get("eval") or {}).get("macro") or {}).get("f1")
-
-
-def _time(r: dict):
-    """Training seconds including a one-off feature extraction, the honest cost of a cached-feature run."""
-    t = _m(r, "train_seconds")
-    return t + (_m(r, "feature_extraction_seconds") or 0) if is_num(t) else None
-
-
-def _arch(r: dict) -> str:
-    """Architecture key (scratch_cnn, resnet18, mobilenet_v2, ...)."""
-    return _m(r, "arch") or r["vars"].get("model") or "?"
-
-
-def _model(r: dict) -> str:
-    """Architecture as shown to readers."""
-    return MODEL_NAMES.get(_arch(r), _arch(r))
-
-
-def _mode(r: dict) -> str:
-    """Transfer strategy or training mode (fc, blocks34, full)."""
-    return str(r["vars"].get("strategy") or _m(r, "mode") or "")
-
-
-def _delta(a, b):
-    """a - b, or None when either is missing."""
-    return a - b if is_num(a) and is_num(b) else None
-
-
-def _init(r: dict) -> str:
-    """How the run's weights started."""
-    if _arch(r) == "scratch_cnn":
-        return "random initialisation (from scratch)"
-    w = (r.get("config") or {}).get("weights")
-    src = w.get("source") if isinstance(w, dict) else w
-    if str(src).lower() == "none":
-        return "random initialisation"
-    return f"pretrained ImageNet weights ({src or 'torchvision'})"
-
-
-def _recalls(r: dict) -> dict[str, float]:
-    """Per-class test recall by English class name, in class order."""
-    ev = r.get("eval") or {}
-    pc = ev.get("per_class") or {}
-    names = [display_name(c) for c in ev.get("classes") or []] or [
-        k for k in pc if k not in ("accuracy", "macro avg", "weighted avg")]
-    return {c: pc[c]["recall"] for c in names if isinstance(pc.get(c), dict) and is_num(pc[c].get("recall"))}
-
-
-def _sortkey(v) -> tuple:
-    """Numbers in order, then text, with the reference settings ('none', 'baseline') first."""
-    return (-1, 0, "") if str(v) in ("none", "baseline") else (0, v, "") if is_num(v) else (1, 0, str(v))
-
-
 # ---------- plots ----------
 
 def _colors(runs: list[dict]) -> dict[str, str]:
     """One matplotlib colour per model, the same in every figure."""
-    return {m: f"C{i}" for i, m in enumerate(sorted({_model(r) for r in runs}))}
+    return {m: f"C{i}" for i, m in enumerate(sorted({model_name(r) for r in runs}))}
 
 
 def _plot_scatter(runs: list[dict], numbers: dict[str, int], path: Path) -> None:
     """Test accuracy against training time (log x), each point labelled with its number in the runs table."""
-    pts = [(max(_time(r), 1e-2), _m(r, "test_acc"), r) for r in runs if is_num(_time(r)) and is_num(_m(r, "test_acc"))]
+    pts = [(max(train_time(r), 1e-2), metric(r, "test_acc"), r) for r in runs
+           if is_num(train_time(r)) and is_num(metric(r, "test_acc"))]
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(9, 4.8))
     ax.set_xscale("log")
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[colors[_model(p[2])] for p in pts], s=30, zorder=3)
+    ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=[colors[model_name(p[2])] for p in pts], s=30, zorder=3)
     fig.canvas.draw()  # fixes the axes transform, so labels can be placed in pixels
     placed: list[tuple[float, float]] = []
     for t, acc, r in sorted(pts, key=lambda p: numbers[p[2]["name"]]):
@@ -206,10 +103,10 @@ def _plot_scatter(runs: list[dict], numbers: dict[str, int], path: Path) -> None
 
 def _plot_val_curves(runs: list[dict], numbers: dict[str, int], path: Path, top: int = 8) -> None:
     """Validation accuracy per epoch, one line per run; the best `top` in colour, the rest grey."""
-    ranked = sorted(runs, key=_val, reverse=True)
+    ranked = sorted(runs, key=best_val, reverse=True)
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for i, r in enumerate(ranked):
-        hist = _m(r, "history") or []
+        hist = metric(r, "history") or []
         xs, ys = [h.get("epoch") for h in hist], [h.get("val_acc") for h in hist]
         if i < top:
             ax.plot(xs, ys, marker=".", label=f"{numbers[r['name']]} {r['label']}", zorder=3)
@@ -244,10 +141,10 @@ def _plot_bars(runs: list[dict], path: Path, title: str) -> None:
     """Test accuracy per run as bars, training time written on each."""
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(runs) + 1.5), 4))
-    accs = [_m(r, "test_acc") if is_num(_m(r, "test_acc")) else 0 for r in runs]
-    bars = ax.bar(range(len(runs)), accs, color=[colors[_model(r)] for r in runs])
-    ax.bar_label(bars, [f"{a:.4f}\n{f_time(_time(r))}" for a, r in zip(accs, runs)], fontsize=8, padding=2)
-    ax.set_xticks(range(len(runs)), [f"{_model(r)}\n{_mode(r)}" for r in runs], fontsize=8)
+    accs = [metric(r, "test_acc") if is_num(metric(r, "test_acc")) else 0 for r in runs]
+    bars = ax.bar(range(len(runs)), accs, color=[colors[model_name(r)] for r in runs])
+    ax.bar_label(bars, [f"{a:.4f}\n{f_time(train_time(r))}" for a, r in zip(accs, runs)], fontsize=8, padding=2)
+    ax.set_xticks(range(len(runs)), [f"{model_name(r)}\n{mode_name(r)}" for r in runs], fontsize=8)
     ax.set(ylim=(0, 1.15), ylabel="test accuracy", title=title)
     ax.grid(alpha=0.3, axis="y")
     save_figure(fig, path)
@@ -421,39 +318,13 @@ class _Report:
         # copies with a label and vars always present, so the sections need not check
         runs = [{**r, "label": r.get("label") or r.get("name", "?"), "vars": r.get("vars") or {}}
                 for r in study.get("runs") or []]
-        self.done = sorted(_collapse_repeats([r for r in runs if r.get("status") == "done" and r.get("metrics")]),
-                           key=_val, reverse=True)
+        self.done = sorted(collapse_repeats([r for r in runs if r.get("status") == "done" and r.get("metrics")]),
+                           key=best_val, reverse=True)
         self.repeated = any(r.get("seeds") for r in self.done)
         self.failed = [r for r in runs if not (r.get("status") == "done" and r.get("metrics"))]
         self.numbers = {r["name"]: i for i, r in enumerate(self.done, 1)}
         self.n_test = next((r["eval"]["n"] for r in self.done if is_num((r.get("eval") or {}).get("n"))), None)
-        # 1 pp, or 3 test images where the test set is small enough for that to be more
-        self.noise = max(NOISE, 3 / self.n_test) if self.n_test else NOISE
-
-    @staticmethod
-    def two_se(a, b) -> float | None:
-        """Two standard errors of a - b when either is a mean over seeds (SPREAD_RULE); None when neither is."""
-        sd = {i: x.std for i, x in enumerate((a, b)) if isinstance(x, Stat) and x.n > 1}
-        if not sd:
-            return None
-        n = [x.n if isinstance(x, Stat) else 1 for x in (a, b)]
-        s = [sd.get(i, next(iter(sd.values()))) for i in (0, 1)]  # a single run: the repeated one's std
-        return 2 * math.sqrt(s[0] ** 2 / n[0] + s[1] ** 2 / n[1])
-
-    def within(self, d, a=None, b=None) -> str | None:
-        """'within seed spread' or 'within noise' for the difference d = a - b, or None when it is beyond both."""
-        if not is_num(d):
-            return None
-        se2 = self.two_se(a, b)
-        if se2 is not None and abs(d) < se2:
-            return f"within seed spread, 2 SE {se2 * 100:.1f} pp"
-        return "within noise" if abs(d) < self.noise else None
-
-    def noisy(self, d, signed: bool = True, a=None, b=None) -> str:
-        """Difference in pp, flagged when it is within the seed spread of a and b or within noise."""
-        text = f_pp(d) if signed or not is_num(d) else f"{abs(d) * 100:.1f} pp"
-        flag = self.within(d, a, b)
-        return text + (f" ({flag})" if flag else "")
+        self.spread = Spread.for_test_set(self.n_test)
 
     def group(self, key: str) -> list[dict]:
         """Finished runs of one group, best validation accuracy first."""
@@ -461,8 +332,8 @@ class _Report:
 
     def setting(self, runs: list[dict]) -> str:
         """'at 30 epochs on cpu': the epochs and devices behind a figure."""
-        eps = sorted({_m(r, "epochs_run") for r in runs if is_num(_m(r, "epochs_run"))})
-        devs = sorted({str(_m(r, "device") or self.study.get("device") or "?") for r in runs})
+        eps = sorted({metric(r, "epochs_run") for r in runs if is_num(metric(r, "epochs_run"))})
+        devs = sorted({str(metric(r, "device") or self.study.get("device") or "?") for r in runs})
         ep = f_g(eps[0]) if len(eps) == 1 else f"{f_g(eps[0])}–{f_g(eps[-1])}" if eps else "?"
         return f"at {ep} epoch{'' if ep == '1' else 's'} on {', '.join(devs)}"
 
@@ -536,21 +407,22 @@ class _Report:
         d.heading(2, "Summary")
         n = self.n_test
         items = [(f"Test set: {n} images, so one image is {100 / n:.2f} pp; " if n else "")
-                 + f"differences under about {self.noise * 100:.1f} pp are within noise. "
+                 + f"differences under about {self.spread.noise * 100:.1f} pp are within noise. "
                  + ("Configurations repeated over seeds (marked “n seeds”) show the mean over their runs and "
                     "accuracies as mean ± sample standard deviation; every other figure is from one run. "
                     + SPREAD_RULE
                     if self.repeated else "Every figure is from one run (one seed).")]
         best = done[0]
-        scratch = [r for r in done if _arch(r) == "scratch_cnn"]
-        line = (f"**Best model: {best['label']}** ({_model(best)} {_mode(best)}, {self.setting([best])}): best val acc "
-                f"{f_acc(_m(best, 'best_val_acc'))}, test acc {f_acc(_m(best, 'test_acc'))}, "
-                f"macro F1 {f_acc(_f1(best))}.")
+        scratch = [r for r in done if arch_key(r) == "scratch_cnn"]
+        line = (f"**Best model: {best['label']}** ({model_name(best)} {mode_name(best)}, {self.setting([best])}): "
+                f"best val acc {f_acc(metric(best, 'best_val_acc'))}, test acc {f_acc(metric(best, 'test_acc'))}, "
+                f"macro F1 {f_acc(macro_f1(best))}.")
         if scratch and scratch[0] is not best:
             sc = scratch[0]
-            a, b = _m(sc, "test_acc"), _m(best, "test_acc")
-            line += (f" It starts from {_init(best)}; the best from-scratch run ({sc['label']}, {self.setting([sc])}) "
-                     f"reaches test acc {f_acc(a)}, {self.noisy(_delta(a, b), a=a, b=b)} against the best model.")
+            a, b = metric(sc, "test_acc"), metric(best, "test_acc")
+            line += (f" It starts from {init_text(best)}; the best from-scratch run ({sc['label']}, "
+                     f"{self.setting([sc])}) reaches test acc {f_acc(a)}, {self.spread.noisy(delta(a, b), a=a, b=b)} "
+                     "against the best model.")
         elif scratch:
             line += " It is a from-scratch CNN: no transfer run beat it on validation accuracy in this study."
         items.append(line)
@@ -568,17 +440,17 @@ class _Report:
         """Accuracy and time per unfreezing strategy, ordered by trainable parameters."""
         out = []
         strat = self.group("strategies")
-        for model in sorted({_model(r) for r in strat}):
-            rs = sorted((r for r in strat if _model(r) == model), key=lambda r: _m(r, "trainable_params") or 0)
-            top, first = max(rs, key=_val), rs[0]
-            parts = "; ".join(f"{_mode(r)} ({f_int(_m(r, 'trainable_params'))} trainable) test "
-                              f"{f_acc(_m(r, 'test_acc'))} in {f_time(_time(r))}" for r in rs)
-            ratio = (_time(top) / _time(first) if is_num(_time(top)) and is_num(_time(first)) and _time(first) > 0
-                     else None)
-            gain = self.noisy(_delta(_m(top, "test_acc"), _m(first, "test_acc")), a=_m(top, "test_acc"),
-                              b=_m(first, "test_acc"))
-            verdict = (f"training the fewest parameters ({_mode(first)}) is best on validation" if top is first else
-                       f"{_mode(top)} is best on validation, {gain} test vs {_mode(first)}"
+        for model in sorted({model_name(r) for r in strat}):
+            rs = sorted((r for r in strat if model_name(r) == model), key=lambda r: metric(r, "trainable_params") or 0)
+            top, first = max(rs, key=best_val), rs[0]
+            parts = "; ".join(f"{mode_name(r)} ({f_int(metric(r, 'trainable_params'))} trainable) test "
+                              f"{f_acc(metric(r, 'test_acc'))} in {f_time(train_time(r))}" for r in rs)
+            t_top, t_first = train_time(top), train_time(first)
+            ratio = t_top / t_first if is_num(t_top) and is_num(t_first) and t_first > 0 else None
+            a, b = metric(top, "test_acc"), metric(first, "test_acc")
+            gain = self.spread.noisy(delta(a, b), a=a, b=b)
+            verdict = (f"training the fewest parameters ({mode_name(first)}) is best on validation" if top is first else
+                       f"{mode_name(top)} is best on validation, {gain} test vs {mode_name(first)}"
                        + (f" at {ratio:.1f}× its training time" if ratio else ""))
             out.append(f"**Unfreezing depth** ({model}, {self.setting(rs)}): {parts}. On this run {verdict}.")
         return out
@@ -594,15 +466,15 @@ class _Report:
         for key, by in (("transfer_lr", ("model", "strategy")), ("scratch_grid", ())):
             subsets: dict[str, list[dict]] = {}
             for r in self.group(key):
-                subsets.setdefault(" ".join(_var(v, r["vars"].get(v)) for v in by) or _model(r), []).append(r)
+                subsets.setdefault(" ".join(var_text(v, r["vars"].get(v)) for v in by) or model_name(r), []).append(r)
             for name, sub in subsets.items():
                 if len(sub) < 2:
                     continue
-                hi, lo = max(sub, key=_val), min(sub, key=_val)
+                hi, lo = max(sub, key=best_val), min(sub, key=best_val)
                 out.append(f"**Learning rate** ({name}, {self.setting(sub)}): best {desc(hi)} "
-                           f"(val {f_acc(_m(hi, 'best_val_acc'))}, test {f_acc(_m(hi, 'test_acc'))}), worst {desc(lo)} "
-                           f"(val {f_acc(_m(lo, 'best_val_acc'))}); "
-                           f"spread {self.noisy(_delta(_val(hi), _val(lo)), signed=False, a=_val(hi), b=_val(lo))} "
+                           f"(val {f_acc(metric(hi, 'best_val_acc'))}, test {f_acc(metric(hi, 'test_acc'))}), "
+                           f"worst {desc(lo)} (val {f_acc(metric(lo, 'best_val_acc'))}); spread "
+                           f"{self.spread.noisy(delta(best_val(hi), best_val(lo)), False, best_val(hi), best_val(lo))} "
                            "in best val acc.")
         return out
 
@@ -610,12 +482,12 @@ class _Report:
         """Accuracy at the smallest data fraction as a share of the largest, per model."""
         frac = self.group("fractions")
         parts = []
-        for model in sorted({_model(r) for r in frac}):
-            rs = sorted((r for r in frac if _model(r) == model), key=lambda r: r["vars"].get("fraction") or 0)
+        for model in sorted({model_name(r) for r in frac}):
+            rs = sorted((r for r in frac if model_name(r) == model), key=lambda r: r["vars"].get("fraction") or 0)
             small, full = rs[0], rs[-1]
-            a, b = _m(small, "test_acc"), _m(full, "test_acc")
+            a, b = metric(small, "test_acc"), metric(full, "test_acc")
             if len(rs) > 1 and is_num(a) and is_num(b) and b > 0:
-                lo, hi = (_var("fraction", r["vars"].get("fraction")) for r in (small, full))
+                lo, hi = (var_text("fraction", r["vars"].get("fraction")) for r in (small, full))
                 parts.append(f"{model} keeps {a / b:.0%} of its test acc with {lo} of the training images "
                              f"({f_acc(a)} vs {f_acc(b)} at {hi})")
         return [f"**Data fractions** ({self.setting(frac)}): " + "; ".join(parts) + "."] if parts else []
@@ -630,29 +502,30 @@ class _Report:
         for r in reg:
             if r is base:
                 continue
-            dt, dv = _delta(_m(r, "test_acc"), _m(base, "test_acc")), _delta(_val(r), _val(base))
-            flag = self.within(dt, _m(r, "test_acc"), _m(base, "test_acc")) if is_num(dt) else "within noise"
+            dt, dv = delta(metric(r, "test_acc"), metric(base, "test_acc")), delta(best_val(r), best_val(base))
+            flag = (self.spread.within(dt, metric(r, "test_acc"), metric(base, "test_acc")) if is_num(dt)
+                    else "within noise")
             key = flag.split(",")[0] if flag else "helped" if dt > 0 else "hurt"
             verdicts[key].append(f"{r['vars'].get('option')} ({f_pp(dt)} test, {f_pp(dv)} val"
                                  + (f"; {flag.split(', ', 1)[1]}" if key == "within seed spread" else "") + ")")
-        return [f"**Regularization** (vs baseline test {f_acc(_m(base, 'test_acc'))}, {self.setting(reg)}): "
+        return [f"**Regularization** (vs baseline test {f_acc(metric(base, 'test_acc'))}, {self.setting(reg)}): "
                 + "; ".join(f"{k}: {', '.join(v)}" for k, v in verdicts.items() if v) + "."]
 
     def answer_imbalance(self) -> list[str]:
         """Macro and worst-class recall per remedy."""
-        imb = [r for r in self.group("imbalance") if _recalls(r)]
+        imb = [r for r in self.group("imbalance") if recalls(r)]
         if not imb:
             return []
         parts = []
         for r in imb:
-            rec = _recalls(r)
+            rec = recalls(r)
             worst = min(rec, key=rec.get)
             macro = ((r.get("eval") or {}).get("macro") or {}).get("recall")
             parts.append(f"{self.imb_name(r, imb)}: macro recall {f_acc(macro)}, worst class {worst} {rec[worst]:.4f}")
-        for ratio in sorted({r["vars"].get("ratio") for r in imb}, key=_sortkey):
+        for ratio in sorted({r["vars"].get("ratio") for r in imb}, key=sortkey):
             same = [r for r in imb if r["vars"].get("ratio") == ratio]
             if len(same) > 1:  # remedies compete only at the same imbalance
-                top = max(same, key=lambda r: min(_recalls(r).values()))
+                top = max(same, key=lambda r: min(recalls(r).values()))
                 parts.append(f"highest worst-class recall at ratio {f_g(ratio)}: {top['vars'].get('remedy')}")
         return [f"**Imbalance** ({self.setting(imb)}): " + "; ".join(parts) + "."]
 
@@ -667,7 +540,7 @@ class _Report:
                 out.append(f"**Robustness** ({r['label']}, clean {f_acc(c.get('clean_acc'))}): {worst} hurts most "
                            f"(mean {acc[worst]:.4f} over severities); mean corrupted acc "
                            f"{f_acc(c.get('mean_corrupted_acc'))}, "
-                           f"{f_pp(_delta(c.get('mean_corrupted_acc'), c.get('clean_acc')))} vs clean.")
+                           f"{f_pp(delta(c.get('mean_corrupted_acc'), c.get('clean_acc')))} vs clean.")
         for r in (r for r in self.done if r.get("ood")):
             o = r["ood"]
             out.append(f"**Out-of-distribution** ({r['label']}, {o.get('score', 'score')} on "
@@ -679,27 +552,29 @@ class _Report:
         """Best transfer run vs best scratch run vs the fastest run within 1 pp of the best."""
         done = self.done
         roles: dict[str, list[str]] = {}
-        transfer = [r for r in done if _arch(r) != "scratch_cnn"]
-        scratch = [r for r in done if _arch(r) == "scratch_cnn"]
-        close = [r for r in done if _val(r) >= _val(done[0]) - NOISE and is_num(_time(r))]
+        transfer = [r for r in done if arch_key(r) != "scratch_cnn"]
+        scratch = [r for r in done if arch_key(r) == "scratch_cnn"]
+        close = [r for r in done if best_val(r) >= best_val(done[0]) - NOISE and is_num(train_time(r))]
         for role, rs in (("best transfer", transfer), ("best scratch", scratch)):
             if rs:
                 roles.setdefault(rs[0]["name"], []).append(role)
-        fast = min(close, key=_time) if close else None
+        fast = min(close, key=train_time) if close else None
         if fast:
             roles.setdefault(fast["name"], []).append("fastest within 1 pp of best val")
         by_name = {r["name"]: r for r in done}
         line = f"**Efficiency vs accuracy** ({self.setting([by_name[n] for n in roles])})"
-        if fast and fast is not done[0] and is_num(_time(done[0])) and _time(fast) > 0:
-            line += (f": {fast['label']} gets within 1 pp of the best validation accuracy in {f_time(_time(fast))}, "
-                     f"{_time(done[0]) / _time(fast):.1f}× less than the best run ({f_time(_time(done[0]))})")
+        if fast and fast is not done[0] and is_num(train_time(done[0])) and train_time(fast) > 0:
+            line += (f": {fast['label']} gets within 1 pp of the best validation accuracy in "
+                     f"{f_time(train_time(fast))}, {train_time(done[0]) / train_time(fast):.1f}× less than the best "
+                     f"run ({f_time(train_time(done[0]))})")
         self.doc.para(line + ".")
         self.doc.table([("role", str, None), ("run", str, None), ("best val acc", f_acc, "max"),
                         ("test acc", f_acc, "max"), ("train time", f_time, "min"), ("train img/s", f_rate, "max"),
                         ("trainable params", f_int, None), ("peak MiB", f_int, "min")],
-                       [[", ".join(rl), by_name[n]["label"], _m(by_name[n], "best_val_acc"), _m(by_name[n], "test_acc"),
-                         _time(by_name[n]), _m(by_name[n], "train_img_per_s"), _m(by_name[n], "trainable_params"),
-                         _m(by_name[n], "peak_memory_mb")] for n, rl in roles.items()])
+                       [[", ".join(rl), by_name[n]["label"], metric(by_name[n], "best_val_acc"),
+                         metric(by_name[n], "test_acc"), train_time(by_name[n]), metric(by_name[n], "train_img_per_s"),
+                         metric(by_name[n], "trainable_params"), metric(by_name[n], "peak_memory_mb")]
+                        for n, rl in roles.items()])
 
     def imb_name(self, r: dict, runs: list[dict]) -> str:
         """An imbalance run's column name: the remedy, with the ratio when there are several."""
@@ -712,7 +587,7 @@ class _Report:
         """All finished runs in one table, plus accuracy-vs-time and validation-curve plots."""
         d, done = self.doc, self.done
         d.heading(2, "All runs")
-        devices = [_m(r, "device") or self.study.get("device") or DASH for r in done]
+        devices = [metric(r, "device") or self.study.get("device") or DASH for r in done]
         one = len(set(devices)) == 1  # a device column saying the same thing 30 times only costs width
         d.para(f"{len(done)} finished runs, best validation accuracy first{f', all on {devices[0]}' if one else ''}. "
                "Train time includes the one-off feature extraction of cached-feature runs; peak memory is CUDA memory "
@@ -722,10 +597,11 @@ class _Report:
                 ("test acc", f_acc, "max"), ("macro F1", f_acc, "max"), ("train time", f_time, "min"),
                 ("s/epoch", f_time, "min"), ("train img/s", f_rate, "max"), ("trainable params", f_int, None),
                 ("peak MiB", f_int, "min"), ("device", str, None)]
-        rows = [[self.numbers[r["name"]], r["label"], f"{_model(r)} {_mode(r)}", _m(r, "epochs_run"),
-                 _m(r, "lr"), _m(r, "batch_size"), _m(r, "best_val_acc"), _m(r, "test_acc"), _f1(r), _time(r),
-                 _m(r, "seconds_per_epoch"), _m(r, "train_img_per_s"), _m(r, "trainable_params"),
-                 _m(r, "peak_memory_mb"), dev] for r, dev in zip(done, devices)]
+        rows = [[self.numbers[r["name"]], r["label"], f"{model_name(r)} {mode_name(r)}", metric(r, "epochs_run"),
+                 metric(r, "lr"), metric(r, "batch_size"), metric(r, "best_val_acc"), metric(r, "test_acc"),
+                 macro_f1(r), train_time(r),
+                 metric(r, "seconds_per_epoch"), metric(r, "train_img_per_s"), metric(r, "trainable_params"),
+                 metric(r, "peak_memory_mb"), dev] for r, dev in zip(done, devices)]
         d.table(cols[:-1] if one else cols, [row[:-1] for row in rows] if one else rows)
         d.figures([(self.plot("acc_vs_time", _plot_scatter, done, self.numbers),
                     f"Test accuracy vs training time, {self.setting(done)}."),
@@ -746,37 +622,37 @@ class _Report:
             return
         d.para(f"Measured {self.setting(runs)}.")
         names = spec.get("vars") or sorted({k for r in runs for k in r["vars"]})
-        order = (lambda r: (_model(r), _m(r, "trainable_params") or 0)) if key == "strategies" else (
-            lambda r: [_sortkey(r["vars"].get(v)) for v in names])
+        order = (lambda r: (model_name(r), metric(r, "trainable_params") or 0)) if key == "strategies" else (
+            lambda r: [sortkey(r["vars"].get(v)) for v in names])
         runs = sorted(runs, key=order)
-        cols = [(v.replace("_", " "), lambda x, v=v: _var(v, x), None) for v in names] + [
+        cols = [(v.replace("_", " "), lambda x, v=v: var_text(v, x), None) for v in names] + [
             ("best val acc", f_acc, "max"), ("test acc", f_acc, "max"), ("macro F1", f_acc, "max"),
             ("train time", f_time, "min")]
-        rows = [[r["vars"].get(v) for v in names] + [_m(r, "best_val_acc"), _m(r, "test_acc"), _f1(r), _time(r)]
-                for r in runs]
+        rows = [[r["vars"].get(v) for v in names]
+                + [metric(r, "best_val_acc"), metric(r, "test_acc"), macro_f1(r), train_time(r)] for r in runs]
         if any(r.get("seeds") for r in runs):  # n of the mean ± std; 1 for a configuration run once
             cols.insert(len(names), ("seeds", f_int, None))
             rows = [row[:len(names)] + [len(r.get("seeds") or [0])] + row[len(names):] for row, r in zip(rows, runs)]
         if key == "strategies":
             cols.append(("trainable params", f_int, None))
-            rows = [row + [_m(r, "trainable_params")] for row, r in zip(rows, runs)]
+            rows = [row + [metric(r, "trainable_params")] for row, r in zip(rows, runs)]
         base = next((r for r in runs if r["vars"].get("option") == "baseline"), None)
         if key == "regularization" and base:
             cols += [("Δ val vs baseline", f_pp, "max"), ("Δ test vs baseline", f_pp, "max")]
-            rows = [row + [_delta(_val(r), _val(base)), _delta(_m(r, "test_acc"), _m(base, "test_acc"))]
+            rows = [row + [delta(best_val(r), best_val(base)), delta(metric(r, "test_acc"), metric(base, "test_acc"))]
                     for row, r in zip(rows, runs)]
         if key == "imbalance":
             cols += [("macro recall", f_acc, "max"), ("worst-class recall", f_acc, "max")]
             rows = [row + [((r.get("eval") or {}).get("macro") or {}).get("recall"),
-                           min(_recalls(r).values(), default=None)] for row, r in zip(rows, runs)]
+                           min(recalls(r).values(), default=None)] for row, r in zip(rows, runs)]
         d.table(cols, rows)
         getattr(self, f"group_{key}", lambda runs, base: None)(runs, base)
 
     def group_scratch_grid(self, runs: list[dict], base) -> None:
         """Pivot table and heatmap of best val acc over learning rate x batch size."""
-        lrs = sorted({r["vars"].get("lr") for r in runs}, key=_sortkey, reverse=True)
-        bss = sorted({r["vars"].get("batch_size") for r in runs}, key=_sortkey)
-        cell = {(r["vars"].get("lr"), r["vars"].get("batch_size")): _m(r, "best_val_acc") for r in runs}
+        lrs = sorted({r["vars"].get("lr") for r in runs}, key=sortkey, reverse=True)
+        bss = sorted({r["vars"].get("batch_size") for r in runs}, key=sortkey)
+        cell = {(r["vars"].get("lr"), r["vars"].get("batch_size")): metric(r, "best_val_acc") for r in runs}
         grid = [[cell.get((lr, bs)) for bs in bss] for lr in lrs]
         self.doc.para("Best validation accuracy, learning rate (rows) × batch size (columns):")
         self.doc.table([("lr \\ batch", f_g, None)] + [(f_g(bs), f_acc, "max") for bs in bss],
@@ -794,8 +670,8 @@ class _Report:
         out: dict[str, list] = {}
         for r in runs:
             if is_num(r["vars"].get(x)) and r["vars"][x] > 0:
-                name = " ".join(_var(v, r["vars"].get(v, "")) for v in by).strip() or _model(r)
-                out.setdefault(name, []).append((r["vars"][x], _m(r, "test_acc"), _m(r, "best_val_acc")))
+                name = " ".join(var_text(v, r["vars"].get(v, "")) for v in by).strip() or model_name(r)
+                out.setdefault(name, []).append((r["vars"][x], metric(r, "test_acc"), metric(r, "best_val_acc")))
         return out
 
     def group_transfer_lr(self, runs: list[dict], base) -> None:
@@ -808,7 +684,8 @@ class _Report:
         """Accuracy against training-data fraction, one line per model."""
         self.doc.figures([(self.plot("fractions", _plot_lines, self._series(runs, "fraction", ("model",)),
                                      xlabel="share of the training images (log scale)",
-                                     title="accuracy vs training-data fraction", xfmt=lambda f: _var("fraction", f)),
+                                     title="accuracy vs training-data fraction",
+                                     xfmt=lambda f: var_text("fraction", f)),
                            f"Accuracy vs share of training data, {self.setting(runs)}.")])
 
     def group_regularization(self, runs: list[dict], base) -> None:
@@ -821,24 +698,24 @@ class _Report:
         def pp(d: float | None) -> float | None:
             return d * 100 if is_num(d) else None
 
-        series = {"Δ test acc": [pp(_delta(_m(r, "test_acc"), _m(base, "test_acc"))) for r in rs],
-                  "Δ best val acc": [pp(_delta(_val(r), _val(base))) for r in rs]}
+        series = {"Δ test acc": [pp(delta(metric(r, "test_acc"), metric(base, "test_acc"))) for r in rs],
+                  "Δ best val acc": [pp(delta(best_val(r), best_val(base))) for r in rs]}
         img = self.plot("regularization", _plot_grouped, opts, series, ylabel="change vs baseline (pp)",
-                        title="regularization options vs baseline", band=self.noise * 100, horizontal=True)
+                        title="regularization options vs baseline", band=self.spread.noise * 100, horizontal=True)
         self.doc.figures([(img, f"Change in accuracy vs the baseline run; grey band: within noise "
-                                f"(±{self.noise * 100:.1f} pp), {self.setting(runs)}.")])
+                                f"(±{self.spread.noise * 100:.1f} pp), {self.setting(runs)}.")])
 
     def group_imbalance(self, runs: list[dict], base) -> None:
         """Per-class recall table (classes x remedies) and grouped bars."""
-        runs = [r for r in runs if _recalls(r)]
+        runs = [r for r in runs if recalls(r)]
         if not runs:
             return
-        classes = list(dict.fromkeys(c for r in runs for c in _recalls(r)))
+        classes = list(dict.fromkeys(c for r in runs for c in recalls(r)))
         names = [self.imb_name(r, runs) for r in runs]
         self.doc.para("Test recall per class:")
         self.doc.table([("class", str, None)] + [(n, f_acc, None) for n in names],
-                       [[c] + [_recalls(r).get(c) for r in runs] for c in classes])
-        series = {n: [_recalls(r).get(c) for c in classes] for n, r in zip(names, runs)}
+                       [[c] + [recalls(r).get(c) for r in runs] for c in classes])
+        series = {n: [recalls(r).get(c) for c in classes] for n, r in zip(names, runs)}
         self.doc.figures([(self.plot("imbalance", _plot_grouped, classes, series, ylabel="test recall",
                                      title="per-class recall by remedy"),
                            f"Per-class test recall, {self.setting(runs)}.")])
@@ -886,7 +763,7 @@ class _Report:
         """Curves, confusion matrix, mistakes, Grad-CAM and error analysis of the runs worth a closer look."""
         d = self.doc
         picks: dict[str, tuple[dict, str]] = {self.done[0]["name"]: (self.done[0], "best run overall")}
-        scratch = [r for r in self.done if _arch(r) == "scratch_cnn"]
+        scratch = [r for r in self.done if arch_key(r) == "scratch_cnn"]
         if scratch:
             picks.setdefault(scratch[0]["name"], (scratch[0], "best from-scratch run"))
         for r in self.done:
@@ -895,14 +772,14 @@ class _Report:
         d.heading(2, "Per-model detail")
         for r, why in picks.values():
             d.heading(3, r["label"])
-            d.para(f"{why[0].upper() + why[1:]}: {_model(r)} {_mode(r)}, {_init(r)}, {self.setting([r])}; best val acc "
-                   f"{f_acc(_m(r, 'best_val_acc'))} at epoch {f_g(_m(r, 'best_epoch') or '?')}, test acc "
-                   f"{f_acc(_m(r, 'test_acc'))}, macro F1 {f_acc(_f1(r))}"
+            d.para(f"{why[0].upper() + why[1:]}: {model_name(r)} {mode_name(r)}, {init_text(r)}, {self.setting([r])}; "
+                   f"best val acc {f_acc(metric(r, 'best_val_acc'))} at epoch {f_g(metric(r, 'best_epoch') or '?')}, "
+                   f"test acc {f_acc(metric(r, 'test_acc'))}, macro F1 {f_acc(macro_f1(r))}"
                    + (f" (means over seeds {', '.join(map(str, r['seeds']))}; the figures below are of one of them)"
                       if r.get("seeds") else "") + f". Run folder `{r.get('run_dir') or '?'}`.")
             rec = r.get("eval") and (r["eval"].get("per_class") or {})
             if rec:
-                names = list(_recalls(r)) or [k for k in rec if k not in ("accuracy", "macro avg", "weighted avg")]
+                names = list(recalls(r)) or [k for k in rec if k not in ("accuracy", "macro avg", "weighted avg")]
                 d.table([("class", str, None), ("precision", f_acc, "max"), ("recall", f_acc, "max"),
                          ("F1", f_acc, "max"), ("support", f_int, None)],
                         [[c] + [rec[c].get(k) for k in ("precision", "recall", "f1-score", "support")]

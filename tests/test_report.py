@@ -309,12 +309,12 @@ def test_seed_repeats_show_mean_std_and_spread(study, tmp_path):
 
 def test_within_spread_rule():
     from common.formatting import Stat
-    from common.report import _Report
+    from common.study_runs import two_se
     a, b = Stat([0.90, 0.92, 0.94]), Stat([0.91, 0.93])
     assert (a, a.std, a.n) == (pytest.approx(0.92), pytest.approx(0.02), 3)
-    assert _Report.two_se(a, b) == pytest.approx(2 * math.sqrt(0.02 ** 2 / 3 + b.std ** 2 / 2))
-    assert _Report.two_se(a, 0.95) == pytest.approx(2 * 0.02 * math.sqrt(1 / 3 + 1))  # one run: a's std
-    assert _Report.two_se(0.9, 0.95) is None  # neither repeated: the test-set noise rule applies
+    assert two_se(a, b) == pytest.approx(2 * math.sqrt(0.02 ** 2 / 3 + b.std ** 2 / 2))
+    assert two_se(a, 0.95) == pytest.approx(2 * 0.02 * math.sqrt(1 / 3 + 1))  # one run: a's std
+    assert two_se(0.9, 0.95) is None  # neither repeated: the test-set noise rule applies
 
 
 def test_missing_weights_warning_is_at_the_top(study, tmp_path):
