@@ -237,6 +237,16 @@ def test_partial_study_builds(study, tmp_path):
         assert (tmp_path / "r" / src).is_file()
 
 
+def test_plan_files_own_group_gets_its_runs_table(study, tmp_path):
+    custom = copy.deepcopy(study)
+    custom["groups"]["warmup"] = {"title": "Warm-up length", "question": "Does warm-up help?", "vars": ["lr"]}
+    custom["runs"][0]["groups"].append("warmup")
+    page = build_report(custom, tmp_path / "r").read_text()
+    part = section(page, "warm-up-length")
+    assert "Does warm-up help?" in part and "<th class=n>lr</th>" in part and "<td class=\"n\">0.7067</td>" in part
+    assert len(re.findall(r"<tr>", part)) == 2 and "<img" not in part  # header + its one run; no figure of its own
+
+
 def test_input_is_not_modified(study, tmp_path):
     before = copy.deepcopy(study)
     build_report(study, tmp_path / "r")
