@@ -10,8 +10,9 @@ A plan is a dict (or a JSON file of the same shape, passed as `study.py --plan F
 
 study.py adds --data-dir, --output-dir, --tag <plan>-<name> and, for the part 2 scripts, --weights to every
 run. A run may belong to several groups (the baseline of one experiment is a point of another), so it is
-trained once. Group keys are the ones common/report.py knows how to plot; see GROUPS. "script" must be the
-script of an architecture in common/architectures.py (a file of the repository, named without a folder).
+trained once. Group keys are the experiments of common/sections.py (SECTIONS; a group it does not know gets
+a plain runs table in the report). "script" must be the script of an architecture in common/architectures.py (a
+file of the repository, named without a folder).
 
 A run may carry "seeds": [0, 1, 2]: it stands for one run per seed (expand_seeds), in the same groups, with
 "--seed N" added and the name suffixed "-sN"; seed 0 keeps the plain name and arguments, so a plan that gains
@@ -24,30 +25,7 @@ import itertools
 
 from common.architectures import ARCHS
 from common.data import DataError
-
-GROUPS = {
-    "scratch_grid": {"title": "Scratch CNN: learning rate x batch size",
-                     "question": "How do learning rate and batch size affect the CNN trained from scratch?",
-                     "vars": ["lr", "batch_size"]},
-    "strategies": {"title": "Fine-tuning strategies",
-                   "question": "How much of the pretrained network should be trained: head only, BatchNorm only, "
-                               "the top blocks, everything, gradually, or with per-block learning rates?",
-                   "vars": ["model", "strategy"]},
-    "transfer_lr": {"title": "Transfer learning: learning rate",
-                    "question": "How sensitive is the chosen transfer model and mode to its learning rate?",
-                    "vars": ["model", "strategy", "lr"]},
-    "fractions": {"title": "Training-data fractions",
-                  "question": "How much training data does each approach need?",
-                  "vars": ["model", "fraction"]},
-    "regularization": {"title": "Regularization and augmentation",
-                       "question": "Do label smoothing, MixUp, CutMix, RandAugment or TrivialAugment help on "
-                                   "this data?",
-                       "vars": ["option"]},
-    "imbalance": {"title": "Class imbalance",
-                  "question": "What does a long-tailed training set do to per-class recall, and do weighted "
-                              "cross-entropy or oversampling repair it?",
-                  "vars": ["ratio", "remedy"]},
-}
+from common.sections import GROUPS
 
 STRATEGY_ARGS = {  # strategy -> --mode and extra arguments of the part 2 scripts
     "fc": ["--mode", "fc"], "blocks34": ["--mode", "blocks34"], "full": ["--mode", "full"], "bn": ["--mode", "bn"],

@@ -14,7 +14,8 @@ import part1_scratch_cnn as part1
 import study
 from common.architectures import ARCHS
 from common.data import DataError
-from common.plans import GROUPS, PLANS
+from common.plans import PLANS
+from common.sections import GROUPS
 from conftest import ROOT, Killed, kill_after
 
 TINY = ["--per-class", "20", "--split", "12,4,4", "--img-size", "72", "--crop-size", "64", "--workers", "2",
