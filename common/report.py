@@ -7,6 +7,10 @@ Runs that repeat one configuration over seeds (the same "repeat" key, see common
 configuration: every number is the mean of the finished repeats (a Stat, which also carries the sample standard
 deviation and the count), accuracies are written "mean ± std", and a comparison with such a configuration says
 whether the difference is within two standard errors of the difference (SPREAD_RULE).
+
+This module assembles the page; its parts live where they are named: one section per experiment in
+common/sections.py, the runs' fields and the noise rule in common/study_runs.py, the figures in
+common/study_plots.py, number formats in common/formatting.py, the HTML + Markdown builder in common/document.py.
 """
 from __future__ import annotations
 
