@@ -48,6 +48,7 @@ from common.data import (
     resolve_data_dir,
     scan_folder,
 )
+from common.markdown import markdown_table
 from common.plots import plot_image_grid, save_figure
 
 MODE_NAMES = {
@@ -387,11 +388,6 @@ def _leakage_line(leak: dict) -> str:
             f"duplicate in train; e.g. {example}**")
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
-
-
 def _listed(items: list[str]) -> list[str]:
     lines = [f"- {item}" for item in items[:MAX_LISTED]]
     if len(items) > MAX_LISTED:
@@ -435,8 +431,8 @@ def markdown_report(result: dict, figures: list[str]) -> str:
           f"Inspected {total} images in {result['seconds']:.0f} s. Paths are relative to `{result['data_dir']}`.", "",
           "## Found", "", *[f"- {line}" for line in result["findings"]], "",
           "## Images per class", "",
-          _table(["class", "folder", "images", "share"],
-                 [[names[c], c, counts[c], f"{counts[c] / total:.1%}"] for c in classes]), "",
+          markdown_table(["class", "folder", "images", "share"],
+                         [[names[c], c, counts[c], f"{counts[c] / total:.1%}"] for c in classes]), "",
           "![images per class](class_counts.png)", "",
           "## Duplicates across classes", "",
           "The same picture under two labels: label noise, and a leak between train and test when the copies "
@@ -446,11 +442,12 @@ def markdown_report(result: dict, figures: list[str]) -> str:
           "## Unreadable files", "", *_listed([f"`{p}`" for p in result["unreadable"]]), "",
           "## Image sizes", "",
           f"From the file headers; tiny = shorter side below {result['tiny']} px; aspect ratio = width / height.", "",
-          _table(["class", "headers read", "width min/median/max", "height min/median/max", "aspect min/median/max",
-                  "tiny"],
-                 [[names[c], sizes[c]["n"], _min_median_max_text(sizes[c], "width", ".0f"),
-                   _min_median_max_text(sizes[c], "height", ".0f"), _min_median_max_text(sizes[c], "aspect", ".2f"),
-                   f"{sizes[c].get('tiny', 0)} ({sizes[c].get('tiny_share', 0):.1%})"] for c in rows]), ""]
+          markdown_table(["class", "headers read", "width min/median/max", "height min/median/max",
+                          "aspect min/median/max", "tiny"],
+                         [[names[c], sizes[c]["n"], _min_median_max_text(sizes[c], "width", ".0f"),
+                           _min_median_max_text(sizes[c], "height", ".0f"),
+                           _min_median_max_text(sizes[c], "aspect", ".2f"),
+                           f"{sizes[c].get('tiny', 0)} ({sizes[c].get('tiny_share', 0):.1%})"] for c in rows]), ""]
     if sizes["all"]["n"]:
         md += ["Aspect ratio percentiles: "
                + ", ".join(f"{k}%: {v:.2f}" for k, v in sizes["all"]["aspect_percentiles"].items()), ""]
@@ -458,9 +455,9 @@ def markdown_report(result: dict, figures: list[str]) -> str:
            "## Colour modes", "",
            "From the file headers (PIL modes; `;16` marks 16-bit PNGs). Decoding turns every mode into 8-bit RGB; "
            "transparency is composited on white.", "",
-           _table(["class", *[_mode_label(m) for m in modes["all"]], "with transparency"],
-                  [[names[c], *[modes[c].get(m, 0) for m in modes["all"]], result["transparency"][c]]
-                   for c in rows]), "",
+           markdown_table(["class", *[_mode_label(m) for m in modes["all"]], "with transparency"],
+                          [[names[c], *[modes[c].get(m, 0) for m in modes["all"]], result["transparency"][c]]
+                           for c in rows]), "",
            "## Duplicates within a class", "",
            f"Exact: same bytes (sha256). Near: dhash of the decoded image within {result['near_threshold']} of 64 "
            "bits (a re-encoded copy differs by 0-2); groups join pairs transitively.", "",

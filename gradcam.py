@@ -32,6 +32,7 @@ from common.explain import (
     overlay,
 )
 from common.inference import Predictor, center_crop, load_test_split
+from common.markdown import markdown_table
 from common.plots import plot_image_grid
 from common.runs import load_checkpoint
 
@@ -159,9 +160,9 @@ def main(args) -> None:
           "Heatmap descriptions are measured from the maps (peak position, share of pixels above half the peak, "
           "share of heat in the central quarter), not judged by eye.\n"]
     if cm_pairs:
-        md.append("## Most confused class pairs (whole test split)\n\n| pair | errors (both directions) |\n|---|---:|")
-        md += [f"| {names[i]} / {names[j]} | {n} |" for n, i, j in cm_pairs]
-        md.append("")
+        md += ["## Most confused class pairs (whole test split)\n",
+               markdown_table(["pair", "errors (both directions)"],
+                              [[f"{names[i]} / {names[j]}", n] for n, i, j in cm_pairs], "lr"), ""]
     md.append("## Explained images\n" if args.image else "## Misclassified images\n")
     md += report or ["No misclassified images in the test split.\n"]
     atomic_write_text(out / "error_analysis.md", "\n".join(md) + "\n")

@@ -52,6 +52,7 @@ from common.data import (
 )
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
+from common.markdown import markdown_table
 from common.models import build_model, set_dropout
 from common.runs import write_json
 
@@ -117,14 +118,13 @@ def sweep_table(rows: list[dict]) -> tuple[str, str]:
     w.writeheader()
     w.writerows(rows)
     best = max(rows, key=lambda r: r["best_val_acc"])
-    md = ["| lr | batch size | epochs | best val acc | best epoch | test acc | s/epoch | train img/s | run |",
-          "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        mark = " **best**" if r is best else ""
-        md.append(f"| {r['lr']:g} | {r['batch_size']} | {r['epochs_run']} | {r['best_val_acc']:.4f}{mark} | "
-                  f"{r['best_epoch']} | {r['test_acc']:.4f} | {r['seconds_per_epoch']:.1f} | "
-                  f"{r['train_img_per_s']:.0f} | {r['run']} |")
-    return buf.getvalue(), "\n".join(md) + "\n"
+    md = markdown_table(["lr", "batch size", "epochs", "best val acc", "best epoch", "test acc", "s/epoch",
+                         "train img/s", "run"],
+                        [[f"{r['lr']:g}", r["batch_size"], r["epochs_run"],
+                          f"{r['best_val_acc']:.4f}" + (" **best**" if r is best else ""), r["best_epoch"],
+                          f"{r['test_acc']:.4f}", f"{r['seconds_per_epoch']:.1f}", f"{r['train_img_per_s']:.0f}",
+                          r["run"]] for r in rows], "rrrrrrrrl")
+    return buf.getvalue(), md + "\n"
 
 
 def main(args) -> None:

@@ -43,6 +43,7 @@ from common.data import (  # noqa: E402
     train_transform,
 )
 from common.engine import autocast, resolve_device  # noqa: E402
+from common.markdown import markdown_table  # noqa: E402
 from common.models import build_model, set_train_mode  # noqa: E402
 from common.transfer import extract_features  # noqa: E402
 
@@ -181,23 +182,22 @@ def markdown(result: dict) -> str:
     d = result["data"]
     lines = [f"Device: {result['device_name']} ({result['device']}), torch {result['torch']}, "
              f"{result['date']}; batch {result['batch_size']}{', quick' if result['quick'] else ''}.", "",
-             "| data path | img/s | ratio |", "|---|---:|---:|",
-             f"| baseline: ImageFolder + PIL + DataLoader ({d['baseline_workers']} workers), random crop + flip | "
-             f"{d['baseline_img_per_s']:.0f} | 1.0x |",
-             f"| ours: uint8 memmap cache + batched random crop + flip | {d['ours_img_per_s']:.0f} | "
-             f"{d['ours_img_per_s'] / d['baseline_img_per_s']:.1f}x |",
-             f"| ours: random-resized crop + flip + colour jitter (training default) | {d['ours_rrc_img_per_s']:.0f} | "
-             f"{d['ours_rrc_img_per_s'] / d['baseline_img_per_s']:.1f}x |", "",
+             markdown_table(["data path", "img/s", "ratio"], [
+                 [f"baseline: ImageFolder + PIL + DataLoader ({d['baseline_workers']} workers), random crop + flip",
+                  f"{d['baseline_img_per_s']:.0f}", "1.0x"],
+                 ["ours: uint8 memmap cache + batched random crop + flip", f"{d['ours_img_per_s']:.0f}",
+                  f"{d['ours_img_per_s'] / d['baseline_img_per_s']:.1f}x"],
+                 ["ours: random-resized crop + flip + colour jitter (training default)",
+                  f"{d['ours_rrc_img_per_s']:.0f}", f"{d['ours_rrc_img_per_s'] / d['baseline_img_per_s']:.1f}x"]],
+                 "lrr"), "",
              f"Cache: {d['cache_mb']:.0f} MiB on disk for {d['cache_images']} images (uint8); split + cache "
              f"preparation {d['prepare_s']:.1f}s (decoding happens only when no cache exists); "
              f"peak RSS {result['peak_rss_mb']:.0f} MiB.", "",
-             "| model | mode | train img/s | inference img/s | epoch s (est.) | peak CUDA MiB |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in result["models"]:
-        peak = f"{r['peak_cuda_mb']:.0f}" if r["peak_cuda_mb"] else "-"
-        name = r["arch"] + (" (compiled)" if r.get("compiled") else "")
-        lines.append(f"| {name} | {r['mode']} | {r['train_img_per_s']:.0f} | {r['infer_img_per_s']:.0f} | "
-                     f"{r['epoch_s_est']:.1f} | {peak} |")
+             markdown_table(["model", "mode", "train img/s", "inference img/s", "epoch s (est.)", "peak CUDA MiB"],
+                            [[r["arch"] + (" (compiled)" if r.get("compiled") else ""), r["mode"],
+                              f"{r['train_img_per_s']:.0f}", f"{r['infer_img_per_s']:.0f}", f"{r['epoch_s_est']:.1f}",
+                              f"{r['peak_cuda_mb']:.0f}" if r["peak_cuda_mb"] else "-"] for r in result["models"]],
+                            "llrrrr")]
     for arch, f in result.get("feature_cache", {}).items():
         lines += ["", f"Feature caching, {arch} fc: {f['feature_extraction_s']:.1f}s once for {f['images']} images, "
                   "then "

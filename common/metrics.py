@@ -8,6 +8,8 @@ import json
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
 
+from common.markdown import markdown_table
+
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
     """Accuracy, macro and weighted precision/recall/F1, the per-class report and the confusion matrix."""
@@ -58,14 +60,11 @@ def comparison_tables(rows: list[dict]) -> tuple[str, str]:
     writer.writerow([title for title, _ in COMPARE_COLUMNS])
     for r in rows:
         writer.writerow([r.get(key, "") for _, key in COMPARE_COLUMNS])
-    md = ["| " + " | ".join(title for title, _ in COMPARE_COLUMNS) + " |",
-          "|" + "|".join("---" if key in ("run", "arch", "mode", "device") else "---:"
-                         for _, key in COMPARE_COLUMNS) + "|"]
-    for r in rows:
-        cells = [f"{r['lr']:g}" if key == "lr" and r.get("lr") is not None else _fmt(r.get(key))
-                 for _, key in COMPARE_COLUMNS]
-        md.append("| " + " | ".join(cells) + " |")
-    return buf.getvalue(), "\n".join(md) + "\n"
+    md = markdown_table([title for title, _ in COMPARE_COLUMNS],
+                        [[f"{r['lr']:g}" if key == "lr" and r.get("lr") is not None else _fmt(r.get(key))
+                          for _, key in COMPARE_COLUMNS] for r in rows],
+                        "".join("l" if key in ("run", "arch", "mode", "device") else "r" for _, key in COMPARE_COLUMNS))
+    return buf.getvalue(), md + "\n"
 
 
 # config.json keys that do not change what is trained: the seed, names, paths and the machine. Runs whose configs
@@ -107,8 +106,7 @@ def seed_tables(groups: list[list[dict]]) -> tuple[str, str]:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(head + [f"{t} {s}" for t, _ in SEED_STATS for s in ("mean", "std")])
-    md = ["| " + " | ".join(head + [t for t, _ in SEED_STATS]) + " |",
-          "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3 + len(SEED_STATS))) + "|"]
+    md = []
     for g in sorted(groups, key=lambda g: -mean_std([r.get("best_val_acc", 0) for r in g])[0]):
         g = sorted(g, key=lambda r: (r["seed"] is None, r["seed"]))
         first = g[0]
@@ -118,6 +116,6 @@ def seed_tables(groups: list[list[dict]]) -> tuple[str, str]:
         stats = [mean_std([r[key] for r in g]) if all(isinstance(r.get(key), (int, float)) for r in g) else None
                  for _, key in SEED_STATS]
         writer.writerow(cells + [v for s in stats for v in (s or ("", ""))])
-        md.append("| " + " | ".join(cells + [f"{_fmt(float(s[0]))} ± {_fmt(float(s[1]))}" if s else ""
-                                             for s in stats]) + " |")
-    return buf.getvalue(), "\n".join(md) + "\n"
+        md.append(cells + [f"{_fmt(float(s[0]))} ± {_fmt(float(s[1]))}" if s else "" for s in stats])
+    align = "lll" + "r" * (len(head) - 3 + len(SEED_STATS))
+    return buf.getvalue(), markdown_table(head + [t for t, _ in SEED_STATS], md, align) + "\n"

@@ -10,8 +10,9 @@ A plan is a dict (or a JSON file of the same shape, passed as `study.py --plan F
 
 study.py adds --data-dir, --output-dir, --tag <plan>-<name> and, for the part 2 scripts, --weights to every
 run. A run may belong to several groups (the baseline of one experiment is a point of another), so it is
-trained once. Group keys are the ones common/report.py knows how to plot; see GROUPS. "script" must be the
-script of an architecture in common/architectures.py (a file of the repository, named without a folder).
+trained once. Group keys are the experiments of common/sections.py (SECTIONS; a group it does not know gets
+a plain runs table in the report). "script" must be the script of an architecture in common/architectures.py (a
+file of the repository, named without a folder).
 
 A run may carry "seeds": [0, 1, 2]: it stands for one run per seed (expand_seeds), in the same groups, with
 "--seed N" added and the name suffixed "-sN"; seed 0 keeps the plain name and arguments, so a plan that gains
@@ -24,30 +25,7 @@ import itertools
 
 from common.architectures import ARCHS
 from common.data import DataError
-
-GROUPS = {
-    "scratch_grid": {"title": "Scratch CNN: learning rate x batch size",
-                     "question": "How do learning rate and batch size affect the CNN trained from scratch?",
-                     "vars": ["lr", "batch_size"]},
-    "strategies": {"title": "Fine-tuning strategies",
-                   "question": "How much of the pretrained network should be trained: head only, BatchNorm only, "
-                               "the top blocks, everything, gradually, or with per-block learning rates?",
-                   "vars": ["model", "strategy"]},
-    "transfer_lr": {"title": "Transfer learning: learning rate",
-                    "question": "How sensitive is the chosen transfer model and mode to its learning rate?",
-                    "vars": ["model", "strategy", "lr"]},
-    "fractions": {"title": "Training-data fractions",
-                  "question": "How much training data does each approach need?",
-                  "vars": ["model", "fraction"]},
-    "regularization": {"title": "Regularization and augmentation",
-                       "question": "Do label smoothing, MixUp, CutMix, RandAugment or TrivialAugment help on "
-                                   "this data?",
-                       "vars": ["option"]},
-    "imbalance": {"title": "Class imbalance",
-                  "question": "What does a long-tailed training set do to per-class recall, and do weighted "
-                              "cross-entropy or oversampling repair it?",
-                  "vars": ["ratio", "remedy"]},
-}
+from common.sections import GROUPS
 
 STRATEGY_ARGS = {  # strategy -> --mode and extra arguments of the part 2 scripts
     "fc": ["--mode", "fc"], "blocks34": ["--mode", "blocks34"], "full": ["--mode", "full"], "bn": ["--mode", "bn"],
@@ -59,19 +37,25 @@ REGULARIZATION_ARGS = {
 }
 
 
-def _run(name: str, model: str, args: list[str], groups: list[str], label: str, **vars_) -> dict:
-    return {"name": name, "label": f"{ARCHS[model].display} {label}", "script": ARCHS[model].script,
-            "args": [str(a) for a in args], "groups": groups, "vars": {"model": model, **vars_}}
+def _run(name: str, model: str, args: list[str], groups: list[str], label: str, *, seeds: list[int] | None = None,
+         **vars_) -> dict:
+    """One run of a plan; seeds (see expand_seeds) repeats it over those seeds."""
+    run = {"name": name, "label": f"{ARCHS[model].display} {label}", "script": ARCHS[model].script,
+           "args": [str(a) for a in args], "groups": groups, "vars": {"model": model, **vars_}}
+    return {**run, "seeds": list(seeds)} if seeds else run
 
 
 def _merge(runs: list[dict]) -> list[dict]:
-    """One entry per distinct (script, args): a run listed by several experiments is trained once."""
+    """One entry per distinct (script, args): a run listed by several experiments is trained once (over the seeds
+    any of them asks for)."""
     merged: dict[tuple, dict] = {}
     for r in runs:
         key = (r["script"], tuple(r["args"]))
         if key in merged:
             merged[key]["groups"] += [g for g in r["groups"] if g not in merged[key]["groups"]]
             merged[key]["vars"].update(r["vars"])
+            if "seeds" in r:
+                merged[key]["seeds"] = r["seeds"]
         else:
             merged[key] = r
     return list(merged.values())
@@ -114,15 +98,16 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     ("scratch") and the transfer baseline ("transfer") over those seeds.
     """
     strategy_extra, seeds = strategy_extra or {}, seeds or {}
+    if set(seeds) - {"scratch", "transfer"}:
+        raise DataError(f"make_plan seeds {sorted(seeds)}: the repeatable runs are 'scratch' and 'transfer'")
     runs = []
     for lr, bs in itertools.product(scratch_lrs, batch_sizes):
         runs.append(_run(f"scratch-lr{lr:g}-bs{bs}", "scratch_cnn", [*scratch, "--lr", lr, "--batch-size", bs],
                          ["scratch_grid"], f"lr {lr:g}, batch {bs}", lr=lr, batch_size=bs))
     base = [*scratch, "--lr", base_lr, "--batch-size", base_bs]
     runs.append(_run(f"scratch-lr{base_lr:g}-bs{base_bs}", "scratch_cnn", base, ["regularization", "fractions"],
-                     f"lr {base_lr:g}, batch {base_bs}", option="baseline", fraction=1.0, lr=base_lr,
-                     batch_size=base_bs))
-    baselines = {"scratch": runs[-1]}
+                     f"lr {base_lr:g}, batch {base_bs}", seeds=seeds.get("scratch"), option="baseline",
+                     fraction=1.0, lr=base_lr, batch_size=base_bs))
     for option, extra in REGULARIZATION_ARGS.items():
         runs.append(_run(f"scratch-{option}", "scratch_cnn", [*base, *extra], ["regularization"],
                          option.replace("_", " "), option=option))
@@ -137,9 +122,8 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
                          f"{lr_strategy}, lr {lr:g}", strategy=lr_strategy, lr=lr))
     transfer_base = [*lr_base, "--lr", base_transfer_lr]
     runs.append(_run(f"{lr_model}-{lr_strategy}-lr{base_transfer_lr:g}", lr_model, transfer_base,
-                     ["fractions", "imbalance"], f"{lr_strategy}, lr {base_transfer_lr:g}", strategy=lr_strategy,
-                     lr=base_transfer_lr, fraction=1.0, ratio=1, remedy="none"))
-    baselines["transfer"] = runs[-1]
+                     ["fractions", "imbalance"], f"{lr_strategy}, lr {base_transfer_lr:g}", seeds=seeds.get("transfer"),
+                     strategy=lr_strategy, lr=base_transfer_lr, fraction=1.0, ratio=1, remedy="none"))
     for f in fractions:
         if f < 1:
             runs.append(_run(f"scratch-fraction{f:g}", "scratch_cnn", [*base, "--fraction", f], ["fractions"],
@@ -153,11 +137,7 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
                          remedy=remedy))
     for r in runs:
         r["args"] = [*data, *r["args"]]
-    runs = _merge(runs)
-    by_key = {(r["script"], tuple(r["args"])): r for r in runs}
-    for key, run_seeds in seeds.items():  # the merged entry: a baseline is often also a point of another group
-        by_key[(baselines[key]["script"], tuple(baselines[key]["args"]))]["seeds"] = list(run_seeds)
-    runs = expand_seeds(runs)
+    runs = expand_seeds(_merge(runs))  # a repeated baseline is often also a point of another group: merged first
     used = {g for r in runs for g in r["groups"]}
     return {"name": name, "description": description, "robustness": {"severities": severities, "ood_count": ood_count},
             "notes": list(notes), "groups": {k: v for k, v in GROUPS.items() if k in used}, "runs": runs}

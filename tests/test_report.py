@@ -11,7 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from common.report import build_report, f_int, f_time, markdown_to_html
+from common.formatting import f_int, f_time
+from common.markdown import markdown_table, markdown_to_html
+from common.report import build_report
 
 CLASSES = ["cane", "cavallo", "elefante", "farfalla", "gallina", "gatto", "mucca", "pecora", "ragno", "scoiattolo"]
 ENGLISH = ["dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep", "spider", "squirrel"]
@@ -235,6 +237,16 @@ def test_partial_study_builds(study, tmp_path):
         assert (tmp_path / "r" / src).is_file()
 
 
+def test_plan_files_own_group_gets_its_runs_table(study, tmp_path):
+    custom = copy.deepcopy(study)
+    custom["groups"]["warmup"] = {"title": "Warm-up length", "question": "Does warm-up help?", "vars": ["lr"]}
+    custom["runs"][0]["groups"].append("warmup")
+    page = build_report(custom, tmp_path / "r").read_text()
+    part = section(page, "warm-up-length")
+    assert "Does warm-up help?" in part and "<th class=n>lr</th>" in part and "<td class=\"n\">0.7067</td>" in part
+    assert len(re.findall(r"<tr>", part)) == 2 and "<img" not in part  # header + its one run; no figure of its own
+
+
 def test_input_is_not_modified(study, tmp_path):
     before = copy.deepcopy(study)
     build_report(study, tmp_path / "r")
@@ -256,6 +268,16 @@ def test_markdown_and_number_formatting():
     assert "<p>para &lt;i&gt;</p>" in out
     assert (f_time(45), f_time(600), f_time(3.1), f_int(1234567), f_int(None)) == (
         "45.0 s", "10.0 min", "3.10 s", "1,234,567", "–")
+
+
+def test_markdown_table_escapes_pipes_and_round_trips():
+    text = markdown_table(["run", "a|b"], [["x|y", 0.5], ["z", 2]], align="lr")
+    assert text == "| run | a\\|b |\n|---|---:|\n| x\\|y | 0.5 |\n| z | 2 |"
+    assert markdown_table(["a", "b"], []) == "| a | b |\n|---|---|"  # default: every column left-aligned
+    out = markdown_to_html(text)  # an escaped pipe stays inside its cell
+    assert "<th>run</th><th class=n>a|b</th>" in out and "<td>x|y</td><td class=n>0.5</td>" in out
+    with pytest.raises(ValueError, match="align"):
+        markdown_table(["a", "b"], [], align="l")
 
 
 def with_seeds(study: dict, tmp: Path) -> dict:
@@ -296,12 +318,13 @@ def test_seed_repeats_show_mean_std_and_spread(study, tmp_path):
 
 
 def test_within_spread_rule():
-    from common.report import Stat, _Report
+    from common.formatting import Stat
+    from common.study_runs import two_se
     a, b = Stat([0.90, 0.92, 0.94]), Stat([0.91, 0.93])
     assert (a, a.std, a.n) == (pytest.approx(0.92), pytest.approx(0.02), 3)
-    assert _Report.two_se(a, b) == pytest.approx(2 * math.sqrt(0.02 ** 2 / 3 + b.std ** 2 / 2))
-    assert _Report.two_se(a, 0.95) == pytest.approx(2 * 0.02 * math.sqrt(1 / 3 + 1))  # one run: a's std
-    assert _Report.two_se(0.9, 0.95) is None  # neither repeated: the test-set noise rule applies
+    assert two_se(a, b) == pytest.approx(2 * math.sqrt(0.02 ** 2 / 3 + b.std ** 2 / 2))
+    assert two_se(a, 0.95) == pytest.approx(2 * 0.02 * math.sqrt(1 / 3 + 1))  # one run: a's std
+    assert two_se(0.9, 0.95) is None  # neither repeated: the test-set noise rule applies
 
 
 def test_missing_weights_warning_is_at_the_top(study, tmp_path):

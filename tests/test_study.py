@@ -14,7 +14,8 @@ import part1_scratch_cnn as part1
 import study
 from common.architectures import ARCHS
 from common.data import DataError
-from common.plans import GROUPS, PLANS
+from common.plans import PLANS, make_plan
+from common.sections import GROUPS
 from conftest import ROOT, Killed, kill_after
 
 TINY = ["--per-class", "20", "--split", "12,4,4", "--img-size", "72", "--crop-size", "64", "--workers", "2",
@@ -73,6 +74,18 @@ def test_builtin_plans_are_consistent_and_parse(name, options):
         for r in resnet.values():  # sized like the MobileNetV2 strategies: same crops and epochs
             assert r["args"][-8:] == mobilenet["args"][-8:]
         assert not resnet or "--cache-features" in resnet["fc"]["args"]
+
+
+def test_plan_seeds_repeat_the_merged_baseline_and_unknown_keys_are_errors():
+    plan = PLANS["full"]()
+    scratch = [r for r in plan["runs"] if r.get("repeat") == "scratch-lr0.001-bs32"]
+    assert [r["vars"]["seed"] for r in scratch] == [0, 1, 2]  # the grid point that is also the baseline, repeated
+    assert all({"scratch_grid", "regularization", "fractions"} <= set(r["groups"]) for r in scratch)
+    with pytest.raises(DataError, match="'scratch' and 'transfer'"):
+        make_plan("x", "y", data=[], scratch=[], scratch_lrs=[1e-3], batch_sizes=[32], base_lr=1e-3, base_bs=32,
+                  strategies={}, strategy_args=[], lr_model="mobilenet_v2", lr_strategy="fc", lr_args=[],
+                  transfer_lrs=[], base_transfer_lr=1e-3, fractions=[1.0], imbalance_ratio=10, severities="1",
+                  ood_count=1, seeds={"transfr": [0, 1]})
 
 
 def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):

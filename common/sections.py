@@ -1,0 +1,438 @@
+"""The study's experiments, one object each: its plan entry (title, question, variables) and its part of the report.
+
+SECTIONS is the one registry: common/plans.py writes a plan's "groups" from it (GROUPS), and common/report.py
+writes one section per group of the study with it, then the robustness section, and asks each for its sentences
+in the summary (in SUMMARY_ORDER). A plan file's group the registry does not know gets the plain runs table.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from common.formatting import f_acc, f_g, f_int, f_pp, f_time, is_num
+from common.study_plots import plot_bars, plot_grouped, plot_heatmap, plot_lines, plot_severity
+from common.study_runs import (
+    best_val,
+    delta,
+    macro_f1,
+    metric,
+    mode_name,
+    model_name,
+    recalls,
+    sortkey,
+    train_time,
+    var_text,
+)
+
+if TYPE_CHECKING:
+    from common.report import Report
+
+Column = tuple[str, Callable, "str | None"]  # header, formatter, which value is best ("max", "min" or None)
+
+
+class Section:
+    """A part of the report that answers a question of its own, and its sentences in the summary."""
+
+    key = ""
+    title = ""
+    question = ""
+
+    def render(self, rep: Report, spec: dict) -> None:
+        """Write the section into rep.doc; spec is the study's entry for it (title, question, vars)."""
+        raise NotImplementedError
+
+    def answer(self, rep: Report) -> list[str]:
+        """The summary's sentences about this section's question."""
+        return []
+
+
+class Group(Section):
+    """An experiment of the plan: runs that vary `vars`, shown as one table (group variables first) and a figure."""
+
+    vars: tuple[str, ...] = ()
+
+    def __init__(self, key: str | None = None) -> None:
+        if key is not None:  # a plan file's own group: its runs table, without a figure
+            self.key = key
+
+    def spec(self) -> dict:
+        """The group's entry in a plan: title, question and variables."""
+        return {"title": self.title, "question": self.question, "vars": list(self.vars)}
+
+    def order(self, runs: list[dict], names: list[str]) -> list[dict]:
+        """The table's rows: by the group variables, the reference settings first."""
+        return sorted(runs, key=lambda r: [sortkey(r["vars"].get(v)) for v in names])
+
+    def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
+        """Columns after the common ones, each with the value it shows for a run."""
+        return []
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """The group's own table or figure, after its runs table."""
+
+    def render(self, rep: Report, spec: dict) -> None:
+        """The group's question, its runs table and its figure."""
+        d = rep.doc
+        runs = rep.group(self.key)
+        d.heading(2, spec.get("title") or self.key)
+        if spec.get("question"):
+            d.para(f"**Question:** {spec['question']}")
+        if not runs:
+            d.para("No run of this group finished.")
+            return
+        d.para(f"Measured {rep.setting(runs)}.")
+        names = spec.get("vars") or sorted({k for r in runs for k in r["vars"]})
+        runs = self.order(runs, names)
+        columns = [((v.replace("_", " "), lambda x, v=v: var_text(v, x), None), lambda r, v=v: r["vars"].get(v))
+                   for v in names]
+        if any(r.get("seeds") for r in runs):  # n of the mean ± std; 1 for a configuration run once
+            columns.append((("seeds", f_int, None), lambda r: len(r.get("seeds") or [0])))
+        columns += [(("best val acc", f_acc, "max"), lambda r: metric(r, "best_val_acc")),
+                    (("test acc", f_acc, "max"), lambda r: metric(r, "test_acc")),
+                    (("macro F1", f_acc, "max"), macro_f1), (("train time", f_time, "min"), train_time),
+                    *self.columns(runs)]
+        d.table([col for col, _ in columns], [[value(r) for _, value in columns] for r in runs])
+        self.figure(rep, runs)
+
+
+def _series(runs: list[dict], x: str, by: tuple[str, ...]) -> dict[str, list]:
+    """(x, test acc, best val acc) points per combination of the `by` variables."""
+    out: dict[str, list] = {}
+    for r in runs:
+        if is_num(r["vars"].get(x)) and r["vars"][x] > 0:
+            name = " ".join(var_text(v, r["vars"].get(v, "")) for v in by).strip() or model_name(r)
+            out.setdefault(name, []).append((r["vars"][x], metric(r, "test_acc"), metric(r, "best_val_acc")))
+    return out
+
+
+def _lr_answers(rep: Report, runs: list[dict], by: tuple[str, ...]) -> list[str]:
+    """Best and worst learning rate and the spread in best val acc, per combination of the `by` variables."""
+    def desc(r: dict) -> str:
+        """The run's learning rate (and batch size) in words."""
+        bs = r["vars"].get("batch_size")
+        return f"lr {f_g(r['vars'].get('lr'))}" + (f", batch {bs}" if bs is not None else "")
+
+    subsets: dict[str, list[dict]] = {}
+    for r in runs:
+        subsets.setdefault(" ".join(var_text(v, r["vars"].get(v)) for v in by) or model_name(r), []).append(r)
+    out = []
+    for name, sub in subsets.items():
+        if len(sub) < 2:
+            continue
+        hi, lo = max(sub, key=best_val), min(sub, key=best_val)
+        out.append(f"**Learning rate** ({name}, {rep.setting(sub)}): best {desc(hi)} "
+                   f"(val {f_acc(metric(hi, 'best_val_acc'))}, test {f_acc(metric(hi, 'test_acc'))}), "
+                   f"worst {desc(lo)} (val {f_acc(metric(lo, 'best_val_acc'))}); spread "
+                   f"{rep.spread.noisy(delta(best_val(hi), best_val(lo)), False, best_val(hi), best_val(lo))} "
+                   "in best val acc.")
+    return out
+
+
+class ScratchGrid(Group):
+    """The from-scratch CNN over a learning rate x batch size grid."""
+
+    key = "scratch_grid"
+    title = "Scratch CNN: learning rate x batch size"
+    question = "How do learning rate and batch size affect the CNN trained from scratch?"
+    vars = ("lr", "batch_size")
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """Pivot table and heatmap of best val acc over learning rate x batch size."""
+        lrs = sorted({r["vars"].get("lr") for r in runs}, key=sortkey, reverse=True)
+        bss = sorted({r["vars"].get("batch_size") for r in runs}, key=sortkey)
+        cell = {(r["vars"].get("lr"), r["vars"].get("batch_size")): metric(r, "best_val_acc") for r in runs}
+        grid = [[cell.get((lr, bs)) for bs in bss] for lr in lrs]
+        rep.doc.para("Best validation accuracy, learning rate (rows) × batch size (columns):")
+        rep.doc.table([("lr \\ batch", f_g, None)] + [(f_g(bs), f_acc, "max") for bs in bss],
+                      [[lr] + row for lr, row in zip(lrs, grid)])
+        rep.doc.figures([(rep.plot(self.key, plot_heatmap, grid, lrs, bss, title="best val acc"),
+                          f"Best validation accuracy per learning rate and batch size, {rep.setting(runs)}.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Best and worst point of the grid."""
+        return _lr_answers(rep, rep.group(self.key), ())
+
+
+class Strategies(Group):
+    """How much of a pretrained network to fine-tune."""
+
+    key = "strategies"
+    title = "Fine-tuning strategies"
+    question = ("How much of the pretrained network should be trained: head only, BatchNorm only, the top blocks, "
+                "everything, gradually, or with per-block learning rates?")
+    vars = ("model", "strategy")
+
+    def order(self, runs: list[dict], names: list[str]) -> list[dict]:
+        """Per model, from the fewest trainable parameters to the most."""
+        return sorted(runs, key=lambda r: (model_name(r), metric(r, "trainable_params") or 0))
+
+    def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
+        """The trainable parameters, the cost of each strategy."""
+        return [(("trainable params", f_int, None), lambda r: metric(r, "trainable_params"))]
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """Bar chart of test accuracy per strategy."""
+        rep.doc.figures([(rep.plot(self.key, plot_bars, runs, title="test accuracy per unfreezing strategy"),
+                          f"Test accuracy (training time on each bar), {rep.setting(runs)}.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Accuracy and time per unfreezing strategy, ordered by trainable parameters."""
+        out = []
+        strat = rep.group(self.key)
+        for model in sorted({model_name(r) for r in strat}):
+            rs = sorted((r for r in strat if model_name(r) == model), key=lambda r: metric(r, "trainable_params") or 0)
+            top, first = max(rs, key=best_val), rs[0]
+            parts = "; ".join(f"{mode_name(r)} ({f_int(metric(r, 'trainable_params'))} trainable) test "
+                              f"{f_acc(metric(r, 'test_acc'))} in {f_time(train_time(r))}" for r in rs)
+            t_top, t_first = train_time(top), train_time(first)
+            ratio = t_top / t_first if is_num(t_top) and is_num(t_first) and t_first > 0 else None
+            a, b = metric(top, "test_acc"), metric(first, "test_acc")
+            verdict = (f"training the fewest parameters ({mode_name(first)}) is best on validation" if top is first else
+                       f"{mode_name(top)} is best on validation, {rep.spread.noisy(delta(a, b), a=a, b=b)} test vs "
+                       f"{mode_name(first)}" + (f" at {ratio:.1f}× its training time" if ratio else ""))
+            out.append(f"**Unfreezing depth** ({model}, {rep.setting(rs)}): {parts}. On this run {verdict}.")
+        return out
+
+
+class TransferLr(Group):
+    """The learning rate of the chosen transfer model and mode."""
+
+    key = "transfer_lr"
+    title = "Transfer learning: learning rate"
+    question = "How sensitive is the chosen transfer model and mode to its learning rate?"
+    vars = ("model", "strategy", "lr")
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """Accuracy against learning rate."""
+        rep.doc.figures([(rep.plot(self.key, plot_lines, _series(runs, "lr", ("model", "strategy")),
+                                   xlabel="learning rate (log scale)", title="accuracy vs learning rate"),
+                          f"Accuracy vs learning rate, {rep.setting(runs)}.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Best and worst learning rate per model and strategy."""
+        return _lr_answers(rep, rep.group(self.key), ("model", "strategy"))
+
+
+class Fractions(Group):
+    """Accuracy with a share of the training images."""
+
+    key = "fractions"
+    title = "Training-data fractions"
+    question = "How much training data does each approach need?"
+    vars = ("model", "fraction")
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """Accuracy against training-data fraction, one line per model."""
+        rep.doc.figures([(rep.plot(self.key, plot_lines, _series(runs, "fraction", ("model",)),
+                                   xlabel="share of the training images (log scale)",
+                                   title="accuracy vs training-data fraction", xfmt=lambda f: var_text("fraction", f)),
+                          f"Accuracy vs share of training data, {rep.setting(runs)}.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Accuracy at the smallest data fraction as a share of the largest, per model."""
+        frac = rep.group(self.key)
+        parts = []
+        for model in sorted({model_name(r) for r in frac}):
+            rs = sorted((r for r in frac if model_name(r) == model), key=lambda r: r["vars"].get("fraction") or 0)
+            small, full = rs[0], rs[-1]
+            a, b = metric(small, "test_acc"), metric(full, "test_acc")
+            if len(rs) > 1 and is_num(a) and is_num(b) and b > 0:
+                lo, hi = (var_text("fraction", r["vars"].get("fraction")) for r in (small, full))
+                parts.append(f"{model} keeps {a / b:.0%} of its test acc with {lo} of the training images "
+                             f"({f_acc(a)} vs {f_acc(b)} at {hi})")
+        return [f"**Data fractions** ({rep.setting(frac)}): " + "; ".join(parts) + "."] if parts else []
+
+
+def _baseline(runs: list[dict]) -> dict | None:
+    """The regularization group's reference run (option "baseline"), if it finished."""
+    return next((r for r in runs if r["vars"].get("option") == "baseline"), None)
+
+
+class Regularization(Group):
+    """Regularization and augmentation options against one baseline run."""
+
+    key = "regularization"
+    title = "Regularization and augmentation"
+    question = "Do label smoothing, MixUp, CutMix, RandAugment or TrivialAugment help on this data?"
+    vars = ("option",)
+
+    def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
+        """Each option's change in accuracy against the baseline."""
+        base = _baseline(runs)
+        if not base:
+            return []
+        return [(("Δ val vs baseline", f_pp, "max"), lambda r: delta(best_val(r), best_val(base))),
+                (("Δ test vs baseline", f_pp, "max"), lambda r: delta(metric(r, "test_acc"), metric(base, "test_acc")))]
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """Change in accuracy of each option against the baseline run."""
+        base = _baseline(runs)
+        if not base:
+            return
+        rs = [r for r in runs if r is not base]
+        opts = [str(r["vars"].get("option")) for r in rs]
+
+        def pp(d: float | None) -> float | None:
+            return d * 100 if is_num(d) else None
+
+        series = {"Δ test acc": [pp(delta(metric(r, "test_acc"), metric(base, "test_acc"))) for r in rs],
+                  "Δ best val acc": [pp(delta(best_val(r), best_val(base))) for r in rs]}
+        noise = rep.spread.noise * 100
+        img = rep.plot(self.key, plot_grouped, opts, series, ylabel="change vs baseline (pp)",
+                       title="regularization options vs baseline", band=noise, horizontal=True)
+        rep.doc.figures([(img, f"Change in accuracy vs the baseline run; grey band: within noise "
+                               f"(±{noise:.1f} pp), {rep.setting(runs)}.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Which options helped, hurt or stayed within noise against the baseline run."""
+        reg = rep.group(self.key)
+        base = _baseline(reg)
+        if not base:
+            return []
+        verdicts: dict[str, list[str]] = {"helped": [], "within seed spread": [], "within noise": [], "hurt": []}
+        for r in reg:
+            if r is base:
+                continue
+            dt, dv = delta(metric(r, "test_acc"), metric(base, "test_acc")), delta(best_val(r), best_val(base))
+            flag = rep.spread.within(dt, metric(r, "test_acc"), metric(base, "test_acc")) if is_num(dt) else (
+                "within noise")
+            kind = flag.split(",")[0] if flag else "helped" if dt > 0 else "hurt"
+            verdicts[kind].append(f"{r['vars'].get('option')} ({f_pp(dt)} test, {f_pp(dv)} val"
+                                  + (f"; {flag.split(', ', 1)[1]}" if kind == "within seed spread" else "") + ")")
+        return [f"**Regularization** (vs baseline test {f_acc(metric(base, 'test_acc'))}, {rep.setting(reg)}): "
+                + "; ".join(f"{k}: {', '.join(v)}" for k, v in verdicts.items() if v) + "."]
+
+
+def _macro_recall(r: dict):
+    """Test macro recall from eval.json, or None."""
+    return ((r.get("eval") or {}).get("macro") or {}).get("recall")
+
+
+class Imbalance(Group):
+    """A long-tailed training set and the remedies against it."""
+
+    key = "imbalance"
+    title = "Class imbalance"
+    question = ("What does a long-tailed training set do to per-class recall, and do weighted cross-entropy or "
+                "oversampling repair it?")
+    vars = ("ratio", "remedy")
+
+    @staticmethod
+    def name(r: dict, runs: list[dict]) -> str:
+        """A run's column name: the remedy, with the ratio when there are several."""
+        several = len({str(x["vars"].get("ratio")) for x in runs}) > 1
+        return (f"ratio {f_g(r['vars'].get('ratio'))}, " if several else "") + str(r["vars"].get("remedy"))
+
+    def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
+        """Macro and worst-class recall: what imbalance costs."""
+        return [(("macro recall", f_acc, "max"), _macro_recall),
+                (("worst-class recall", f_acc, "max"), lambda r: min(recalls(r).values(), default=None))]
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """Per-class recall table (classes x remedies) and grouped bars."""
+        runs = [r for r in runs if recalls(r)]
+        if not runs:
+            return
+        classes = list(dict.fromkeys(c for r in runs for c in recalls(r)))
+        names = [self.name(r, runs) for r in runs]
+        rep.doc.para("Test recall per class:")
+        rep.doc.table([("class", str, None)] + [(n, f_acc, None) for n in names],
+                      [[c] + [recalls(r).get(c) for r in runs] for c in classes])
+        series = {n: [recalls(r).get(c) for c in classes] for n, r in zip(names, runs)}
+        rep.doc.figures([(rep.plot(self.key, plot_grouped, classes, series, ylabel="test recall",
+                                   title="per-class recall by remedy"),
+                          f"Per-class test recall, {rep.setting(runs)}.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Macro and worst-class recall per remedy, and the best remedy per imbalance ratio."""
+        imb = [r for r in rep.group(self.key) if recalls(r)]
+        if not imb:
+            return []
+        parts = []
+        for r in imb:
+            rec = recalls(r)
+            worst = min(rec, key=rec.get)
+            parts.append(f"{self.name(r, imb)}: macro recall {f_acc(_macro_recall(r))}, worst class {worst} "
+                         f"{rec[worst]:.4f}")
+        for ratio in sorted({r["vars"].get("ratio") for r in imb}, key=sortkey):
+            same = [r for r in imb if r["vars"].get("ratio") == ratio]
+            if len(same) > 1:  # remedies compete only at the same imbalance
+                top = max(same, key=lambda r: min(recalls(r).values()))
+                parts.append(f"highest worst-class recall at ratio {f_g(ratio)}: {top['vars'].get('remedy')}")
+        return [f"**Imbalance** ({rep.setting(imb)}): " + "; ".join(parts) + "."]
+
+
+class Robustness(Section):
+    """Corrupted test images and out-of-distribution detection, for the runs the runner tested (not a plan group)."""
+
+    key = "robustness"
+    title = "Robustness and out-of-distribution detection"
+
+    def render(self, rep: Report, spec: dict) -> None:
+        """Corruption tables and plots, and the OOD table and histograms."""
+        cor = [r for r in rep.done if r.get("corruptions")]
+        ood = [r for r in rep.done if r.get("ood")]
+        if not cor and not ood:
+            return
+        rep.doc.heading(2, self.title)
+        if cor:
+            self.corruptions(rep, cor)
+        if ood:
+            rep.doc.heading(3, "Out-of-distribution detection")
+            rep.doc.table([("run", str, None), ("OOD source", str, None), ("score", str, None), ("n in", f_int, None),
+                           ("n out", f_int, None), ("AUROC", f_acc, "max"), ("FPR at 95% TPR", f_acc, "min"),
+                           ("mean MSP in", f_acc, None), ("mean MSP out", f_acc, None)],
+                          [[r["label"]] + [r["ood"].get(k) for k in ("ood_source", "score", "n_in", "n_out", "auroc",
+                                                                     "fpr_at_95_tpr", "msp_in_mean", "msp_out_mean")]
+                           for r in ood])
+            rep.doc.figures([(rep.copy(r, "ood_hist"), f"Score histograms, {r['label']}.") for r in ood], cols=2)
+
+    @staticmethod
+    def corruptions(rep: Report, cor: list[dict]) -> None:
+        """Mean accuracy against severity for all runs, then each run's accuracy per corruption and severity."""
+        d, c0 = rep.doc, cor[0]["corruptions"]
+        d.para(f"Accuracy on corrupted copies of {c0.get('n', '?')} test images (seed {c0.get('seed', '?')}), "
+               f"severities {', '.join(map(str, c0.get('severities') or []))}.")
+        d.figures([(rep.plot("corruptions_mean", plot_severity, cor),
+                    f"Mean accuracy over corruptions vs severity, {rep.setting(cor)}.")])
+        for r in cor:
+            c = r["corruptions"]
+            sev = list(c.get("severities") or [])
+            d.heading(3, f"Corruptions: {r['label']}")
+            d.para(f"Clean {f_acc(c.get('clean_acc'))}, mean corrupted {f_acc(c.get('mean_corrupted_acc'))}, "
+                   f"{rep.setting([r])} (evaluated on {c.get('device', '?')} in {f_time(c.get('seconds'))}).")
+            d.table([("corruption", str, None)] + [(f"severity {s}", f_acc, "max") for s in sev]
+                    + [("mean", f_acc, "max")],
+                    [[k] + list(v) + [sum(v) / len(v) if v else None] for k, v in (c.get("accuracy") or {}).items()])
+            d.figures([(rep.copy(r, "corruptions"), f"Corrupted examples and accuracy, {r['label']}.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """The most harmful corruption and the OOD AUROC, per run that has them."""
+        out = []
+        for r in (r for r in rep.done if r.get("corruptions")):
+            c = r["corruptions"]
+            acc = {k: sum(v) / len(v) for k, v in (c.get("accuracy") or {}).items() if v}
+            if acc:
+                worst = min(acc, key=acc.get)
+                out.append(f"**Robustness** ({r['label']}, clean {f_acc(c.get('clean_acc'))}): {worst} hurts most "
+                           f"(mean {acc[worst]:.4f} over severities); mean corrupted acc "
+                           f"{f_acc(c.get('mean_corrupted_acc'))}, "
+                           f"{f_pp(delta(c.get('mean_corrupted_acc'), c.get('clean_acc')))} vs clean.")
+        for r in (r for r in rep.done if r.get("ood")):
+            o = r["ood"]
+            out.append(f"**Out-of-distribution** ({r['label']}, {o.get('score', 'score')} on "
+                       f"{o.get('ood_source', '?')}): AUROC {f_acc(o.get('auroc'))}, "
+                       f"FPR at 95% TPR {f_acc(o.get('fpr_at_95_tpr'))}.")
+        return out
+
+
+SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), TransferLr(), Fractions(),
+                                                     Regularization(), Imbalance(), Robustness())}
+GROUPS = {key: s.spec() for key, s in SECTIONS.items() if isinstance(s, Group)}  # a plan's "groups", in this order
+# The summary answers the transfer questions first: the learning-rate sentences of the transfer model come before
+# the scratch grid's, whose section comes first in the report.
+SUMMARY_ORDER = ("strategies", "transfer_lr", "scratch_grid", "fractions", "regularization", "imbalance", "robustness")
+
+
+def section_for(key: str) -> Section:
+    """The registry's section for a study group, or a plain runs table for a group it does not know."""
+    return SECTIONS.get(key) or Group(key)
