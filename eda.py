@@ -37,17 +37,16 @@ from common.data import (
     DataError,
     DuplicateGroup,
     Split,
-    atomic_write_text,
     decode_image,
     dhash,
     display_name,
     duplicate_groups,
-    file_sha256,
     hamming,
     read_split,
     resolve_data_dir,
     scan_folder,
 )
+from common.files import atomic_write_text, file_sha256
 from common.plots import save_figure
 
 MODE_NAMES = {

@@ -43,7 +43,6 @@ from common.data import (
     add_augment_args,
     add_crop_check,
     add_data_args,
-    atomic_write_text,
     make_loaders,
     make_transforms,
     prepare_data,
@@ -52,6 +51,7 @@ from common.data import (
 )
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
+from common.files import atomic_write_text
 from common.models import build_model, set_dropout
 from common.runs import write_json
 

@@ -34,7 +34,6 @@ from common.data import (  # noqa: E402
     IMAGENET_STD,
     BatchLoader,
     add_data_args,
-    atomic_write_text,
     cache_path,
     eval_transform,
     prepare_data,
@@ -43,6 +42,7 @@ from common.data import (  # noqa: E402
     train_transform,
 )
 from common.engine import autocast, resolve_device  # noqa: E402
+from common.files import atomic_write_text  # noqa: E402
 from common.models import build_model, set_train_mode  # noqa: E402
 from common.transfer import extract_features  # noqa: E402
 

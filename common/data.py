@@ -17,7 +17,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import threading
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -36,11 +35,7 @@ from torchvision.transforms import v2
 
 from common import distributed
 from common.cli import UserError, nonnegative_float, nonnegative_int, number, positive_int, probability
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; exclusive atomic writes alone keep a saved split
-    fcntl = None
+from common.files import atomic_write, atomic_write_text, file_lock, file_sha256, remove_stale_temp_files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 ENGLISH_NAMES = {
@@ -306,15 +301,6 @@ def scan_folder(data_dir: Path) -> dict[str, list[str]]:
     return classes
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # A small file can hold a huge image (a 1.2 MB PNG of 20000 x 20000 pixels decodes to 1.6 GB), so what a
 # decode will cost is read from the file's header before OpenCV allocates anything.
 DEFAULT_MAX_PIXELS = 8192 * 8192  # width x height (67 megapixels); Animals-10's photos have at most 0.4
@@ -546,75 +532,6 @@ def hamming(a: int, hashes: np.ndarray) -> np.ndarray:
     """Bit differences between one 64-bit hash and an array of them."""
     x = np.bitwise_xor(hashes.astype(np.uint64), np.uint64(a))
     return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
-
-
-def atomic_write(path: Path, write: Callable[[str], None], exclusive: bool = False) -> bool:
-    """Call write(temp_path) next to path, then move it into place: readers never see half a file.
-
-    With exclusive, a path that exists (say, published first by another process) is left alone and False returned.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The writer's pid in the name lets remove_stale_temp_files tell a killed write from one in progress.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        if not exclusive:
-            os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)  # whole, and never over a file another process published first
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links on this file system: the caller's lock keeps the replace exclusive
-            if path.exists():
-                return False
-            os.replace(tmp, path)
-        return True
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-@contextmanager
-def file_lock(lock_path: Path, waiting: str | None = None, log=print) -> Iterator[None]:
-    """Hold an exclusive advisory lock (flock) for the block; others wait, and `waiting` is logged if we must."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if waiting:
-                    log(waiting)
-                fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
-def remove_stale_temp_files(folder: Path) -> None:
-    """Delete the temp files of atomic writes whose writing process is gone (killed mid-write)."""
-    for tmp in folder.glob(".*.tmp"):
-        parts = tmp.name.split(".")
-        pid = int(parts[-3]) if len(parts) >= 4 and parts[-3].isdigit() else None
-        if pid is None or not _alive(pid):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def atomic_write_text(path: Path, text: str, exclusive: bool = False) -> bool:
-    """Atomically write a text file (see atomic_write)."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), exclusive)
 
 
 def _split_fingerprint(entries: Sequence[dict]) -> str:
@@ -1211,7 +1128,6 @@ def upscale_check(images: np.ndarray, crop: int) -> None:
     if images.shape[1] < crop or images.shape[2] < crop:
         raise DataError(f"--crop-size {crop} is larger than the cached {images.shape[1]}px images; "
                         "lower it or raise --img-size")
-
 
 
 def load_folder(data_dir: Path, classes: list[str], img_size: int, workers: int = 2, log=print,

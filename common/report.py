@@ -22,7 +22,8 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common.architectures import ARCHS  # noqa: E402
-from common.data import atomic_write, atomic_write_text, display_name  # noqa: E402
+from common.data import display_name  # noqa: E402
+from common.files import atomic_write, atomic_write_text  # noqa: E402
 from common.plots import save_figure  # noqa: E402
 
 NOISE = 0.01  # ~1 pp: on a 750-image test set that is 7-8 images, inside run-to-run variation

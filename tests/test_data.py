@@ -16,7 +16,6 @@ from common.data import (
     DataError,
     add_data_args,
     assign_subsets,
-    atomic_write_text,
     decode_image,
     duplicate_groups,
     eval_transform,
@@ -28,6 +27,7 @@ from common.data import (
     scan_folder,
     train_transform,
 )
+from common.files import atomic_write_text
 from conftest import ANIMALS, make_dataset
 
 
