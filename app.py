@@ -43,16 +43,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.cli import ArgumentParser, UserError, run_main
-from common.data import (
-    JPEG_SIGNATURE,
-    PNG_SIGNATURE,
-    DataError,
-    ImageHeader,
-    decode_bytes,
-    display_name,
-    read_image_header,
-)
+from common.cli import ArgumentParser, DataError, UserError, run_main
+from common.data import JPEG_SIGNATURE, PNG_SIGNATURE, ImageHeader, decode_bytes, display_name, read_image_header
 from common.engine import resolve_device
 from common.explain import DEFAULT_LAYER, GradCAM, find_layer, overlay
 from common.inference import LabelledImages, Predictor, center_crop, load_test_split

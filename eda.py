@@ -31,10 +31,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from common.cli import ArgumentParser, run_main
+from common.cli import ArgumentParser, DataError, run_main
 from common.data import (
     SUBSETS,
-    DataError,
     DuplicateGroup,
     Split,
     decode_image,

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import ArgumentParser, UserError, positive_int, run_main
-from common.data import DataError, decode_image, display_name
+from common.cli import ArgumentParser, DataError, UserError, positive_int, run_main
+from common.data import decode_image, display_name
 from common.engine import resolve_device
 from common.explain import (
     DEFAULT_LAYER,

@@ -34,7 +34,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 from common import distributed
-from common.cli import UserError, nonnegative_float, nonnegative_int, number, positive_int, probability
+from common.cli import DataError, nonnegative_float, nonnegative_int, number, positive_int, probability
 from common.files import atomic_write, atomic_write_text, file_lock, file_sha256, remove_stale_temp_files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -55,10 +55,6 @@ GET_DATA_ADVICE = (
     "`kaggle datasets download -d alessiocorrado99/animals10 --unzip -p data/animals10` "
     "and pass --data-dir data/animals10/raw-img (or set ANIMALS10_DIR)"
 )
-
-
-class DataError(UserError):
-    """A problem with the input data that the user must fix; its message says how."""
 
 
 def display_name(folder: str) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 
 from common.architectures import ARCHS
-from common.data import DataError
+from common.cli import DataError
 
 GROUPS = {
     "scratch_grid": {"title": "Scratch CNN: learning rate x batch size",

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.cli import DataError
 from common.data import (
     BatchLoader,
-    DataError,
     add_data_args,
     assign_subsets,
     decode_image,

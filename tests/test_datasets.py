@@ -10,7 +10,8 @@ import pytest
 
 import evaluate
 import part1_scratch_cnn as part1
-from common.data import DataError, decode_image, load_or_create_split
+from common.cli import DataError
+from common.data import decode_image, load_or_create_split
 from conftest import make_dataset
 
 

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from common import data
+from common.cli import DataError
 from common.data import (
-    DataError,
     DecodeBudget,
     decode_bytes,
     decode_image,

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 import eda
-from common.data import DataError, hamming, load_or_create_split, near_pairs
+from common.cli import DataError
+from common.data import hamming, load_or_create_split, near_pairs
 from conftest import ROOT, make_dataset
 
 

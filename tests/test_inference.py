@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import part1_scratch_cnn as part1
-from common.data import BatchLoader, DataError, eval_transform
+from common.cli import DataError
+from common.data import BatchLoader, eval_transform
 from common.engine import predict
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
 from common.models import model_from_checkpoint

@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 import evaluate
 import part1_scratch_cnn as part1
-from common.data import DataError, eval_transform
+from common.cli import DataError
+from common.data import eval_transform
 from common.engine import predict
 from common.inference import load_test_split
 from common.models import model_from_checkpoint
