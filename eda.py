@@ -36,7 +36,6 @@ from common.data import (
     SUBSETS,
     DuplicateGroup,
     Split,
-    decode_image,
     dhash,
     display_name,
     duplicate_groups,
@@ -45,6 +44,7 @@ from common.data import (
     resolve_data_dir,
     scan_folder,
 )
+from common.decode import decode_image
 from common.files import atomic_write_text, file_sha256
 from common.plots import save_figure
 

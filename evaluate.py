@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from common.cli import ArgumentParser, DataError, run_main
-from common.data import IMAGE_EXTENSIONS, decode_many
+from common.decode import IMAGE_EXTENSIONS, decode_many
 from common.engine import resolve_device
 from common.files import atomic_write_text
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from common.cli import ArgumentParser, DataError, UserError, positive_int, run_main
-from common.data import decode_image, display_name
+from common.data import display_name
+from common.decode import decode_image
 from common.engine import resolve_device
 from common.explain import (
     DEFAULT_LAYER,

@@ -13,15 +13,8 @@ import torchvision
 
 import common.data
 from common import transfer
-from common.data import (
-    Split,
-    cache_path,
-    decode_image,
-    key_file,
-    load_or_build_cache,
-    load_or_create_split,
-    pixel_cache_fields,
-)
+from common.data import Split, cache_path, key_file, load_or_build_cache, load_or_create_split, pixel_cache_fields
+from common.decode import decode_image
 from common.models import replace_head
 from common.transfer import cached_features, feature_cache_fields
 

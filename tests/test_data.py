@@ -16,7 +16,6 @@ from common.data import (
     BatchLoader,
     add_data_args,
     assign_subsets,
-    decode_image,
     duplicate_groups,
     eval_transform,
     load_or_build_cache,
@@ -27,6 +26,7 @@ from common.data import (
     scan_folder,
     train_transform,
 )
+from common.decode import decode_image
 from common.files import atomic_write_text
 from conftest import ANIMALS, make_dataset
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from common.data import IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transform, scan_folder
+from common.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, scan_folder
+from common.decode import decode_image
 from common.models import load_pretrained
 from conftest import ROOT
 
