@@ -32,19 +32,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.cli import ArgumentParser, DataError, run_main
-from common.data import (
-    SUBSETS,
-    DuplicateGroup,
-    Split,
-    dhash,
-    display_name,
-    duplicate_groups,
-    hamming,
-    read_split,
-    resolve_data_dir,
-    scan_folder,
-)
+from common.data import SUBSETS, Split, display_name, read_split, resolve_data_dir, scan_folder
 from common.decode import decode_image
+from common.duplicates import DuplicateGroup, dhash, duplicate_groups, hamming
 from common.files import atomic_write_text, file_sha256
 from common.plots import save_figure
 
@@ -123,7 +113,7 @@ def find_duplicates(paths: Sequence[str], sha256s: Sequence[str], hashes: Sequen
 
     A file's class is its parent folder's name (paths like 'cane/x.jpg', or full paths). hashes may hold
     None for unreadable files; they can only be exact duplicates. A near group is a connected set of at
-    least two distinct contents (common.data.duplicate_groups, which the split keeps whole; pass its result
+    least two distinct contents (common.duplicates.duplicate_groups, which the split keeps whole; pass its result
     as components to reuse it), and lists every file of those contents, exact copies included. Each group is
     a dict: kind ('exact' or 'near'), files (sorted), classes, cross_class, and max_bits (the largest distance
     of a joining pair). Exact groups come first, then near ones; within each, cross-class groups, then larger.

@@ -16,7 +16,6 @@ from common.data import (
     BatchLoader,
     add_data_args,
     assign_subsets,
-    duplicate_groups,
     eval_transform,
     load_or_build_cache,
     load_or_create_split,
@@ -27,6 +26,7 @@ from common.data import (
     train_transform,
 )
 from common.decode import decode_image
+from common.duplicates import duplicate_groups
 from common.files import atomic_write_text
 from conftest import ANIMALS, make_dataset
 
