@@ -38,13 +38,10 @@ import torch
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
 from common.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     add_augment_args,
     add_crop_check,
     add_data_args,
     make_loaders,
-    make_transforms,
     prepare_data,
     to_device,
     upscale_check,
@@ -54,6 +51,7 @@ from common.engine import Study, add_train_args, fit, resolve_device, seed_every
 from common.files import atomic_write_text
 from common.models import build_model, set_dropout
 from common.runs import write_json
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD, make_transforms
 
 ARCH = "scratch_cnn"
 

@@ -14,9 +14,6 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, number, positive_int
 from common.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TRANSFORM_VERSION,
     BatchLoader,
     Split,
     add_augment_args,
@@ -24,10 +21,8 @@ from common.data import (
     add_data_args,
     cache_key,
     cache_mismatch,
-    eval_transform,
     explain_miss,
     make_loaders,
-    make_transforms,
     pixel_cache_fields,
     prepare_data,
     save_cache_key,
@@ -38,6 +33,7 @@ from common.distributed import cleanup, init_distributed, is_distributed, is_mai
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, eval_transform, make_transforms
 
 
 def get_args_parser(arch: str, description: str) -> ArgumentParser:

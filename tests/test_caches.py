@@ -17,6 +17,7 @@ from common.data import Split, cache_path, key_file, load_or_build_cache, load_o
 from common.decode import decode_image
 from common.models import replace_head
 from common.transfer import cached_features, feature_cache_fields
+from common.transforms import eval_transform
 
 CPU = torch.device("cpu")
 SHA = "ab" * 32  # a weights file's sha256; only weights with one are cached
@@ -196,8 +197,8 @@ def test_96px_run_does_not_reuse_72px_features(tmp_path):
     large, seconds = features(tmp_path, size=48, crop=32, model=model)
     assert seconds > 0 and not torch.allclose(small, large, rtol=1e-2, atol=0)
     direct = transfer.extract_features(model, "mobilenet_v2", tiny_images(48), tiny_split(),
-                                       lambda x: common.data.eval_transform(x, 32, (0.485, 0.456, 0.406),
-                                                                            (0.229, 0.224, 0.225)), CPU)
+                                       lambda x: eval_transform(x, 32, (0.485, 0.456, 0.406),
+                                                                (0.229, 0.224, 0.225)), CPU)
     torch.testing.assert_close(large, direct)
     reused, seconds = features(tmp_path, size=48, crop=32, model=model, log=pytest.fail)
     assert seconds == 0.0 and torch.equal(reused, large)

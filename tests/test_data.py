@@ -16,18 +16,17 @@ from common.data import (
     BatchLoader,
     add_data_args,
     assign_subsets,
-    eval_transform,
     load_or_build_cache,
     load_or_create_split,
     make_loaders,
     parse_split_sizes,
     prepare_data,
     scan_folder,
-    train_transform,
 )
 from common.decode import decode_image
 from common.duplicates import duplicate_groups
 from common.files import atomic_write_text
+from common.transforms import eval_transform, train_transform
 from conftest import ANIMALS, make_dataset
 
 

@@ -13,8 +13,6 @@ import torch
 
 import app
 from common.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     cache_key,
     cache_path,
     load_or_build_cache,
@@ -25,6 +23,7 @@ from common.data import (
 from common.models import WeightsError, load_pretrained
 from common.runs import CKPT_FORMAT, CheckpointError
 from common.transfer import cached_features, feature_cache_fields
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD
 from conftest import ROOT, make_dataset, tiny_args
 from test_caches import SHA, Log, backbone, tiny_images, tiny_split
 

@@ -15,12 +15,12 @@ from sklearn.metrics import roc_auc_score, roc_curve
 import evaluate
 import part1_scratch_cnn as part1
 from common.cli import DataError
-from common.data import eval_transform
 from common.engine import predict
 from common.inference import load_test_split
 from common.models import model_from_checkpoint
 from common.robustness import CORRUPTIONS, RANDOM, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
 from common.runs import load_checkpoint
+from common.transforms import eval_transform
 from conftest import ROOT, make_dataset, tiny_args
 
 
