@@ -32,11 +32,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.cli import ArgumentParser, DataError, run_main
-from common.data import SUBSETS, Split, display_name, read_split, resolve_data_dir, scan_folder
+from common.data import display_name, resolve_data_dir
 from common.decode import decode_image
 from common.duplicates import DuplicateGroup, dhash, duplicate_groups, hamming
 from common.files import atomic_write_text, file_sha256
 from common.plots import save_figure
+from common.split import SUBSETS, Split, read_split, scan_folder
 
 MODE_NAMES = {
     "1": "black and white", "L": "grayscale", "LA": "grayscale + alpha", "P": "palette", "PA": "palette + alpha",

@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.cli import UserError, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
-from common.data import Split, class_weights, display_name, mix_batch
+from common.data import class_weights, display_name, mix_batch
 from common.distributed import barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across, world_size
 from common.metrics import macro_f1
 from common.models import count_parameters, set_train_mode
@@ -36,6 +36,7 @@ from common.runs import (
     update_global_best,
     write_json,
 )
+from common.split import Split
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

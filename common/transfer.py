@@ -15,7 +15,6 @@ from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, number, positive_int
 from common.data import (
     BatchLoader,
-    Split,
     add_augment_args,
     add_crop_check,
     add_data_args,
@@ -33,6 +32,7 @@ from common.distributed import cleanup, init_distributed, is_distributed, is_mai
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
+from common.split import Split
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, eval_transform, make_transforms
 
 

@@ -23,10 +23,11 @@ import torch
 
 import app
 from common import decode
-from common.data import display_name, load_or_create_split
+from common.data import display_name
 from common.decode import DecodeBudget, decode_image, read_image_header
 from common.models import ScratchCNN
 from common.runs import CKPT_FORMAT, save_checkpoint
+from common.split import load_or_create_split
 from common.transforms import eval_transform
 from conftest import ANIMALS, ROOT, make_dataset
 from test_decode import bomb_png, png_bytes

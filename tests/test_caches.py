@@ -13,9 +13,10 @@ import torchvision
 
 import common.data
 from common import transfer
-from common.data import Split, cache_path, key_file, load_or_build_cache, load_or_create_split, pixel_cache_fields
+from common.data import cache_path, key_file, load_or_build_cache, pixel_cache_fields
 from common.decode import decode_image
 from common.models import replace_head
+from common.split import Split, load_or_create_split
 from common.transfer import cached_features, feature_cache_fields
 from common.transforms import eval_transform
 

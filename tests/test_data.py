@@ -12,20 +12,11 @@ import pytest
 import torch
 
 from common.cli import DataError
-from common.data import (
-    BatchLoader,
-    add_data_args,
-    assign_subsets,
-    load_or_build_cache,
-    load_or_create_split,
-    make_loaders,
-    parse_split_sizes,
-    prepare_data,
-    scan_folder,
-)
+from common.data import BatchLoader, add_data_args, load_or_build_cache, make_loaders, prepare_data
 from common.decode import decode_image
 from common.duplicates import duplicate_groups
 from common.files import atomic_write_text
+from common.split import assign_subsets, load_or_create_split, parse_split_sizes, scan_folder
 from common.transforms import eval_transform, train_transform
 from conftest import ANIMALS, make_dataset
 

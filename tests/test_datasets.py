@@ -11,8 +11,8 @@ import pytest
 import evaluate
 import part1_scratch_cnn as part1
 from common.cli import DataError
-from common.data import load_or_create_split
 from common.decode import decode_image
+from common.split import load_or_create_split
 from conftest import make_dataset
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from common import data, decode
 from common.cli import DataError
-from common.data import load_or_build_cache, load_or_create_split, prepare_data
+from common.data import load_or_build_cache, prepare_data
 from common.decode import (
     DecodeBudget,
     decode_bytes,
@@ -28,6 +28,7 @@ from common.decode import (
     to_bgr8,
     undecodable_reason,
 )
+from common.split import load_or_create_split
 from conftest import make_dataset
 
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel in the file, by colour type

@@ -14,8 +14,8 @@ from PIL import Image
 
 import eda
 from common.cli import DataError
-from common.data import load_or_create_split
 from common.duplicates import hamming, near_pairs
+from common.split import load_or_create_split
 from conftest import ROOT, make_dataset
 
 
