@@ -14,7 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.data import BatchLoader, display_name, load_folder, load_or_build_cache, resolve_data_dir
+from common.cache import load_or_build_cache
+from common.data import BatchLoader, display_name, load_folder, resolve_data_dir
 from common.engine import predict
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint

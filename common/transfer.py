@@ -12,19 +12,15 @@ from torch import nn
 from tqdm import tqdm
 
 from common.architectures import ARCHS
+from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
 from common.data import (
     BatchLoader,
     add_augment_args,
     add_crop_check,
     add_data_args,
-    cache_key,
-    cache_mismatch,
-    explain_miss,
     make_loaders,
-    pixel_cache_fields,
     prepare_data,
-    save_cache_key,
     to_device,
     upscale_check,
 )

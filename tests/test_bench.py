@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
-from common.data import BatchLoader, load_or_build_cache, to_device
+from common.cache import load_or_build_cache
+from common.data import BatchLoader, to_device
 from common.split import load_or_create_split
 from conftest import ROOT
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torchvision
 
-import common.data
+import common.cache
 from common import transfer
-from common.data import cache_path, key_file, load_or_build_cache, pixel_cache_fields
+from common.cache import cache_path, key_file, load_or_build_cache, pixel_cache_fields
 from common.decode import decode_image
 from common.models import replace_head
 from common.split import Split, load_or_create_split
@@ -40,12 +40,12 @@ def split_and_pixels(dataset, tmp_path):
 @pytest.fixture
 def decodes(monkeypatch) -> list:
     """Counts decode passes of load_or_build_cache."""
-    calls, real = [], common.data.decode_many
+    calls, real = [], common.cache.decode_many
 
     def counted(paths, size, *args, **kwargs):
         calls.append(size)
         return real(paths, size, *args, **kwargs)
-    monkeypatch.setattr(common.data, "decode_many", counted)
+    monkeypatch.setattr(common.cache, "decode_many", counted)
     return calls
 
 
@@ -73,7 +73,7 @@ def test_pixel_cache_rebuilds_when_any_key_field_changes(dataset, tmp_path, spli
                                         img_size=40, log=lambda *_: None)
         decodes.clear()
     if change == "decode_version":
-        monkeypatch.setattr(common.data, "DECODE_VERSION", common.data.DECODE_VERSION + 1)
+        monkeypatch.setattr(common.cache, "DECODE_VERSION", common.cache.DECODE_VERSION + 1)
     log = Log()
     images = load_or_build_cache(dataset, split, cache, size, log=log)
     assert decodes == [size], f"changing {change} must decode again"
@@ -176,7 +176,7 @@ def test_feature_cache_recomputes_when_any_key_field_changes(tmp_path, extractio
     if change == "transform_version":
         monkeypatch.setattr(transfer, "TRANSFORM_VERSION", transfer.TRANSFORM_VERSION + 1)
     if change == "decode_version":
-        monkeypatch.setattr(common.data, "DECODE_VERSION", common.data.DECODE_VERSION + 1)
+        monkeypatch.setattr(common.cache, "DECODE_VERSION", common.cache.DECODE_VERSION + 1)
     log = Log()
     changed, _ = features(tmp_path, log=log, **CHANGES[change])
     assert len(extractions) == 2, f"changing {change} must extract again"

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.cache import load_or_build_cache
 from common.cli import DataError
-from common.data import BatchLoader, add_data_args, load_or_build_cache, make_loaders, prepare_data
+from common.data import BatchLoader, add_data_args, make_loaders, prepare_data
 from common.decode import decode_image
 from common.duplicates import duplicate_groups
 from common.files import atomic_write_text

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from common import data, decode
+from common.cache import load_or_build_cache
 from common.cli import DataError
-from common.data import load_or_build_cache, prepare_data
+from common.data import prepare_data
 from common.decode import (
     DecodeBudget,
     decode_bytes,

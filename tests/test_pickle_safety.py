@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import app
-from common.data import cache_key, cache_path, load_or_build_cache, pixel_cache_fields, save_cache_key
+from common.cache import cache_key, cache_path, load_or_build_cache, pixel_cache_fields, save_cache_key
 from common.models import WeightsError, load_pretrained
 from common.runs import CKPT_FORMAT, CheckpointError
 from common.split import load_or_create_split
