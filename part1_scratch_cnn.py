@@ -37,18 +37,11 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
-from common.data import (
-    add_augment_args,
-    add_crop_check,
-    add_data_args,
-    make_loaders,
-    prepare_data,
-    to_device,
-    upscale_check,
-)
+from common.data import add_augment_args, add_crop_check, add_data_args, prepare_data, upscale_check
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
 from common.files import atomic_write_text
+from common.loader import make_loaders, to_device
 from common.models import build_model, set_dropout
 from common.runs import write_json
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, make_transforms

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from common.cache import load_or_build_cache
-from common.data import BatchLoader, display_name, load_folder, resolve_data_dir
+from common.data import display_name, load_folder, resolve_data_dir
 from common.engine import predict
+from common.loader import BatchLoader
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
 from common.split import load_split

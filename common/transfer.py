@@ -14,18 +14,10 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.data import (
-    BatchLoader,
-    add_augment_args,
-    add_crop_check,
-    add_data_args,
-    make_loaders,
-    prepare_data,
-    to_device,
-    upscale_check,
-)
+from common.data import add_augment_args, add_crop_check, add_data_args, prepare_data, upscale_check
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
+from common.loader import BatchLoader, make_loaders, to_device
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
 from common.split import Split

@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision import datasets
 
 from common.cache import load_or_build_cache
-from common.data import BatchLoader, to_device
+from common.loader import BatchLoader, to_device
 from common.split import load_or_create_split
 from conftest import ROOT
 

@@ -13,10 +13,11 @@ import torch
 
 from common.cache import load_or_build_cache
 from common.cli import DataError
-from common.data import BatchLoader, add_data_args, make_loaders, prepare_data
+from common.data import add_data_args, prepare_data
 from common.decode import decode_image
 from common.duplicates import duplicate_groups
 from common.files import atomic_write_text
+from common.loader import BatchLoader, make_loaders
 from common.split import assign_subsets, load_or_create_split, parse_split_sizes, scan_folder
 from common.transforms import eval_transform, train_transform
 from conftest import ANIMALS, make_dataset

@@ -12,8 +12,8 @@ from torch import nn
 import part1_scratch_cnn as part1
 import part2_mobilenet
 from common.cli import DataError
-from common.data import BatchLoader, class_weights, mix_batch, train_subset
 from common.engine import param_groups, seed_everything
+from common.loader import BatchLoader, class_weights, mix_batch, train_subset
 from common.models import build_model, count_parameters, set_train_mode, unfreeze_to_depth
 from common.runs import load_checkpoint
 from common.transforms import make_transforms

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import part1_scratch_cnn as part1
-from common.data import BatchLoader, prepare_data
+from common.data import prepare_data
 from common.engine import predict
+from common.loader import BatchLoader
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
 from common.transforms import eval_transform
