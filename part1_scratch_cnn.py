@@ -37,7 +37,7 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
-from common.data import add_augment_args, add_crop_check, add_data_args, prepare_data, upscale_check
+from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
 from common.files import atomic_write_text
@@ -131,7 +131,7 @@ def run(args) -> None:
     log = print if is_main() else (lambda *a, **k: None)
     t0 = time.perf_counter()
     split, images = prepare_data(args, log)
-    upscale_check(images, args.crop_size)
+    check_crop_fits(images, args.crop_size)
     log(f"data ready in {time.perf_counter() - t0:.1f}s: {len(split.entries)} images, {len(split.classes)} classes")
     images = to_device(images, device)
     if not args.sweep:

@@ -128,7 +128,7 @@ def prepare_data(args, log=print) -> tuple[Split, np.ndarray]:
     return split, images
 
 
-def upscale_check(images: np.ndarray, crop: int) -> None:
+def check_crop_fits(images: np.ndarray, crop: int) -> None:
     """Refuse a crop larger than the cached images."""
     if images.shape[1] < crop or images.shape[2] < crop:
         raise DataError(f"--crop-size {crop} is larger than the cached {images.shape[1]}px images; "
