@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from common.cli import ArgumentParser, DataError, run_main
 from common.data import display_name, resolve_data_dir
-from common.decode import decode_image
+from common.decode import PNG_SIGNATURE, decode_image
 from common.duplicates import DuplicateGroup, dhash, duplicate_groups, hamming
 from common.files import atomic_write_text, file_sha256
 from common.plots import save_figure
@@ -45,7 +45,6 @@ MODE_NAMES = {
     "I;16": "16-bit grayscale", "RGB;16": "16-bit colour", "RGBA;16": "16-bit colour + alpha",
     "LA;16": "16-bit grayscale + alpha", "unknown": "header unreadable",
 }
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_LISTED = 100  # groups or files listed in report.md; eda.json has them all
 
 
