@@ -34,7 +34,7 @@ from tqdm import tqdm
 from common.cli import ArgumentParser, DataError, run_main
 from common.data import display_name, resolve_data_dir
 from common.decode import PNG_SIGNATURE, decode_image
-from common.duplicates import DuplicateGroup, dhash, duplicate_groups, hamming
+from common.duplicates import NEAR_THRESHOLD, DuplicateGroup, dhash, duplicate_groups, hamming
 from common.files import atomic_write_text, file_sha256
 from common.plots import save_figure
 from common.split import SUBSETS, Split, read_split, scan_folder
@@ -53,7 +53,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help="folder of <class>/<images> (default: $ANIMALS10_DIR, else data/animals10/raw-img)")
     parser.add_argument("--out-dir", default=None, help="where the report goes (default: runs/eda/<folder name>)")
-    parser.add_argument("--near-threshold", type=int, default=4,
+    parser.add_argument("--near-threshold", type=int, default=NEAR_THRESHOLD,
                         help="near duplicates: dhashes at most this many bits (of 64) apart")
     parser.add_argument("--split-file", default=None,
                         help="a saved split (e.g. runs/split.json): report the duplicate groups that straddle its "

@@ -21,6 +21,7 @@ from common import distributed
 from common.cache import load_or_build_cache
 from common.cli import DataError, nonnegative_float, nonnegative_int, number, positive_int, probability
 from common.decode import DEFAULT_MAX_PIXELS, decode_many, undecodable_reason
+from common.duplicates import NEAR_THRESHOLD
 from common.files import remove_stale_temp_files
 from common.split import Split, load_or_create_split, parse_split_sizes, scan_folder
 from common.transforms import AUTO_AUGMENT
@@ -57,7 +58,7 @@ def add_data_args(parser) -> None:
                    help="draw a new split image by image: keep byte-identical copies and let near duplicates fall "
                         "into different subsets (default: drop byte-identical copies, keep each group of near "
                         "duplicates whole in train, val or test)")
-    g.add_argument("--near-threshold", type=number(int, 0, 64), default=4,
+    g.add_argument("--near-threshold", type=number(int, 0, 64), default=NEAR_THRESHOLD,
                    help="dhash bits within which images count as near duplicates")
     g.add_argument("--split-seed", type=nonnegative_int, default=0,
                    help="seed for drawing the split and the --fraction/--imbalance subset (saved in split.json; a "

@@ -8,6 +8,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+NEAR_THRESHOLD = 4  # dhash bits within which images count as near duplicates, by default (the split's and eda.py's)
+
 
 def dhash(rgb: np.ndarray) -> int:
     """64-bit difference hash of an RGB image: near-identical images (re-encoded, resized) get near hashes."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from common.cli import DataError
 from common.decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_many, undecodable_reason
-from common.duplicates import dhash, duplicate_groups
+from common.duplicates import NEAR_THRESHOLD, dhash, duplicate_groups
 from common.files import atomic_write_text, file_lock, file_sha256
 
 SPLIT_FORMAT = "animals10-split/1"
@@ -195,7 +195,7 @@ def _draw_class(data_dir: Path, cls: str, files: list[str], order: np.ndarray, l
 
 
 def create_split(data_dir: Path, per_class: int, sizes: Sequence[float], split_seed: int, img_size: int,
-                 workers: int, log=print, dedup: bool = True, near_threshold: int = 4,
+                 workers: int, log=print, dedup: bool = True, near_threshold: int = NEAR_THRESHOLD,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Split, np.ndarray]:
     """Draw up to per_class usable images per class (seeded; 0 = all), split them stratified, decode them once.
 
@@ -316,7 +316,7 @@ def _reuse_split(split_file: Path, data_dir: Path, per_class: int, sizes: Sequen
 
 def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450, sizes: Sequence[float] = (300, 75, 75),
                          split_seed: int = 0, img_size: int = 256, workers: int = 2, log=print, dedup: bool = True,
-                         near_threshold: int = 4,
+                         near_threshold: int = NEAR_THRESHOLD,
                          max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Split, np.ndarray | None]:
     """Reuse the saved split after verifying the data against it, or create and save it.
 
