@@ -1,13 +1,14 @@
-"""Dataset scanning, the saved train/val/test split, the decode-once pixel cache and batched transforms.
+"""The dataset as the scripts see it: class names, where the data lives, the data and augmentation arguments, and
+prepare_data, which turns them into the saved split and its pixel cache.
 
 The flow every script shares:
 
-    split = load_or_create_split(data_dir, split_file, ...)   # runs/split.json, written once, exclusively
-    images = load_or_build_cache(data_dir, split, cache_dir, img_size)   # uint8 memmap, N x H x W x 3
-    loader = BatchLoader(images, labels, indices, batch_size, device)    # uint8 batches on the device
-    x = train_transform(batch, crop, mean, std)                          # float, augmented, on the device
+    split = load_or_create_split(data_dir, split_file, ...)   # common/split.py: runs/split.json, written once
+    images = load_or_build_cache(data_dir, split, cache_dir, img_size)   # common/cache.py: uint8 memmap, N x H x W x 3
+    loader = BatchLoader(images, labels, indices, batch_size, device)    # common/loader.py: uint8 batches on the device
+    x = train_transform(batch, crop, mean, std)                          # common/transforms.py: float, augmented
 
-JPEG/PNG decoding (OpenCV) happens once per image and per image size; later epochs and later
+JPEG/PNG decoding (common/decode.py, OpenCV) happens once per image and per image size; later epochs and later
 scripts read the memory-mapped uint8 cache and never decode again.
 """
 from __future__ import annotations
