@@ -43,16 +43,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.cli import ArgumentParser, UserError, run_main
-from common.data import (
-    JPEG_SIGNATURE,
-    PNG_SIGNATURE,
-    DataError,
-    ImageHeader,
-    decode_bytes,
-    display_name,
-    read_image_header,
-)
+from common.cli import ArgumentParser, DataError, UserError, run_main
+from common.data import display_name
+from common.decode import JPEG_SIGNATURE, PNG_SIGNATURE, ImageHeader, decode_bytes, read_image_header
 from common.engine import resolve_device
 from common.explain import DEFAULT_LAYER, GradCAM, find_layer, overlay
 from common.inference import LabelledImages, Predictor, center_crop, load_test_split
@@ -138,7 +131,7 @@ def decode_upload(data: bytes, size: int) -> np.ndarray:
     # OpenCV decodes a JPEG cut short without complaint (grey below the cut), so check that it ends.
     if (fmt == "JPEG" and data.find(b"\xff\xd9", header.data_start) < 0) or (fmt == "PNG" and b"IEND" not in data):
         raise UploadError(f"the {fmt} file is truncated (it stops before its end); upload the complete file")
-    img = decode_bytes(np.frombuffer(data, np.uint8), size, MAX_PIXELS)  # within common.data's decode budget
+    img = decode_bytes(np.frombuffer(data, np.uint8), size, MAX_PIXELS)  # within common.decode's decode budget
     if img is None:
         raise UploadError(f"the {fmt} file is corrupt and cannot be decoded; upload another image")
     return img

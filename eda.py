@@ -31,25 +31,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from common.cli import ArgumentParser, run_main
-from common.data import (
-    SUBSETS,
-    DataError,
-    DuplicateGroup,
-    Split,
-    atomic_write_text,
-    decode_image,
-    dhash,
-    display_name,
-    duplicate_groups,
-    file_sha256,
-    hamming,
-    read_split,
-    resolve_data_dir,
-    scan_folder,
-)
+from common.cli import ArgumentParser, DataError, run_main
+from common.data import display_name, resolve_data_dir
+from common.decode import PNG_SIGNATURE, decode_image
+from common.duplicates import NEAR_THRESHOLD, DuplicateGroup, dhash, duplicate_groups, hamming
+from common.files import atomic_write_text, file_sha256
 from common.markdown import markdown_table
 from common.plots import plot_image_grid, save_figure
+from common.split import SUBSETS, Split, read_split, scan_folder
 
 MODE_NAMES = {
     "1": "black and white", "L": "grayscale", "LA": "grayscale + alpha", "P": "palette", "PA": "palette + alpha",
@@ -57,7 +46,6 @@ MODE_NAMES = {
     "I;16": "16-bit grayscale", "RGB;16": "16-bit colour", "RGBA;16": "16-bit colour + alpha",
     "LA;16": "16-bit grayscale + alpha", "unknown": "header unreadable",
 }
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_LISTED = 100  # groups or files listed in report.md; eda.json has them all
 THUMBNAILS = {"tile": (2.2, 2.4), "fontsize": 7, "dpi": 100}  # sample and duplicate grids: many small tiles
 
@@ -67,7 +55,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--data-dir", default=None,
                         help="folder of <class>/<images> (default: $ANIMALS10_DIR, else data/animals10/raw-img)")
     parser.add_argument("--out-dir", default=None, help="where the report goes (default: runs/eda/<folder name>)")
-    parser.add_argument("--near-threshold", type=int, default=4,
+    parser.add_argument("--near-threshold", type=int, default=NEAR_THRESHOLD,
                         help="near duplicates: dhashes at most this many bits (of 64) apart")
     parser.add_argument("--split-file", default=None,
                         help="a saved split (e.g. runs/split.json): report the duplicate groups that straddle its "
@@ -127,7 +115,7 @@ def find_duplicates(paths: Sequence[str], sha256s: Sequence[str], hashes: Sequen
 
     A file's class is its parent folder's name (paths like 'cane/x.jpg', or full paths). hashes may hold
     None for unreadable files; they can only be exact duplicates. A near group is a connected set of at
-    least two distinct contents (common.data.duplicate_groups, which the split keeps whole; pass its result
+    least two distinct contents (common.duplicates.duplicate_groups, which the split keeps whole; pass its result
     as components to reuse it), and lists every file of those contents, exact copies included. Each group is
     a dict: kind ('exact' or 'near'), files (sorted), classes, cross_class, and max_bits (the largest distance
     of a joining pair). Exact groups come first, then near ones; within each, cross-class groups, then larger.

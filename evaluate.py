@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import ArgumentParser, run_main
-from common.data import IMAGE_EXTENSIONS, DataError, atomic_write_text, decode_many
+from common.cli import ArgumentParser, DataError, run_main
+from common.decode import IMAGE_EXTENSIONS, decode_many
 from common.engine import resolve_device
+from common.files import atomic_write_text
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
 from common.metrics import classification_metrics, comparison_tables, seed_repeats, seed_tables
 from common.plots import (

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import ArgumentParser, UserError, positive_int, run_main
-from common.data import DataError, atomic_write_text, decode_image, display_name
+from common.cli import ArgumentParser, DataError, UserError, positive_int, run_main
+from common.data import display_name
+from common.decode import decode_image
 from common.engine import resolve_device
 from common.explain import (
     DEFAULT_LAYER,
@@ -31,6 +32,7 @@ from common.explain import (
     occlusion,
     overlay,
 )
+from common.files import atomic_write_text
 from common.inference import Predictor, center_crop, load_test_split
 from common.markdown import markdown_table
 from common.plots import plot_image_grid

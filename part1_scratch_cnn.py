@@ -37,24 +37,15 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
-from common.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    add_augment_args,
-    add_crop_check,
-    add_data_args,
-    atomic_write_text,
-    make_loaders,
-    make_transforms,
-    prepare_data,
-    to_device,
-    upscale_check,
-)
+from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
+from common.files import atomic_write_text
+from common.loader import make_loaders, to_device
 from common.markdown import markdown_table
 from common.models import build_model, set_dropout
 from common.runs import write_json
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD, make_transforms
 
 ARCH = "scratch_cnn"
 
@@ -140,7 +131,7 @@ def run(args) -> None:
     log = print if is_main() else (lambda *a, **k: None)
     t0 = time.perf_counter()
     split, images = prepare_data(args, log)
-    upscale_check(images, args.crop_size)
+    check_crop_fits(images, args.crop_size)
     log(f"data ready in {time.perf_counter() - t0:.1f}s: {len(split.entries)} images, {len(split.classes)} classes")
     images = to_device(images, device)
     if not args.sweep:

@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 
 from common.architectures import ARCHS, arch_of_script
-from common.data import DataError, resolve_data_dir
+from common.cli import DataError
+from common.data import resolve_data_dir
 from common.models import WeightsError, load_pretrained
 from common.plans import PLANS, expand_seeds
 from common.report import build_report

@@ -33,8 +33,10 @@ import numpy as np
 import torch
 
 from common.cli import ArgumentParser, UserError, run_main
-from common.data import ENGLISH_NAMES, IMAGE_EXTENSIONS, atomic_write_text, decode_many, display_name
+from common.data import ENGLISH_NAMES, display_name
+from common.decode import IMAGE_EXTENSIONS, decode_many
 from common.engine import resolve_device
+from common.files import atomic_write_text
 from common.inference import Predictor
 from common.runs import load_checkpoint, runs_on_split
 

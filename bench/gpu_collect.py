@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.cli import ArgumentParser, run_main  # noqa: E402
-from common.data import atomic_write_text  # noqa: E402
+from common.files import atomic_write_text  # noqa: E402
 
 RESNET_AIM = 10_000  # train img/s the issue aims at for ResNet-18 full fine-tuning on an H100/H200-class GPU
 RUN_KEYS = ("arch", "mode", "epochs_run", "batch_size", "lr", "best_val_acc", "test_acc", "seconds_per_epoch",

@@ -28,24 +28,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.architectures import ARCHS  # noqa: E402
+from common.cache import cache_path  # noqa: E402
 from common.cli import ArgumentParser  # noqa: E402
-from common.data import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BatchLoader,
-    add_data_args,
-    atomic_write_text,
-    cache_path,
-    eval_transform,
-    prepare_data,
-    resolve_data_dir,
-    to_device,
-    train_transform,
-)
+from common.data import add_data_args, prepare_data, resolve_data_dir  # noqa: E402
 from common.engine import autocast, resolve_device  # noqa: E402
+from common.files import atomic_write_text  # noqa: E402
+from common.loader import BatchLoader, to_device  # noqa: E402
 from common.markdown import markdown_table  # noqa: E402
 from common.models import build_model, set_train_mode  # noqa: E402
 from common.transfer import extract_features  # noqa: E402
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform  # noqa: E402
 
 ALL_MODELS = [(a, m) for a, spec in ARCHS.items() for m in spec.modes]
 

@@ -45,8 +45,10 @@ sys.path.insert(0, str(ROOT))
 
 from common.architectures import ARCHS  # noqa: E402
 from common.cli import ArgumentParser, UserError, positive_float, positive_int, run_main  # noqa: E402
-from common.data import atomic_write_text, load_or_create_split, read_split, resolve_data_dir  # noqa: E402
+from common.data import resolve_data_dir  # noqa: E402
+from common.files import atomic_write_text  # noqa: E402
 from common.models import WeightsError, build_model  # noqa: E402
+from common.split import load_or_create_split, read_split  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -35,18 +35,19 @@ from torchvision import datasets, transforms  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.architectures import ARCHS  # noqa: E402
-from common.cli import ArgumentParser, positive_float, positive_int, run_main  # noqa: E402
-from common.data import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DataError,
-    Split,
-    atomic_write_text,
-    read_split,
-    resolve_data_dir,
+from common.cli import (  # noqa: E402
+    ArgumentParser,
+    DataError,  # noqa: E402
+    positive_float,
+    positive_int,
+    run_main,
 )
+from common.data import resolve_data_dir  # noqa: E402
 from common.engine import resolve_device  # noqa: E402
+from common.files import atomic_write_text  # noqa: E402
 from common.models import build_model, set_train_mode  # noqa: E402
+from common.split import Split, read_split  # noqa: E402
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Command-line plumbing shared by the scripts: checked argument types, one-line errors, and the `__main__` runner."""
+"""Command-line plumbing shared by the scripts: the errors a user can fix, checked argument types, one-line errors,
+and the `__main__` runner."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,10 @@ from typing import Callable, Sequence
 
 class UserError(Exception):
     """A problem the user can fix (data, checkpoint, weights, options); its message says how."""
+
+
+class DataError(UserError):
+    """A problem with the input data that the user must fix; its message says how."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

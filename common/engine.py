@@ -19,8 +19,9 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.cli import UserError, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
-from common.data import Split, class_weights, display_name, mix_batch
+from common.data import display_name
 from common.distributed import barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across, world_size
+from common.loader import class_weights, mix_batch
 from common.metrics import macro_f1
 from common.models import count_parameters, set_train_mode
 from common.runs import (
@@ -36,6 +37,7 @@ from common.runs import (
     update_global_best,
     write_json,
 )
+from common.split import Split
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 PROCESS_START = time.perf_counter()  # history rows' elapsed_s counts from here: about when the script started

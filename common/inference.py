@@ -14,18 +14,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.data import (
-    BatchLoader,
-    display_name,
-    eval_transform,
-    load_folder,
-    load_or_build_cache,
-    load_split,
-    resolve_data_dir,
-)
+from common.cache import load_or_build_cache
+from common.data import display_name, load_folder, resolve_data_dir
 from common.engine import predict
+from common.loader import BatchLoader
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
+from common.split import load_split
+from common.transforms import eval_transform
 
 # Checkpoint entries that only training and --resume read; a Predictor drops them to keep loaded models small.
 TRAINING_STATE_KEYS = ("model_state", "optimizer_state", "scheduler_state", "scaler_state", "rng")

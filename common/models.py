@@ -9,7 +9,7 @@ from torch import nn
 
 from common.architectures import ARCHS, ScratchCNN  # noqa: F401  (ScratchCNN: callers import it from here)
 from common.cli import UserError
-from common.data import file_sha256
+from common.files import file_sha256
 
 
 class WeightsError(UserError):

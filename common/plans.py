@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 
 from common.architectures import ARCHS
-from common.data import DataError
+from common.cli import DataError
 from common.sections import GROUPS
 
 STRATEGY_ARGS = {  # strategy -> --mode and extra arguments of the part 2 scripts

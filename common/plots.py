@@ -9,7 +9,7 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common.data import atomic_write  # noqa: E402
+from common.files import atomic_write  # noqa: E402
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> None:

@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from common.data import atomic_write, atomic_write_text
 from common.document import Doc
+from common.files import atomic_write, atomic_write_text
 from common.formatting import DASH, f_acc, f_g, f_int, f_rate, f_time, is_num
 from common.sections import SECTIONS, SUMMARY_ORDER, Group, section_for
 from common.study_plots import plot_scatter, plot_val_curves

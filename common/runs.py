@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from common.cli import UserError
-from common.data import atomic_write, atomic_write_text, file_lock, file_sha256, remove_stale_temp_files
+from common.files import atomic_write, atomic_write_text, file_lock, file_sha256, remove_stale_temp_files
 
 CKPT_FORMAT = "animals10-ckpt/1"
 # What every script needs to rebuild and run a model from the file alone, and what --resume needs besides.

@@ -12,32 +12,16 @@ from torch import nn
 from tqdm import tqdm
 
 from common.architectures import ARCHS
+from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TRANSFORM_VERSION,
-    BatchLoader,
-    Split,
-    add_augment_args,
-    add_crop_check,
-    add_data_args,
-    cache_key,
-    cache_mismatch,
-    eval_transform,
-    explain_miss,
-    make_loaders,
-    make_transforms,
-    pixel_cache_fields,
-    prepare_data,
-    save_cache_key,
-    to_device,
-    upscale_check,
-)
+from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
+from common.loader import BatchLoader, make_loaders, to_device
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
+from common.split import Split
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, eval_transform, make_transforms
 
 
 def get_args_parser(arch: str, description: str) -> ArgumentParser:
@@ -216,7 +200,7 @@ def main(args, arch: str) -> Path:
         device = resolve_device(args.device)
         log = print if is_main() else (lambda *a, **k: None)
         split, images = prepare_data(args, log)
-        upscale_check(images, args.crop_size)
+        check_crop_fits(images, args.crop_size)
         return train(args, arch, split, to_device(images, device), device, log)
     finally:
         cleanup()

@@ -22,17 +22,13 @@ import pytest
 import torch
 
 import app
-from common import data as common_data
-from common.data import (
-    DecodeBudget,
-    decode_image,
-    display_name,
-    eval_transform,
-    load_or_create_split,
-    read_image_header,
-)
+from common import decode
+from common.data import display_name
+from common.decode import DecodeBudget, decode_image, read_image_header
 from common.models import ScratchCNN
 from common.runs import CKPT_FORMAT, save_checkpoint
+from common.split import load_or_create_split
+from common.transforms import eval_transform
 from conftest import ANIMALS, ROOT, make_dataset
 from test_decode import bomb_png, png_bytes
 
@@ -203,7 +199,7 @@ def test_uploads_decode_within_the_shared_budget(monkeypatch):
             reserved.append(nbytes)
             return super().reserve(nbytes)
 
-    monkeypatch.setattr(common_data, "DECODE_BUDGET", Recording(1 << 30))
+    monkeypatch.setattr(decode, "DECODE_BUDGET", Recording(1 << 30))
     data = encode(solid(RED))
     app.decode_upload(data, IMG)
     assert reserved == [read_image_header(data).decode_memory]

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
-from common.data import BatchLoader, load_or_build_cache, load_or_create_split, to_device
+from common.cache import load_or_build_cache
+from common.loader import BatchLoader, to_device
+from common.split import load_or_create_split
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))

@@ -11,19 +11,14 @@ import pytest
 import torch
 import torchvision
 
-import common.data
+import common.cache
 from common import transfer
-from common.data import (
-    Split,
-    cache_path,
-    decode_image,
-    key_file,
-    load_or_build_cache,
-    load_or_create_split,
-    pixel_cache_fields,
-)
+from common.cache import cache_path, key_file, load_or_build_cache, pixel_cache_fields
+from common.decode import decode_image
 from common.models import replace_head
+from common.split import Split, load_or_create_split
 from common.transfer import cached_features, feature_cache_fields
+from common.transforms import eval_transform
 
 CPU = torch.device("cpu")
 SHA = "ab" * 32  # a weights file's sha256; only weights with one are cached
@@ -45,12 +40,12 @@ def split_and_pixels(dataset, tmp_path):
 @pytest.fixture
 def decodes(monkeypatch) -> list:
     """Counts decode passes of load_or_build_cache."""
-    calls, real = [], common.data.decode_many
+    calls, real = [], common.cache.decode_many
 
     def counted(paths, size, *args, **kwargs):
         calls.append(size)
         return real(paths, size, *args, **kwargs)
-    monkeypatch.setattr(common.data, "decode_many", counted)
+    monkeypatch.setattr(common.cache, "decode_many", counted)
     return calls
 
 
@@ -78,7 +73,7 @@ def test_pixel_cache_rebuilds_when_any_key_field_changes(dataset, tmp_path, spli
                                         img_size=40, log=lambda *_: None)
         decodes.clear()
     if change == "decode_version":
-        monkeypatch.setattr(common.data, "DECODE_VERSION", common.data.DECODE_VERSION + 1)
+        monkeypatch.setattr(common.cache, "DECODE_VERSION", common.cache.DECODE_VERSION + 1)
     log = Log()
     images = load_or_build_cache(dataset, split, cache, size, log=log)
     assert decodes == [size], f"changing {change} must decode again"
@@ -181,7 +176,7 @@ def test_feature_cache_recomputes_when_any_key_field_changes(tmp_path, extractio
     if change == "transform_version":
         monkeypatch.setattr(transfer, "TRANSFORM_VERSION", transfer.TRANSFORM_VERSION + 1)
     if change == "decode_version":
-        monkeypatch.setattr(common.data, "DECODE_VERSION", common.data.DECODE_VERSION + 1)
+        monkeypatch.setattr(common.cache, "DECODE_VERSION", common.cache.DECODE_VERSION + 1)
     log = Log()
     changed, _ = features(tmp_path, log=log, **CHANGES[change])
     assert len(extractions) == 2, f"changing {change} must extract again"
@@ -203,8 +198,8 @@ def test_96px_run_does_not_reuse_72px_features(tmp_path):
     large, seconds = features(tmp_path, size=48, crop=32, model=model)
     assert seconds > 0 and not torch.allclose(small, large, rtol=1e-2, atol=0)
     direct = transfer.extract_features(model, "mobilenet_v2", tiny_images(48), tiny_split(),
-                                       lambda x: common.data.eval_transform(x, 32, (0.485, 0.456, 0.406),
-                                                                            (0.229, 0.224, 0.225)), CPU)
+                                       lambda x: eval_transform(x, 32, (0.485, 0.456, 0.406),
+                                                                (0.229, 0.224, 0.225)), CPU)
     torch.testing.assert_close(large, direct)
     reused, seconds = features(tmp_path, size=48, crop=32, model=model, log=pytest.fail)
     assert seconds == 0.0 and torch.equal(reused, large)

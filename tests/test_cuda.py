@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 import part1_scratch_cnn as part1
-from common.data import IMAGENET_MEAN, IMAGENET_STD, BatchLoader, eval_transform, to_device, train_transform
 from common.engine import autocast, predict, resolve_device, train_one_epoch
+from common.loader import BatchLoader, to_device
 from common.models import build_model
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from conftest import tiny_args
 
 pytestmark = pytest.mark.cuda

@@ -11,23 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import (
-    BatchLoader,
-    DataError,
-    add_data_args,
-    assign_subsets,
-    atomic_write_text,
-    decode_image,
-    duplicate_groups,
-    eval_transform,
-    load_or_build_cache,
-    load_or_create_split,
-    make_loaders,
-    parse_split_sizes,
-    prepare_data,
-    scan_folder,
-    train_transform,
-)
+from common.cache import load_or_build_cache
+from common.cli import DataError
+from common.data import add_data_args, prepare_data
+from common.decode import decode_image
+from common.duplicates import duplicate_groups
+from common.files import atomic_write_text
+from common.loader import BatchLoader, make_loaders
+from common.split import assign_subsets, load_or_create_split, parse_split_sizes, scan_folder
+from common.transforms import eval_transform, train_transform
 from conftest import ANIMALS, make_dataset
 
 

@@ -10,7 +10,9 @@ import pytest
 
 import evaluate
 import part1_scratch_cnn as part1
-from common.data import DataError, decode_image, load_or_create_split
+from common.cli import DataError
+from common.decode import decode_image
+from common.split import load_or_create_split
 from conftest import make_dataset
 
 

@@ -1,4 +1,4 @@
-"""common/data.py decoding: headers read without decoding, the pixel cap (training skips and reports such files),
+"""common/decode.py decoding: headers read without decoding, the pixel cap (training skips and reports such files),
 the process-wide decode memory budget, and decodes identical to the earlier whole-image conversion."""
 from __future__ import annotations
 
@@ -16,20 +16,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import data
-from common.data import (
-    DataError,
+from common import data, decode
+from common.cache import load_or_build_cache
+from common.cli import DataError
+from common.data import prepare_data
+from common.decode import (
     DecodeBudget,
     decode_bytes,
     decode_image,
     decode_many,
-    load_or_build_cache,
-    load_or_create_split,
-    prepare_data,
     read_image_header,
     to_bgr8,
     undecodable_reason,
 )
+from common.split import load_or_create_split
 from conftest import make_dataset
 
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel in the file, by colour type
@@ -264,10 +264,10 @@ def decode_cases() -> dict[str, bytes]:
     return cases
 
 
-@pytest.mark.parametrize("band_pixels", [1000, data.BAND_PIXELS])
+@pytest.mark.parametrize("band_pixels", [1000, decode.BAND_PIXELS])
 @pytest.mark.parametrize("name", list(decode_cases()))
 def test_decodes_are_identical_to_before(name, band_pixels, monkeypatch):
-    monkeypatch.setattr(data, "BAND_PIXELS", band_pixels)  # 1000: many bands, the last one short
+    monkeypatch.setattr(decode, "BAND_PIXELS", band_pixels)  # 1000: many bands, the last one short
     raw = as_array(decode_cases()[name])
     for size in (24, 160):  # shrinking and enlarging
         new, old = decode_bytes(raw, size), old_decode_bytes(raw, size)
@@ -388,7 +388,7 @@ def test_decodes_of_many_files_stay_within_the_budget(tmp_path, monkeypatch):
     monkeypatch.setattr(cv2, "imdecode", counting_imdecode)
     expected = [decode_image(p, 32) for p in paths]
     for limit, allowed in ((one * 3 // 2, 1), (one * 100, 4)):
-        monkeypatch.setattr(data, "DECODE_BUDGET", DecodeBudget(limit))
+        monkeypatch.setattr(decode, "DECODE_BUDGET", DecodeBudget(limit))
         most[0] = 0
         got = list(decode_many(paths, 32, workers=4))
         assert all(np.array_equal(a, b) for a, b in zip(got, expected))
@@ -420,7 +420,7 @@ def test_max_pixels_argument_reaches_the_split_and_the_cache(bombed_dataset, tmp
     data.add_data_args(parser)
     argv = ["--data-dir", str(bombed_dataset), "--output-dir", str(tmp_path / "runs"), "--per-class", "0",
             "--split", "0.6,0.2,0.2", "--img-size", "32", "--workers", "2"]
-    assert parser.parse_args(argv).max_pixels == data.DEFAULT_MAX_PIXELS
+    assert parser.parse_args(argv).max_pixels == decode.DEFAULT_MAX_PIXELS
     logs = []
     split, images = prepare_data(parser.parse_args(argv + ["--max-pixels", "10000"]), log=logs.append)
     assert split.meta["skipped"] == ["cane/huge.png", "gatto/big.jpg"]  # 120 x 100 = 12000 pixels

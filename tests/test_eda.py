@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 import eda
-from common.data import DataError, hamming, load_or_create_split, near_pairs
+from common.cli import DataError
+from common.duplicates import hamming, near_pairs
+from common.split import load_or_create_split
 from conftest import ROOT, make_dataset
 
 

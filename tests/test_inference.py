@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import part1_scratch_cnn as part1
-from common.data import BatchLoader, DataError, eval_transform
+from common.cli import DataError
 from common.engine import predict
 from common.inference import Predictor, center_crop, load_labelled_folder, load_test_split
+from common.loader import BatchLoader
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
+from common.transforms import eval_transform
 from conftest import ROOT, make_dataset, tiny_args
 
 CPU = torch.device("cpu")

@@ -6,8 +6,10 @@ import pytest
 import torch
 import torchvision
 
-from common.data import IMAGENET_MEAN, IMAGENET_STD, decode_image, eval_transform, scan_folder
+from common.decode import decode_image
 from common.models import load_pretrained
+from common.split import scan_folder
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from conftest import ROOT
 
 SHARED = ROOT.parent / "shared"

@@ -11,10 +11,12 @@ from torch import nn
 
 import part1_scratch_cnn as part1
 import part2_mobilenet
-from common.data import BatchLoader, DataError, class_weights, make_transforms, mix_batch, train_subset
+from common.cli import DataError
 from common.engine import param_groups, seed_everything
+from common.loader import BatchLoader, class_weights, mix_batch, train_subset
 from common.models import build_model, count_parameters, set_train_mode, unfreeze_to_depth
 from common.runs import load_checkpoint
+from common.transforms import make_transforms
 from conftest import tiny_args
 
 LABELS = np.repeat(np.arange(10), 50)          # 10 classes x 50 images

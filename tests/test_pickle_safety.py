@@ -12,19 +12,12 @@ import pytest
 import torch
 
 import app
-from common.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    cache_key,
-    cache_path,
-    load_or_build_cache,
-    load_or_create_split,
-    pixel_cache_fields,
-    save_cache_key,
-)
+from common.cache import cache_key, cache_path, load_or_build_cache, pixel_cache_fields, save_cache_key
 from common.models import WeightsError, load_pretrained
 from common.runs import CKPT_FORMAT, CheckpointError
+from common.split import load_or_create_split
 from common.transfer import cached_features, feature_cache_fields
+from common.transforms import IMAGENET_MEAN, IMAGENET_STD
 from conftest import ROOT, make_dataset, tiny_args
 from test_caches import SHA, Log, backbone, tiny_images, tiny_split
 

@@ -14,12 +14,13 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 import evaluate
 import part1_scratch_cnn as part1
-from common.data import DataError, eval_transform
+from common.cli import DataError
 from common.engine import predict
 from common.inference import load_test_split
 from common.models import model_from_checkpoint
 from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
 from common.runs import load_checkpoint
+from common.transforms import eval_transform
 from conftest import ROOT, make_dataset, tiny_args
 
 SEEDED = ("gaussian_noise", "rotation")  # the corruptions that draw from the seed; the others ignore it

@@ -18,9 +18,11 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 import argparse
 import common.data as data
+import common.split
+from common.cli import DataError
 
-draw = data.create_split
-data.create_split = lambda *a, **k: (time.sleep(1.0), draw(*a, **k))[1]
+draw = common.split.create_split
+common.split.create_split = lambda *a, **k: (time.sleep(1.0), draw(*a, **k))[1]
 parser = argparse.ArgumentParser()
 data.add_data_args(parser)
 args = parser.parse_args(sys.argv[1:])
@@ -31,7 +33,7 @@ while not go.exists():
 messages = []
 try:
     split, _ = data.prepare_data(args, log=messages.append)
-except data.DataError as e:
+except DataError as e:
     sys.exit(f"error: {{e}}")
 print(json.dumps({{"fingerprint": split.fingerprint, "messages": messages}}))
 """

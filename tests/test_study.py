@@ -13,7 +13,7 @@ import pytest
 import part1_scratch_cnn as part1
 import study
 from common.architectures import ARCHS
-from common.data import DataError
+from common.cli import DataError
 from common.plans import PLANS, make_plan
 from common.sections import GROUPS
 from conftest import ROOT, Killed, kill_after

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 import part1_scratch_cnn as part1
-from common.data import BatchLoader, eval_transform, prepare_data
+from common.data import prepare_data
 from common.engine import predict
+from common.loader import BatchLoader
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
+from common.transforms import eval_transform
 from conftest import ROOT, Killed, kill_after, tiny_args
 
 FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
