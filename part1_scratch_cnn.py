@@ -51,7 +51,7 @@ from common.data import (
     upscale_check,
 )
 from common.distributed import cleanup, init_distributed, is_main
-from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
+from common.engine import TrainingData, add_train_args, fit, resolve_device, seed_everything
 from common.models import build_model, set_dropout
 from common.runs import write_json
 
@@ -94,8 +94,8 @@ def train(args, split, images, device, log=print) -> Path:
     loaders = make_loaders(images, split, args, device, generators["data"], log)
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}
-    study = Study(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
-    return fit(model, study, args, generators, device, log=log)
+    data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
+    return fit(model, data, args, generators, device, log=log)
 
 
 def parse_list(text: str, kind, flag: str) -> list:

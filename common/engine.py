@@ -226,7 +226,7 @@ def seed_everything(seed: int) -> dict[str, torch.Generator]:
 
 
 @dataclass
-class Study:
+class TrainingData:
     """What `fit` needs besides the model: the data, the transforms and the checkpoint's description."""
 
     split: Split
@@ -267,15 +267,15 @@ def _set_rng_state(states: list[dict], generators: dict[str, torch.Generator]) -
 RESUME_MAY_DIFFER = {"resume", "device", "amp", "workers", "data_dir", "output_dir", "split_file", "tag"}
 
 
-def _resume(args, study: Study, saver_config: dict, output_dir: Path) -> tuple[Path, dict]:
+def _resume(args, data: TrainingData, saver_config: dict, output_dir: Path) -> tuple[Path, dict]:
     """The run folder and last.pt of --resume, after checking they belong to this run and its options."""
     run_dir = check_resume_path(Path(args.resume), output_dir)
     ckpt = load_checkpoint(args.resume, keys=("arch", "mode"))
-    if (ckpt["arch"], ckpt["mode"]) != (study.arch, study.mode):
+    if (ckpt["arch"], ckpt["mode"]) != (data.arch, data.mode):
         raise CheckpointError(f"--resume {args.resume} is a {ckpt['arch']}/{ckpt['mode']} run, "
-                              f"not {study.arch}/{study.mode}; resume it with its own script and --mode")
+                              f"not {data.arch}/{data.mode}; resume it with its own script and --mode")
     require_keys(ckpt, MODEL_KEYS + RESUME_KEYS, args.resume)
-    if ckpt["split_fingerprint"] != study.split.fingerprint:
+    if ckpt["split_fingerprint"] != data.split.fingerprint:
         raise CheckpointError(f"--resume {args.resume} was trained on another split; "
                               "resume with its --output-dir/--split-file")
     saved = ckpt["config"]
@@ -298,7 +298,7 @@ def _log_scalars(writer: SummaryWriter, row: dict, step: int) -> None:
     writer.flush()
 
 
-def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Generator], device: torch.device,
+def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.Generator], device: torch.device,
         optimizer: torch.optim.Optimizer | None = None, save_model: nn.Module | None = None,
         extra_metrics: dict | None = None, log=print) -> Path:
     """Train with per-epoch validation, checkpoints and TensorBoard; test the best epoch; returns the run folder.
@@ -322,10 +322,10 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
     amp = args.amp == "auto" and device.type == "cuda"
     output_dir = Path(args.output_dir)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    num_classes = len(study.split.classes)
+    num_classes = len(data.split.classes)
     train_criterion = criterion
     if args.balance == "weights":
-        train_labels = study.split.labels[study.loaders["train"].indices.numpy()]
+        train_labels = data.split.labels[data.loaders["train"].indices.numpy()]
         train_criterion = nn.CrossEntropyLoss(weight=class_weights(train_labels, num_classes).to(device),
                                               label_smoothing=args.label_smoothing)
     mix = None
@@ -339,17 +339,17 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
     history: list[dict] = []
     start_epoch, best_acc, best_epoch = 0, -1.0, -1
 
-    config = {"arch": study.arch, "mode": study.mode, **vars(args), "device": str(device), "amp": amp,
+    config = {"arch": data.arch, "mode": data.mode, **vars(args), "device": str(device), "amp": amp,
               "world_size": world_size(),
-              "classes": study.split.classes, "split_fingerprint": study.split.fingerprint,
-              "trainable_params": trainable, "total_params": total, **study.meta,
+              "classes": data.split.classes, "split_fingerprint": data.split.fingerprint,
+              "trainable_params": trainable, "total_params": total, **data.meta,
               "torch": str(torch.__version__), "python": platform.python_version(), "host": platform.node()}
     config = json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
     if main_process:
         # Heals runs/best.pt when an earlier run was killed after its metrics.json, before updating it.
-        update_global_best(output_dir, study.split.fingerprint, study.split.classes, log)
+        update_global_best(output_dir, data.split.fingerprint, data.split.classes, log)
     if args.resume:
-        run_dir, ckpt = _resume(args, study, config, output_dir)
+        run_dir, ckpt = _resume(args, data, config, output_dir)
         saver = CheckpointSaver(run_dir, ckpt["config"], exists=True)
         if main_process:
             saver.recover(ckpt)
@@ -366,15 +366,15 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         config = ckpt["config"]
         log(f"resuming {run_dir} at epoch {start_epoch + 1}/{args.epochs}")
     else:
-        saver = CheckpointSaver(output_dir / run_dir_name(study.arch, study.mode, args.tag), config)
-    log(f"{study.arch}/{study.mode}: {trainable:,} trainable of {total:,} parameters; device {device}"
+        saver = CheckpointSaver(output_dir / run_dir_name(data.arch, data.mode, args.tag), config)
+    log(f"{data.arch}/{data.mode}: {trainable:,} trainable of {total:,} parameters; device {device}"
         + (" with AMP" if amp else "") + (f"; {world_size()} processes" if is_distributed() else ""))
     writer = None
 
     def checkpoint(epoch: int) -> dict:
-        return {"format": CKPT_FORMAT, "arch": study.arch, "mode": study.mode, "classes": study.split.classes,
-                "display_names": [display_name(c) for c in study.split.classes], **study.meta,
-                "split_fingerprint": study.split.fingerprint, "epoch": epoch, "best_val_acc": best_acc,
+        return {"format": CKPT_FORMAT, "arch": data.arch, "mode": data.mode, "classes": data.split.classes,
+                "display_names": [display_name(c) for c in data.split.classes], **data.meta,
+                "split_fingerprint": data.split.fingerprint, "epoch": epoch, "best_val_acc": best_acc,
                 "best_epoch": best_epoch, "model_state": save_model.state_dict(),
                 "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
                 "scaler_state": scaler.state_dict() if scaler is not None else None,
@@ -388,13 +388,13 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
             break
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        if study.on_epoch_start is not None:
-            study.on_epoch_start(epoch)
+        if data.on_epoch_start is not None:
+            data.on_epoch_start(epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        tr = train_one_epoch(train_model, study.loaders["train"], study.train_transform, train_criterion, optimizer,
+        tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, train_criterion, optimizer,
                              device, amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}", mix=mix)
-        va = evaluate(model, study.loaders["val"], study.eval_transform, criterion, device, amp, desc="val")
+        va = evaluate(model, data.loaders["val"], data.eval_transform, criterion, device, amp, desc="val")
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(va["acc"])
         else:
@@ -426,10 +426,10 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
     barrier()  # best.pt is written by rank 0
     best = load_checkpoint(run_dir / "best.pt")
     save_model.load_state_dict(best["model_state"])
-    te = _test(model, study, device, amp)
+    te = _test(model, data, device, amp)
     train_seconds = sum(h["epoch_seconds"] for h in history)
     metrics = {
-        "arch": study.arch, "mode": study.mode, "lr": args.lr, "batch_size": args.batch_size,
+        "arch": data.arch, "mode": data.mode, "lr": args.lr, "batch_size": args.batch_size,
         "epochs_run": len(history), "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
         "test_acc": te["acc"], "test_loss": te["loss"], "test_macro_f1": te["macro_f1"],
         "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),
@@ -446,15 +446,15 @@ def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Genera
         f"{train_seconds:.0f}s training")
     if main_process:
         write_json(run_dir / "metrics.json", metrics)
-        update_global_best(output_dir, study.split.fingerprint, study.split.classes, log)
+        update_global_best(output_dir, data.split.fingerprint, data.split.classes, log)
     barrier()
     return run_dir
 
 
-def _test(model: nn.Module, study: Study, device: torch.device, amp: bool) -> dict:
+def _test(model: nn.Module, data: TrainingData, device: torch.device, amp: bool) -> dict:
     """Accuracy, loss, macro F1 and throughput on the test split."""
-    logits, labels, seconds = predict(model, study.loaders["test"], study.eval_transform, device, amp, desc="test")
+    logits, labels, seconds = predict(model, data.loaders["test"], data.eval_transform, device, amp, desc="test")
     preds = logits.argmax(1)
     return {"acc": (preds == labels).float().mean().item(), "loss": nn.functional.cross_entropy(logits, labels).item(),
             "img_per_s": len(labels) / seconds,
-            "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(study.split.classes))}
+            "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(data.split.classes))}

@@ -35,7 +35,15 @@ from common.data import (
     upscale_check,
 )
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
-from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
+from common.engine import (
+    TrainingData,
+    add_train_args,
+    fit,
+    make_optimizer,
+    param_groups,
+    resolve_device,
+    seed_everything,
+)
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
 
@@ -203,9 +211,9 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
             log(f"gradual unfreezing: blocks up to depth {depth} of {ARCHS[arch].max_depth} now train "
                 f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)")
 
-    study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta,
+    data = TrainingData(split, loaders, train_tf, eval_tf, arch, args.mode, meta,
                   on_epoch_start=unfreeze if gradual else None)
-    return fit(trained, study, args, generators, device, optimizer=optimizer, save_model=save_model,
+    return fit(trained, data, args, generators, device, optimizer=optimizer, save_model=save_model,
                extra_metrics=extra, log=log)
 
 
