@@ -95,7 +95,7 @@ def train(args, split, images, device, log=print) -> Path:
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}
     data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
-    return fit(model, data, args, generators, device, log=log)
+    return fit(model, data, args, generators, device, lr=args.lr, log=log)
 
 
 def parse_list(text: str, kind, flag: str) -> list:

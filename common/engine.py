@@ -191,11 +191,11 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float,
     return [{"params": ps, "weight_decay": wd, "lr": rate} for (wd, rate), ps in groups.items()]
 
 
-def make_optimizer(groups: list[dict], args) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum 0.9, Nesterov) over the given parameter groups."""
-    if args.opt == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=args.lr)
+def make_optimizer(groups: list[dict], opt: str, lr: float) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9, Nesterov) over the given parameter groups; lr is for groups that set none."""
+    if opt == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, args):
@@ -299,13 +299,14 @@ def _log_scalars(writer: SummaryWriter, row: dict, step: int) -> None:
 
 
 def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.Generator], device: torch.device,
-        optimizer: torch.optim.Optimizer | None = None, save_model: nn.Module | None = None,
+        *, lr: float, optimizer: torch.optim.Optimizer | None = None, save_model: nn.Module | None = None,
         extra_metrics: dict | None = None, log=print) -> Path:
     """Train with per-epoch validation, checkpoints and TensorBoard; test the best epoch; returns the run folder.
 
     `save_model` is the module whose state goes into checkpoints when it differs from the trained one
     (a head trained on cached features is saved inside its full network). Under torchrun the model is
     wrapped in DistributedDataParallel, metrics are reduced over all processes, and only rank 0 writes.
+    lr is the peak learning rate the run records (the script's default when --lr is not given).
     """
     save_model = save_model or model
     main_process = is_main()
@@ -331,7 +332,7 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     mix = None
     if args.mixup > 0 or args.cutmix > 0:
         mix = lambda x, y: mix_batch(x, y, num_classes, args.mixup, args.cutmix, generators["augment"])  # noqa: E731
-    optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, args.lr), args)
+    optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, lr), args.opt, lr)
     scheduler = make_scheduler(optimizer, args)
     use_scaler = amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
@@ -339,7 +340,7 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     history: list[dict] = []
     start_epoch, best_acc, best_epoch = 0, -1.0, -1
 
-    config = {"arch": data.arch, "mode": data.mode, **vars(args), "device": str(device), "amp": amp,
+    config = {"arch": data.arch, "mode": data.mode, **vars(args), "lr": lr, "device": str(device), "amp": amp,
               "world_size": world_size(),
               "classes": data.split.classes, "split_fingerprint": data.split.fingerprint,
               "trainable_params": trainable, "total_params": total, **data.meta,
@@ -390,7 +391,7 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
             torch.cuda.reset_peak_memory_stats(device)
         if data.on_epoch_start is not None:
             data.on_epoch_start(epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        epoch_lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, train_criterion, optimizer,
                              device, amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}", mix=mix)
@@ -403,9 +404,10 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
         improved = va["acc"] > best_acc
         if improved:
             best_acc, best_epoch = va["acc"], epoch
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
-               "val_acc": va["acc"], "epoch_seconds": epoch_seconds, "train_img_per_s": tr["img_per_s"],
-               "eval_img_per_s": va["img_per_s"], "peak_memory_mb": peak_memory_mb(device)}
+        row = {"epoch": epoch + 1, "lr": epoch_lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
+               "val_loss": va["loss"], "val_acc": va["acc"], "epoch_seconds": epoch_seconds,
+               "train_img_per_s": tr["img_per_s"], "eval_img_per_s": va["img_per_s"],
+               "peak_memory_mb": peak_memory_mb(device)}
         history.append(row)
         ckpt = checkpoint(epoch)  # every process takes part: it gathers their RNG states
         if main_process:
@@ -416,7 +418,7 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
                 writer = SummaryWriter(str(saver.run_dir), purge_step=start_epoch + 1 if start_epoch else None)
             _log_scalars(writer, row, epoch + 1)
             saver.commit(ckpt, improved)
-        log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
+        log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {epoch_lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
             f"val loss {va['loss']:.4f} acc {va['acc']:.4f}{' *' if improved else '  '}  "
             f"{epoch_seconds:.1f}s  {tr['img_per_s']:.0f} img/s")
         epochs_without_gain = 0 if improved else epochs_without_gain + 1
@@ -429,7 +431,7 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     te = _test(model, data, device, amp)
     train_seconds = sum(h["epoch_seconds"] for h in history)
     metrics = {
-        "arch": data.arch, "mode": data.mode, "lr": args.lr, "batch_size": args.batch_size,
+        "arch": data.arch, "mode": data.mode, "lr": lr, "batch_size": args.batch_size,
         "epochs_run": len(history), "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
         "test_acc": te["acc"], "test_loss": te["loss"], "test_macro_f1": te["macro_f1"],
         "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),

@@ -174,14 +174,13 @@ def cached_features(model, arch, weights: dict, images, split, device, cache_dir
 
 def train(args, arch: str, split: Split, images, device: torch.device, log=print) -> Path:
     """Build, freeze and fine-tune one model; returns its run folder."""
-    if args.lr is None:
-        args.lr = ARCHS[arch].lr[args.mode]
     problem = check_mode_options(args)
     if problem:
         raise UserError(problem)
     if args.mode == "gradual" and is_distributed():
         raise UserError("--mode gradual changes the trainable parameters during training, which "
                         "DistributedDataParallel cannot follow; run it without torchrun")
+    lr = ARCHS[arch].lr[args.mode] if args.lr is None else args.lr
     generators = seed_everything(args.seed)
     model, weights = build_model(arch, len(split.classes), args.mode, args.weights)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
@@ -201,9 +200,10 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     loaders = make_loaders(images, split, args, device, generators["data"], log)
     lr_of = None
     if args.lr_decay != 1.0:
-        lr_of = lambda name: args.lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
+        lr_of = lambda name: lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
     gradual = args.mode == "gradual"
-    optimizer = make_optimizer(param_groups(trained, args.weight_decay, args.lr, lr_of, include_frozen=gradual), args)
+    groups = param_groups(trained, args.weight_decay, lr, lr_of, include_frozen=gradual)
+    optimizer = make_optimizer(groups, args.opt, lr)
 
     def unfreeze(epoch: int) -> None:
         depth = min(epoch // args.unfreeze_every, ARCHS[arch].max_depth)
@@ -213,7 +213,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
 
     data = TrainingData(split, loaders, train_tf, eval_tf, arch, args.mode, meta,
                   on_epoch_start=unfreeze if gradual else None)
-    return fit(trained, data, args, generators, device, optimizer=optimizer, save_model=save_model,
+    return fit(trained, data, args, generators, device, lr=lr, optimizer=optimizer, save_model=save_model,
                extra_metrics=extra, log=log)
 
 
