@@ -51,7 +51,7 @@ from common.data import (
     upscale_check,
 )
 from common.distributed import cleanup, init_distributed, is_main
-from common.engine import TrainingData, add_train_args, fit, resolve_device, seed_everything
+from common.engine import TrainingData, add_train_args, fit, make_objective, resolve_device, seed_everything
 from common.models import build_model, set_dropout
 from common.runs import write_json
 
@@ -95,7 +95,9 @@ def train(args, split, images, device, log=print) -> Path:
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}
     data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
-    return fit(model, data, args, generators, device, lr=args.lr, log=log)
+    objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
+                               args.mixup, args.cutmix, generators["augment"], device)
+    return fit(model, data, args, generators, device, lr=args.lr, objective=objective, log=log)
 
 
 def parse_list(text: str, kind, flag: str) -> list:

@@ -9,6 +9,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -238,6 +239,38 @@ class TrainingData:
     meta: dict = field(default_factory=dict)  # img_size, crop_size, mean, std, weights record, ...
     on_epoch_start: Callable[[int], None] | None = None  # e.g. gradual unfreezing; also called on resume
 
+    @property
+    def train_labels(self) -> np.ndarray:
+        """The labels of the images the training loader draws from (after --fraction and --imbalance)."""
+        return self.split.labels[self.loaders["train"].indices.numpy()]
+
+
+@dataclass
+class Objective:
+    """What training minimises: the training criterion on (optionally mixed) batches, and the validation criterion."""
+
+    train: nn.Module
+    val: nn.Module
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # -> (x, soft y)
+
+
+def make_objective(train_labels: np.ndarray, num_classes: int, label_smoothing: float, balance: str,
+                   mixup: float, cutmix: float, generator: torch.Generator, device: torch.device) -> Objective:
+    """The criteria and batch mixing of the --label-smoothing, --balance, --mixup and --cutmix options.
+
+    Training uses inverse-frequency class weights when balance is "weights" (validation stays unweighted);
+    MixUp/CutMix draw from the given (augmentation) generator.
+    """
+    val = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    train = val
+    if balance == "weights":
+        train = nn.CrossEntropyLoss(weight=class_weights(train_labels, num_classes).to(device),
+                                    label_smoothing=label_smoothing)
+    mix = None
+    if mixup > 0 or cutmix > 0:
+        mix = partial(mix_batch, num_classes=num_classes, mixup=mixup, cutmix=cutmix, generator=generator)
+    return Objective(train, val, mix)
+
 
 def _rng_state(generators: dict[str, torch.Generator]) -> list[dict]:
     """RNG states of every process (index = rank), so a resumed run draws what an uninterrupted one would."""
@@ -299,14 +332,15 @@ def _log_scalars(writer: SummaryWriter, row: dict, step: int) -> None:
 
 
 def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.Generator], device: torch.device,
-        *, lr: float, optimizer: torch.optim.Optimizer | None = None, save_model: nn.Module | None = None,
-        extra_metrics: dict | None = None, log=print) -> Path:
+        *, lr: float, objective: Objective, optimizer: torch.optim.Optimizer | None = None,
+        save_model: nn.Module | None = None, extra_metrics: dict | None = None, log=print) -> Path:
     """Train with per-epoch validation, checkpoints and TensorBoard; test the best epoch; returns the run folder.
 
     `save_model` is the module whose state goes into checkpoints when it differs from the trained one
     (a head trained on cached features is saved inside its full network). Under torchrun the model is
     wrapped in DistributedDataParallel, metrics are reduced over all processes, and only rank 0 writes.
-    lr is the peak learning rate the run records (the script's default when --lr is not given).
+    lr is the peak learning rate the run records (the script's default when --lr is not given); the recipe
+    builds the objective (criteria, batch mixing) and, when it needs per-block rates, the optimizer.
     """
     save_model = save_model or model
     main_process = is_main()
@@ -322,16 +356,6 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
             model, device_ids=[device.index] if device.type == "cuda" else None)
     amp = args.amp == "auto" and device.type == "cuda"
     output_dir = Path(args.output_dir)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    num_classes = len(data.split.classes)
-    train_criterion = criterion
-    if args.balance == "weights":
-        train_labels = data.split.labels[data.loaders["train"].indices.numpy()]
-        train_criterion = nn.CrossEntropyLoss(weight=class_weights(train_labels, num_classes).to(device),
-                                              label_smoothing=args.label_smoothing)
-    mix = None
-    if args.mixup > 0 or args.cutmix > 0:
-        mix = lambda x, y: mix_batch(x, y, num_classes, args.mixup, args.cutmix, generators["augment"])  # noqa: E731
     optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, lr), args.opt, lr)
     scheduler = make_scheduler(optimizer, args)
     use_scaler = amp and not torch.cuda.is_bf16_supported()
@@ -393,9 +417,9 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
             data.on_epoch_start(epoch)
         epoch_lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, train_criterion, optimizer,
-                             device, amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}", mix=mix)
-        va = evaluate(model, data.loaders["val"], data.eval_transform, criterion, device, amp, desc="val")
+        tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, objective.train, optimizer,
+                             device, amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}", mix=objective.mix)
+        va = evaluate(model, data.loaders["val"], data.eval_transform, objective.val, device, amp, desc="val")
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(va["acc"])
         else:

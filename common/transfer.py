@@ -39,6 +39,7 @@ from common.engine import (
     TrainingData,
     add_train_args,
     fit,
+    make_objective,
     make_optimizer,
     param_groups,
     resolve_device,
@@ -212,9 +213,11 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
                 f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)")
 
     data = TrainingData(split, loaders, train_tf, eval_tf, arch, args.mode, meta,
-                  on_epoch_start=unfreeze if gradual else None)
-    return fit(trained, data, args, generators, device, lr=lr, optimizer=optimizer, save_model=save_model,
-               extra_metrics=extra, log=log)
+                        on_epoch_start=unfreeze if gradual else None)
+    objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
+                               args.mixup, args.cutmix, generators["augment"], device)
+    return fit(trained, data, args, generators, device, lr=lr, objective=objective, optimizer=optimizer,
+               save_model=save_model, extra_metrics=extra, log=log)
 
 
 def main(args, arch: str) -> Path:

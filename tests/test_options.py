@@ -12,7 +12,7 @@ from torch import nn
 import part1_scratch_cnn as part1
 import part2_mobilenet
 from common.data import BatchLoader, DataError, class_weights, make_transforms, mix_batch, train_subset
-from common.engine import param_groups, seed_everything
+from common.engine import make_objective, param_groups, seed_everything
 from common.models import build_model, count_parameters, set_train_mode, unfreeze_to_depth
 from common.runs import load_checkpoint
 from conftest import tiny_args
@@ -54,6 +54,22 @@ def test_class_weights_are_inverse_frequency():
     assert torch.allclose(w, torch.tensor([10 / 24, 10 / 12, 10 / 4, 0.0]))
     # every class weighs the same
     assert torch.allclose(w[:3] * torch.tensor([6.0, 3.0, 1.0]), torch.full((3,), 10 / 4))
+
+
+def test_objective_weights_training_only_and_mixes_when_asked():
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    cpu = torch.device("cpu")
+    plain = make_objective(labels, 3, 0.1, "none", 0.0, 0.0, torch.Generator(), cpu)
+    assert plain.train is plain.val and plain.train.weight is None and plain.mix is None
+    assert plain.val.label_smoothing == 0.1
+    weighted = make_objective(labels, 3, 0.1, "weights", 0.0, 0.0, torch.Generator(), cpu)
+    assert torch.equal(weighted.train.weight, class_weights(labels, 3)) and weighted.train.label_smoothing == 0.1
+    assert weighted.val.weight is None  # validation loss stays comparable across remedies
+    # the mixing draws from the generator it was given: the same seed, the same batch
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    a = make_objective(labels, 3, 0.0, "none", 0.4, 1.0, torch.Generator().manual_seed(5), cpu).mix(x, y)
+    b = make_objective(labels, 3, 0.0, "none", 0.4, 1.0, torch.Generator().manual_seed(5), cpu).mix(x, y)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].shape == (4, 3)
 
 
 def test_oversampling_balances_classes_reproducibly():

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import part1_scratch_cnn as part1
-from common.data import BatchLoader, eval_transform, prepare_data
-from common.engine import predict
-from common.models import model_from_checkpoint
+from common.data import BatchLoader, eval_transform, make_loaders, make_transforms, prepare_data
+from common.engine import Objective, TrainingData, fit, predict, seed_everything
+from common.models import build_model, model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
 from conftest import ROOT, Killed, kill_after, tiny_args
 
@@ -174,3 +175,33 @@ def test_cli_errors_are_one_clear_line(dataset, tmp_path, extra, message):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and message in last and "Traceback" not in proc.stderr
+
+
+def test_fit_trains_with_the_objective_it_is_given(dataset, tmp_path):
+    args = part1.get_args_parser().parse_args(tiny_args(dataset, tmp_path / "runs", "--epochs", "1",
+                                                        "--batch-size", "16"))
+    cpu, quiet = torch.device("cpu"), lambda *a, **k: None
+    split, images = prepare_data(args, quiet)
+    generators = seed_everything(args.seed)
+    model, _ = build_model("scratch_cnn", len(split.classes))
+    train_tf, eval_tf = make_transforms(args, generators["augment"])
+    data = TrainingData(split, make_loaders(images, split, args, cpu, generators["data"], quiet), train_tf, eval_tf,
+                        "scratch_cnn", "full", {"img_size": 72, "crop_size": 64, "mean": [0.5] * 3, "std": [0.2] * 3})
+    for option in ("label_smoothing", "balance", "mixup", "cutmix"):
+        delattr(args, option)  # the recipe's business: fit builds no criterion or mixing of its own
+    seen = {"train": 0, "mixed": 0}
+
+    class Counted(nn.CrossEntropyLoss):
+        def forward(self, logits, target):
+            seen["train"] += 1
+            return super().forward(logits, target)
+
+    def mix(x, y):
+        seen["mixed"] += 1
+        return x, y
+
+    run = fit(model, data, args, generators, cpu, lr=1e-3, objective=Objective(Counted(), nn.CrossEntropyLoss(), mix),
+              log=quiet)
+    batches = len(split.indices["train"]) // 16
+    assert seen == {"train": batches, "mixed": batches}
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
