@@ -25,17 +25,10 @@ from common.distributed import barrier, broadcast, gather_cat, is_distributed, i
 from common.metrics import macro_f1
 from common.models import count_parameters, set_train_mode
 from common.runs import (
-    CKPT_FORMAT,
-    MODEL_KEYS,
-    RESUME_KEYS,
     CheckpointError,
     CheckpointSaver,
-    check_resume_path,
     load_checkpoint,
-    require_keys,
     run_dir_name,
-    update_global_best,
-    write_json,
 )
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -244,6 +237,12 @@ class TrainingData:
         """The labels of the images the training loader draws from (after --fraction and --imbalance)."""
         return self.split.labels[self.loaders["train"].indices.numpy()]
 
+    def describe(self) -> dict:
+        """What every checkpoint carries so that any script can rebuild and run the model from the file alone."""
+        return {"arch": self.arch, "mode": self.mode, "classes": self.split.classes,
+                "display_names": [display_name(c) for c in self.split.classes], **self.meta,
+                "split_fingerprint": self.split.fingerprint}
+
 
 @dataclass
 class Objective:
@@ -296,32 +295,6 @@ def _set_rng_state(states: list[dict], generators: dict[str, torch.Generator]) -
         torch.cuda.set_rng_state(state["cuda"])
 
 
-# Options that may differ when a run is resumed: where things are and how fast, not what is trained.
-RESUME_MAY_DIFFER = {"resume", "device", "amp", "workers", "data_dir", "output_dir", "split_file", "tag"}
-
-
-def _resume(args, data: TrainingData, saver_config: dict, output_dir: Path) -> tuple[Path, dict]:
-    """The run folder and last.pt of --resume, after checking they belong to this run and its options."""
-    run_dir = check_resume_path(Path(args.resume), output_dir)
-    ckpt = load_checkpoint(args.resume, keys=("arch", "mode"))
-    if (ckpt["arch"], ckpt["mode"]) != (data.arch, data.mode):
-        raise CheckpointError(f"--resume {args.resume} is a {ckpt['arch']}/{ckpt['mode']} run, "
-                              f"not {data.arch}/{data.mode}; resume it with its own script and --mode")
-    require_keys(ckpt, MODEL_KEYS + RESUME_KEYS, args.resume)
-    if ckpt["split_fingerprint"] != data.split.fingerprint:
-        raise CheckpointError(f"--resume {args.resume} was trained on another split; "
-                              "resume with its --output-dir/--split-file")
-    saved = ckpt["config"]
-    # An option the saved config lacks was added since the run started; its default is what the run used.
-    changed = [k for k, v in saver_config.items()
-               if k in vars(args) and k in saved and k not in RESUME_MAY_DIFFER and saved[k] != v]
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} (now {saver_config[k]})" for k in changed)
-        raise CheckpointError(f"--resume {args.resume}: the run was started with {flags}; resume it with the "
-                              "options in its config.json, or start a new run")
-    return run_dir, ckpt
-
-
 def _log_scalars(writer: SummaryWriter, row: dict, step: int) -> None:
     for key, tb in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
                     ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
@@ -361,23 +334,19 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     use_scaler = amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
     trainable, total = count_parameters(save_model)
-    history: list[dict] = []
-    start_epoch, best_acc, best_epoch = 0, -1.0, -1
-
     config = {"arch": data.arch, "mode": data.mode, **vars(args), "lr": lr, "device": str(device), "amp": amp,
               "world_size": world_size(),
               "classes": data.split.classes, "split_fingerprint": data.split.fingerprint,
               "trainable_params": trainable, "total_params": total, **data.meta,
               "torch": str(torch.__version__), "python": platform.python_version(), "host": platform.node()}
     config = json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
+    saver = CheckpointSaver(output_dir / run_dir_name(data.arch, data.mode, args.tag), config, data.describe(),
+                            write=main_process)
     if main_process:
         # Heals runs/best.pt when an earlier run was killed after its metrics.json, before updating it.
-        update_global_best(output_dir, data.split.fingerprint, data.split.classes, log)
+        saver.update_global_best(log)
     if args.resume:
-        run_dir, ckpt = _resume(args, data, config, output_dir)
-        saver = CheckpointSaver(run_dir, ckpt["config"], exists=True)
-        if main_process:
-            saver.recover(ckpt)
+        ckpt = saver.resume(args.resume, {k: v for k, v in config.items() if k in vars(args)})
         barrier()
         save_model.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -385,28 +354,20 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
         if scaler is not None and ckpt.get("scaler_state"):
             scaler.load_state_dict(ckpt["scaler_state"])
         _set_rng_state(ckpt["rng"], generators)
-        history = ckpt["history"]
-        start_epoch = ckpt["epoch"] + 1
-        best_acc, best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
-        config = ckpt["config"]
-        log(f"resuming {run_dir} at epoch {start_epoch + 1}/{args.epochs}")
-    else:
-        saver = CheckpointSaver(output_dir / run_dir_name(data.arch, data.mode, args.tag), config)
+        log(f"resuming {saver.run_dir} at epoch {saver.start_epoch + 1}/{args.epochs}")
+    start_epoch = saver.start_epoch
     log(f"{data.arch}/{data.mode}: {trainable:,} trainable of {total:,} parameters; device {device}"
         + (" with AMP" if amp else "") + (f"; {world_size()} processes" if is_distributed() else ""))
     writer = None
 
-    def checkpoint(epoch: int) -> dict:
-        return {"format": CKPT_FORMAT, "arch": data.arch, "mode": data.mode, "classes": data.split.classes,
-                "display_names": [display_name(c) for c in data.split.classes], **data.meta,
-                "split_fingerprint": data.split.fingerprint, "epoch": epoch, "best_val_acc": best_acc,
-                "best_epoch": best_epoch, "model_state": save_model.state_dict(),
+    def training_state() -> dict:
+        return {"model_state": save_model.state_dict(),
                 "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
                 "scaler_state": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(generators), "history": history, "config": config}
+                "rng": _rng_state(generators)}
 
     # An early-stopped run that was killed before its test must not train on after resuming.
-    epochs_without_gain = start_epoch - 1 - best_epoch if start_epoch else 0
+    epochs_without_gain = start_epoch - 1 - saver.best_epoch if start_epoch else 0
     for epoch in range(start_epoch, args.epochs):
         if args.patience and epochs_without_gain >= args.patience:
             log(f"early stop: no better val accuracy for {args.patience} epochs")
@@ -425,15 +386,11 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
         else:
             scheduler.step()
         epoch_seconds = time.perf_counter() - t0
-        improved = va["acc"] > best_acc
-        if improved:
-            best_acc, best_epoch = va["acc"], epoch
         row = {"epoch": epoch + 1, "lr": epoch_lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                "val_loss": va["loss"], "val_acc": va["acc"], "epoch_seconds": epoch_seconds,
                "train_img_per_s": tr["img_per_s"], "eval_img_per_s": va["img_per_s"],
                "peak_memory_mb": peak_memory_mb(device)}
-        history.append(row)
-        ckpt = checkpoint(epoch)  # every process takes part: it gathers their RNG states
+        state = training_state()  # every process takes part: it gathers their RNG states
         if main_process:
             saver.ensure_dir()
             if writer is None:
@@ -441,7 +398,7 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
                 # Events of steps after the last committed epoch are from a killed attempt: drop them.
                 writer = SummaryWriter(str(saver.run_dir), purge_step=start_epoch + 1 if start_epoch else None)
             _log_scalars(writer, row, epoch + 1)
-            saver.commit(ckpt, improved)
+        improved = saver.save(epoch, row, state)
         log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {epoch_lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
             f"val loss {va['loss']:.4f} acc {va['acc']:.4f}{' *' if improved else '  '}  "
             f"{epoch_seconds:.1f}s  {tr['img_per_s']:.0f} img/s")
@@ -453,10 +410,11 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     best = load_checkpoint(run_dir / "best.pt")
     save_model.load_state_dict(best["model_state"])
     te = _test(model, data, device, amp)
+    history = saver.history
     train_seconds = sum(h["epoch_seconds"] for h in history)
     metrics = {
         "arch": data.arch, "mode": data.mode, "lr": lr, "batch_size": args.batch_size,
-        "epochs_run": len(history), "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
+        "epochs_run": len(history), "best_epoch": saver.best_epoch + 1, "best_val_acc": saver.best_acc,
         "test_acc": te["acc"], "test_loss": te["loss"], "test_macro_f1": te["macro_f1"],
         "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),
         "train_img_per_s": float(np.mean([h["train_img_per_s"] for h in history])) if history else None,
@@ -468,11 +426,10 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     }
     if args.resume:
         metrics["resumed_from_epoch"] = start_epoch
-    log(f"best val acc {best_acc:.4f} (epoch {best_epoch + 1}); test acc {te['acc']:.4f}; "
+    log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {te['acc']:.4f}; "
         f"{train_seconds:.0f}s training")
     if main_process:
-        write_json(run_dir / "metrics.json", metrics)
-        update_global_best(output_dir, data.split.fingerprint, data.split.classes, log)
+        saver.finish(metrics, log)
     barrier()
     return run_dir
 

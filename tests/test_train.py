@@ -14,7 +14,7 @@ import part1_scratch_cnn as part1
 from common.data import BatchLoader, eval_transform, make_loaders, make_transforms, prepare_data
 from common.engine import Objective, TrainingData, fit, predict, seed_everything
 from common.models import build_model, model_from_checkpoint
-from common.runs import CheckpointError, load_checkpoint
+from common.runs import CheckpointError, CheckpointSaver, load_checkpoint
 from conftest import ROOT, Killed, kill_after, tiny_args
 
 FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
@@ -116,14 +116,13 @@ def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path, monkeypa
 
 def test_kill_before_global_best_is_healed_by_the_next_start(dataset, tmp_path, monkeypatch):
     out = tmp_path / "runs"
-    import common.engine as engine
     calls = []
 
     def die_on_second_call(*a, **k):  # the first call is the start's healing pass, the second the run's own
         calls.append(1)
         if len(calls) == 2:
             raise Killed
-    monkeypatch.setattr(engine, "update_global_best", die_on_second_call)
+    monkeypatch.setattr(CheckpointSaver, "update_global_best", die_on_second_call)
     with pytest.raises(Killed):
         run_part1(tiny_args(dataset, out, *FAST))
     monkeypatch.undo()
