@@ -51,9 +51,10 @@ from common.data import (
     upscale_check,
 )
 from common.distributed import cleanup, init_distributed, is_main
-from common.engine import TrainingData, add_train_args, fit, make_objective, resolve_device, seed_everything
+from common.engine import add_train_args, resolve_device, seed_everything
 from common.models import build_model, set_dropout
 from common.runs import write_json
+from common.trainer import TrainingData, fit, make_objective
 
 ARCH = "scratch_cnn"
 

@@ -35,18 +35,10 @@ from common.data import (
     upscale_check,
 )
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
-from common.engine import (
-    TrainingData,
-    add_train_args,
-    fit,
-    make_objective,
-    make_optimizer,
-    param_groups,
-    resolve_device,
-    seed_everything,
-)
+from common.engine import add_train_args, make_optimizer, param_groups, resolve_device, seed_everything
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
+from common.trainer import TrainingData, fit, make_objective
 
 
 def get_args_parser(arch: str, description: str) -> ArgumentParser:

@@ -12,9 +12,10 @@ from torch import nn
 import part1_scratch_cnn as part1
 import part2_mobilenet
 from common.data import BatchLoader, DataError, class_weights, make_transforms, mix_batch, train_subset
-from common.engine import make_objective, param_groups, seed_everything
+from common.engine import param_groups, seed_everything
 from common.models import build_model, count_parameters, set_train_mode, unfreeze_to_depth
 from common.runs import load_checkpoint
+from common.trainer import make_objective
 from conftest import tiny_args
 
 LABELS = np.repeat(np.arange(10), 50)          # 10 classes x 50 images

@@ -12,9 +12,10 @@ from torch import nn
 
 import part1_scratch_cnn as part1
 from common.data import BatchLoader, eval_transform, make_loaders, make_transforms, prepare_data
-from common.engine import Objective, TrainingData, fit, predict, seed_everything
+from common.engine import predict, seed_everything
 from common.models import build_model, model_from_checkpoint
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint
+from common.trainer import Objective, TrainingData, fit
 from conftest import ROOT, Killed, kill_after, tiny_args
 
 FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
