@@ -108,13 +108,83 @@ def _set_rng_state(states: list[dict], generators: dict[str, torch.Generator]) -
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _log_scalars(writer: SummaryWriter, row: dict, step: int) -> None:
-    for key, tb in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
-                    ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
-                    ("train_img_per_s", "throughput/train_img_per_s"),
-                    ("eval_img_per_s", "throughput/eval_img_per_s")):
-        writer.add_scalar(tb, row[key], step)
-    writer.flush()
+@dataclass
+class TrainState:
+    """What a checkpoint holds to continue training: weights, optimizer, schedule, loss scaler and RNG states."""
+
+    model: nn.Module  # the module whose state is saved
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler | None
+    generators: dict[str, torch.Generator]
+
+    def state_dict(self) -> dict:
+        """The checkpoint's training state; every process takes part (it gathers their RNG states)."""
+        return {"model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
+                "scheduler_state": self.scheduler.state_dict(),
+                "scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": _rng_state(self.generators)}
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        """Continue from a checkpoint's training state."""
+        self.model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        if self.scaler is not None and ckpt.get("scaler_state"):
+            self.scaler.load_state_dict(ckpt["scaler_state"])
+        _set_rng_state(ckpt["rng"], self.generators)
+
+    def step_schedule(self, val_acc: float) -> None:
+        """The end of an epoch: ReduceLROnPlateau watches the validation accuracy, the others count epochs."""
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val_acc)
+        else:
+            self.scheduler.step()
+
+
+class EarlyStopping:
+    """Stop after `patience` epochs without a better validation accuracy (0: never)."""
+
+    def __init__(self, patience: int, start_epoch: int = 0, best_epoch: int = -1):
+        self.patience = patience
+        # An early-stopped run that was killed before its test must not train on after resuming.
+        self.epochs_without_gain = start_epoch - 1 - best_epoch if start_epoch else 0
+
+    def update(self, improved: bool) -> None:
+        self.epochs_without_gain = 0 if improved else self.epochs_without_gain + 1
+
+    @property
+    def stop(self) -> bool:
+        return bool(self.patience) and self.epochs_without_gain >= self.patience
+
+
+class _Board:
+    """The run's TensorBoard scalars, one step per epoch, in the run folder (opened at the first epoch written)."""
+
+    SCALARS = (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
+               ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
+               ("train_img_per_s", "throughput/train_img_per_s"), ("eval_img_per_s", "throughput/eval_img_per_s"))
+
+    def __init__(self, start_epoch: int, log=print):
+        # Events of steps after the last committed epoch are from a killed attempt: drop them.
+        self.purge_step = start_epoch + 1 if start_epoch else None
+        self.writer, self.log = None, log
+
+    def add(self, run_dir: Path, row: dict) -> None:
+        if self.writer is None:
+            self.log(f"run folder {run_dir}")
+            self.writer = SummaryWriter(str(run_dir), purge_step=self.purge_step)
+        for key, tag in self.SCALARS:
+            self.writer.add_scalar(tag, row[key], row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of processes other than rank 0."""
 
 
 def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.Generator], device: torch.device,
@@ -128,129 +198,132 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     lr is the peak learning rate the run records (the script's default when --lr is not given); the recipe
     builds the objective (criteria, batch mixing) and, when it needs per-block rates, the optimizer.
     """
+    log = log if is_main() else _quiet
     save_model = save_model or model
-    main_process = is_main()
-    if not main_process:
-        log = lambda *a, **k: None  # noqa: E731
-    if args.sync_bn:
+    model, train_model = _parallel(model, device, args.sync_bn)
+    amp = args.amp == "auto" and device.type == "cuda"
+    optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, lr), args.opt, lr)
+    scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+    state = TrainState(save_model, optimizer, make_scheduler(optimizer, args), scaler, generators)
+    config = _run_config(args, data, lr, save_model, device, amp)
+    saver = _open_run(args, data, state, config, log)
+    log(f"{data.arch}/{data.mode}: {config['trainable_params']:,} trainable of {config['total_params']:,} parameters; "
+        f"device {device}" + (" with AMP" if amp else "") + (f"; {world_size()} processes" if is_distributed() else ""))
+    stopper = EarlyStopping(args.patience, saver.start_epoch, saver.best_epoch)
+    board = _Board(saver.start_epoch, log) if saver.write else None
+    for epoch in range(saver.start_epoch, args.epochs):
+        if stopper.stop:
+            log(f"early stop: no better val accuracy for {args.patience} epochs")
+            break
+        row = _train_epoch(train_model, model, data, objective, state, device, amp, epoch, args.epochs)
+        checkpoint = state.state_dict()  # every process takes part: it gathers their RNG states
+        if board is not None:
+            saver.ensure_dir()
+            board.add(saver.run_dir, row)
+        improved = saver.save(epoch, row, checkpoint)
+        stopper.update(improved)
+        log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+            f"{' *' if improved else '  '}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
+    if board is not None:
+        board.close()
+    run_dir, test = _test_best(model, save_model, data, saver, device, amp)
+    metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if args.resume else None,
+                       extra_metrics or {})
+    log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {test['acc']:.4f}; "
+        f"{metrics['train_seconds']:.0f}s training")
+    if saver.write:
+        saver.finish(metrics, log)
+    barrier()
+    return run_dir
+
+
+def _parallel(model: nn.Module, device: torch.device, sync_bn: bool) -> tuple[nn.Module, nn.Module]:
+    """(model, the module to train): with SyncBatchNorm for --sync-bn, and in DistributedDataParallel under torchrun."""
+    if sync_bn:
         if not (is_distributed() and device.type == "cuda"):
             raise UserError("--sync-bn synchronises BatchNorm across GPU processes; use it under torchrun on CUDA")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    train_model = model
-    if is_distributed():
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = args.amp == "auto" and device.type == "cuda"
-    output_dir = Path(args.output_dir)
-    optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, lr), args.opt, lr)
-    scheduler = make_scheduler(optimizer, args)
-    use_scaler = amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    if not is_distributed():
+        return model, model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return model, nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _run_config(args, data: TrainingData, lr: float, save_model: nn.Module, device: torch.device, amp: bool) -> dict:
+    """config.json: the options, the data and model, and where the run ran, as plain types only."""
     trainable, total = count_parameters(save_model)
     config = {"arch": data.arch, "mode": data.mode, **vars(args), "lr": lr, "device": str(device), "amp": amp,
               "world_size": world_size(),
               "classes": data.split.classes, "split_fingerprint": data.split.fingerprint,
               "trainable_params": trainable, "total_params": total, **data.meta,
               "torch": str(torch.__version__), "python": platform.python_version(), "host": platform.node()}
-    config = json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
-    saver = CheckpointSaver(output_dir / run_dir_name(data.arch, data.mode, args.tag), config, data.describe(),
-                            write=main_process)
-    if main_process:
+    return json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
+
+
+def _open_run(args, data: TrainingData, state: TrainState, config: dict, log=print) -> CheckpointSaver:
+    """The new run's saver; with --resume, the killed run's, with the training state it left restored."""
+    saver = CheckpointSaver(Path(args.output_dir) / run_dir_name(data.arch, data.mode, args.tag), config,
+                            data.describe(), write=is_main())
+    if saver.write:
         # Heals runs/best.pt when an earlier run was killed after its metrics.json, before updating it.
         saver.update_global_best(log)
     if args.resume:
         ckpt = saver.resume(args.resume, {k: v for k, v in config.items() if k in vars(args)})
-        barrier()
-        save_model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        if scaler is not None and ckpt.get("scaler_state"):
-            scaler.load_state_dict(ckpt["scaler_state"])
-        _set_rng_state(ckpt["rng"], generators)
+        barrier()  # rank 0 has recovered the run folder
+        state.load_state_dict(ckpt)
         log(f"resuming {saver.run_dir} at epoch {saver.start_epoch + 1}/{args.epochs}")
-    start_epoch = saver.start_epoch
-    log(f"{data.arch}/{data.mode}: {trainable:,} trainable of {total:,} parameters; device {device}"
-        + (" with AMP" if amp else "") + (f"; {world_size()} processes" if is_distributed() else ""))
-    writer = None
+    return saver
 
-    def training_state() -> dict:
-        return {"model_state": save_model.state_dict(),
-                "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                "scaler_state": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(generators)}
 
-    # An early-stopped run that was killed before its test must not train on after resuming.
-    epochs_without_gain = start_epoch - 1 - saver.best_epoch if start_epoch else 0
-    for epoch in range(start_epoch, args.epochs):
-        if args.patience and epochs_without_gain >= args.patience:
-            log(f"early stop: no better val accuracy for {args.patience} epochs")
-            break
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        if data.on_epoch_start is not None:
-            data.on_epoch_start(epoch)
-        epoch_lr = optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
-        tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, objective.train, optimizer,
-                             device, amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}", mix=objective.mix)
-        va = evaluate(model, data.loaders["val"], data.eval_transform, objective.val, device, amp, desc="val")
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(va["acc"])
-        else:
-            scheduler.step()
-        epoch_seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "lr": epoch_lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
-               "val_loss": va["loss"], "val_acc": va["acc"], "epoch_seconds": epoch_seconds,
-               "train_img_per_s": tr["img_per_s"], "eval_img_per_s": va["img_per_s"],
-               "peak_memory_mb": peak_memory_mb(device)}
-        state = training_state()  # every process takes part: it gathers their RNG states
-        if main_process:
-            saver.ensure_dir()
-            if writer is None:
-                log(f"run folder {saver.run_dir}")
-                # Events of steps after the last committed epoch are from a killed attempt: drop them.
-                writer = SummaryWriter(str(saver.run_dir), purge_step=start_epoch + 1 if start_epoch else None)
-            _log_scalars(writer, row, epoch + 1)
-        improved = saver.save(epoch, row, state)
-        log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {epoch_lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
-            f"val loss {va['loss']:.4f} acc {va['acc']:.4f}{' *' if improved else '  '}  "
-            f"{epoch_seconds:.1f}s  {tr['img_per_s']:.0f} img/s")
-        epochs_without_gain = 0 if improved else epochs_without_gain + 1
-    if writer is not None:
-        writer.close()
-    run_dir = Path(broadcast(str(saver.run_dir) if main_process else None))
+def _train_epoch(train_model: nn.Module, model: nn.Module, data: TrainingData, objective: Objective,
+                 state: TrainState, device: torch.device, amp: bool, epoch: int, epochs: int) -> dict:
+    """Train one epoch, validate, step the schedule; returns the epoch's history row."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if data.on_epoch_start is not None:
+        data.on_epoch_start(epoch)
+    lr = state.optimizer.param_groups[0]["lr"]
+    t0 = time.perf_counter()
+    tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, objective.train, state.optimizer,
+                         device, amp, state.scaler, desc=f"epoch {epoch + 1}/{epochs}", mix=objective.mix)
+    va = evaluate(model, data.loaders["val"], data.eval_transform, objective.val, device, amp, desc="val")
+    state.step_schedule(va["acc"])
+    return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
+            "val_acc": va["acc"], "epoch_seconds": time.perf_counter() - t0, "train_img_per_s": tr["img_per_s"],
+            "eval_img_per_s": va["img_per_s"], "peak_memory_mb": peak_memory_mb(device)}
+
+
+def _test_best(model: nn.Module, save_model: nn.Module, data: TrainingData, saver: CheckpointSaver,
+               device: torch.device, amp: bool) -> tuple[Path, dict]:
+    """Load the best epoch's weights and score them on the test split; returns (run folder, scores)."""
+    run_dir = Path(broadcast(str(saver.run_dir) if saver.write else None))
     barrier()  # best.pt is written by rank 0
-    best = load_checkpoint(run_dir / "best.pt")
-    save_model.load_state_dict(best["model_state"])
-    te = _test(model, data, device, amp)
-    history = saver.history
-    train_seconds = sum(h["epoch_seconds"] for h in history)
-    metrics = {
-        "arch": data.arch, "mode": data.mode, "lr": lr, "batch_size": args.batch_size,
-        "epochs_run": len(history), "best_epoch": saver.best_epoch + 1, "best_val_acc": saver.best_acc,
-        "test_acc": te["acc"], "test_loss": te["loss"], "test_macro_f1": te["macro_f1"],
-        "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),
-        "train_img_per_s": float(np.mean([h["train_img_per_s"] for h in history])) if history else None,
-        "eval_img_per_s": te["img_per_s"],
-        "peak_memory_mb": max(h["peak_memory_mb"] for h in history) if history else None,
-        "trainable_params": count_parameters(save_model)[0], "total_params": total, "device": str(device),
-        "checkpoint_mb": (run_dir / "best.pt").stat().st_size / 2**20, **(extra_metrics or {}),
-        "history": history,
-    }
-    if args.resume:
-        metrics["resumed_from_epoch"] = start_epoch
-    log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {te['acc']:.4f}; "
-        f"{train_seconds:.0f}s training")
-    if main_process:
-        saver.finish(metrics, log)
-    barrier()
-    return run_dir
-
-
-def _test(model: nn.Module, data: TrainingData, device: torch.device, amp: bool) -> dict:
-    """Accuracy, loss, macro F1 and throughput on the test split."""
+    save_model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model_state"])
     logits, labels, seconds = predict(model, data.loaders["test"], data.eval_transform, device, amp, desc="test")
     preds = logits.argmax(1)
-    return {"acc": (preds == labels).float().mean().item(), "loss": nn.functional.cross_entropy(logits, labels).item(),
-            "img_per_s": len(labels) / seconds,
-            "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(data.split.classes))}
+    return run_dir, {"acc": (preds == labels).float().mean().item(),
+                     "loss": nn.functional.cross_entropy(logits, labels).item(), "img_per_s": len(labels) / seconds,
+                     "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(data.split.classes))}
+
+
+def _metrics(saver: CheckpointSaver, test: dict, run_dir: Path, save_model: nn.Module, device: torch.device,
+             resumed_from: int | None, extra: dict) -> dict:
+    """metrics.json: the run's options in brief, its best epoch and test scores, cost, and every epoch's row."""
+    history, config = saver.history, saver.config
+    train_seconds = sum(h["epoch_seconds"] for h in history)
+    metrics = {
+        "arch": config["arch"], "mode": config["mode"], "lr": config["lr"], "batch_size": config["batch_size"],
+        "epochs_run": len(history), "best_epoch": saver.best_epoch + 1, "best_val_acc": saver.best_acc,
+        "test_acc": test["acc"], "test_loss": test["loss"], "test_macro_f1": test["macro_f1"],
+        "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),
+        "train_img_per_s": float(np.mean([h["train_img_per_s"] for h in history])) if history else None,
+        "eval_img_per_s": test["img_per_s"],
+        "peak_memory_mb": max(h["peak_memory_mb"] for h in history) if history else None,
+        "trainable_params": count_parameters(save_model)[0], "total_params": config["total_params"],
+        "device": str(device), "checkpoint_mb": (run_dir / "best.pt").stat().st_size / 2**20, **extra,
+        "history": history,
+    }
+    if resumed_from is not None:
+        metrics["resumed_from_epoch"] = resumed_from
+    return metrics

@@ -15,7 +15,7 @@ from common.data import BatchLoader, eval_transform, make_loaders, make_transfor
 from common.engine import predict, seed_everything
 from common.models import build_model, model_from_checkpoint
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint
-from common.trainer import Objective, TrainingData, fit
+from common.trainer import EarlyStopping, Objective, TrainingData, fit
 from conftest import ROOT, Killed, kill_after, tiny_args
 
 FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
@@ -205,3 +205,16 @@ def test_fit_trains_with_the_objective_it_is_given(dataset, tmp_path):
     batches = len(split.indices["train"]) // 16
     assert seen == {"train": batches, "mixed": batches}
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_early_stopping_counts_epochs_without_gain_also_across_a_resume():
+    stopper = EarlyStopping(2)
+    stops = []
+    for improved in (True, False, True, False, False):
+        stops.append(stopper.stop)
+        stopper.update(improved)
+    assert stops == [False] * 5 and stopper.stop
+    assert not EarlyStopping(0, start_epoch=9, best_epoch=0).stop  # patience 0: never
+    # Killed after epoch index 4 with the best at index 2: two epochs without gain are already behind it.
+    assert EarlyStopping(2, start_epoch=5, best_epoch=2).stop
+    assert not EarlyStopping(3, start_epoch=5, best_epoch=2).stop
