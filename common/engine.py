@@ -6,7 +6,7 @@ import resource
 import sys
 import time
 from contextlib import nullcontext
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
 import torch
 from torch import nn
@@ -154,20 +154,31 @@ def evaluate(model: nn.Module, loader: Iterable, transform: Transform, criterion
             "img_per_s": len(labels) / seconds if seconds > 0 else float("nan")}
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float,
-                 lr_of: Callable[[str], float] | None = None, include_frozen: bool = False) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_of: Callable[[str], float] | None = None,
+                 names: Collection[str] | None = None) -> list[dict]:
     """Trainable parameters only, no weight decay on norms and biases; lr_of(name) sets per-parameter rates.
 
-    include_frozen keeps frozen parameters too, for gradual unfreezing: the optimizer skips them while their
-    .grad is None and starts updating them once they are unfrozen.
+    names limits the groups to those parameters (e.g. the ones a gradual unfreezing step just made trainable).
     """
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad and not include_frozen:
+        if not p.requires_grad or (names is not None and name not in names):
             continue
         wd = 0.0 if p.ndim <= 1 else weight_decay
         groups.setdefault((wd, lr_of(name) if lr_of else lr), []).append(p)
     return [{"params": ps, "weight_decay": wd, "lr": rate} for (wd, rate), ps in groups.items()]
+
+
+def add_param_groups(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
+    """Add groups to an optimizer whose schedule is under way: each starts at its rate times the schedule's factor.
+
+    The factor is the one the first group is at (the schedules of make_scheduler scale every group alike; 1 before
+    one is made), and "initial_lr" keeps the group's own rate for them to scale from in later epochs.
+    """
+    first = optimizer.param_groups[0]
+    factor = first["lr"] / first.get("initial_lr", first["lr"])
+    for group in groups:
+        optimizer.add_param_group({**group, "initial_lr": group["lr"], "lr": group["lr"] * factor})
 
 
 def make_optimizer(groups: list[dict], opt: str, lr: float) -> torch.optim.Optimizer:
@@ -177,8 +188,18 @@ def make_optimizer(groups: list[dict], opt: str, lr: float) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=lr)
 
 
+class _EpochLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR with one factor for every group, also for groups added after it was made (add_param_groups)."""
+
+    def get_lr(self) -> list[float]:
+        factor = self.lr_lambdas[0](self.last_epoch)
+        return [group["initial_lr"] * factor for group in self.optimizer.param_groups]
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, args):
     """Per-epoch scheduler: linear warmup + cosine to zero, ReduceLROnPlateau on val accuracy, or constant."""
+    for group in optimizer.param_groups:  # each group's own rate, which the schedule scales
+        group.setdefault("initial_lr", group["lr"])
     if args.sched == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=3)
     warmup, total = args.warmup_epochs, max(args.epochs, 1)
@@ -190,7 +211,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, args):
             return (epoch + 1) / (warmup + 1)
         return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(total - warmup, 1)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return _EpochLR(optimizer, factor)
 
 
 def seed_everything(seed: int) -> dict[str, torch.Generator]:

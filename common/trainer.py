@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,6 @@ class TrainingData:
     arch: str
     mode: str
     meta: dict = field(default_factory=dict)  # img_size, crop_size, mean, std, weights record, ...
-    on_epoch_start: Callable[[int], None] | None = None  # e.g. gradual unfreezing; also called on resume
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -108,6 +107,19 @@ def _set_rng_state(states: list[dict], generators: dict[str, torch.Generator]) -
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class Callback:
+    """A hook into fit's epochs (as Lightning's callbacks): called before each epoch, its state kept in checkpoints."""
+
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        """Before epoch `epoch` (0-based) trains; the first epoch of a resumed run too."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer) -> None:
+        """Take up the state a checkpoint saved; called before the optimizer's own state is loaded."""
+
+
 @dataclass
 class TrainState:
     """What a checkpoint holds to continue training: weights, optimizer, schedule, loss scaler and RNG states."""
@@ -117,18 +129,26 @@ class TrainState:
     scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     scaler: torch.amp.GradScaler | None
     generators: dict[str, torch.Generator]
+    callbacks: list[Callback] = field(default_factory=list)
 
     def state_dict(self) -> dict:
         """The checkpoint's training state; every process takes part (it gathers their RNG states)."""
         return {"model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(),
                 "scheduler_state": self.scheduler.state_dict(),
                 "scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
-                "rng": _rng_state(self.generators)}
+                "rng": _rng_state(self.generators),
+                "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks}}
 
     def load_state_dict(self, ckpt: dict) -> None:
         """Continue from a checkpoint's training state."""
         self.model.load_state_dict(ckpt["model_state"])
-        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        for cb in self.callbacks:  # first: a callback may add the parameter groups the optimizer's state has
+            cb.load_state_dict(ckpt.get("callbacks", {}).get(type(cb).__name__, {}), self.optimizer)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        except ValueError:  # other parameter groups: e.g. gradual unfreezing as an earlier version did it
+            raise CheckpointError("the checkpoint's optimizer state does not fit this run's parameters; it was "
+                                  "written by another version: start a new run") from None
         self.scheduler.load_state_dict(ckpt["scheduler_state"])
         if self.scaler is not None and ckpt.get("scaler_state"):
             self.scaler.load_state_dict(ckpt["scaler_state"])
@@ -189,7 +209,8 @@ def _quiet(*args, **kwargs) -> None:
 
 def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.Generator], device: torch.device,
         *, lr: float, objective: Objective, optimizer: torch.optim.Optimizer | None = None,
-        save_model: nn.Module | None = None, extra_metrics: dict | None = None, log=print) -> Path:
+        callbacks: Sequence[Callback] = (), save_model: nn.Module | None = None, extra_metrics: dict | None = None,
+        log=print) -> Path:
     """Train with per-epoch validation, checkpoints and TensorBoard; test the best epoch; returns the run folder.
 
     `save_model` is the module whose state goes into checkpoints when it differs from the trained one
@@ -197,6 +218,7 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     wrapped in DistributedDataParallel, metrics are reduced over all processes, and only rank 0 writes.
     lr is the peak learning rate the run records (the script's default when --lr is not given); the recipe
     builds the objective (criteria, batch mixing) and, when it needs per-block rates, the optimizer.
+    callbacks (e.g. gradual unfreezing) run before every epoch, and their state is checkpointed.
     """
     log = log if is_main() else _quiet
     save_model = save_model or model
@@ -204,7 +226,7 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     amp = args.amp == "auto" and device.type == "cuda"
     optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, lr), args.opt, lr)
     scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
-    state = TrainState(save_model, optimizer, make_scheduler(optimizer, args), scaler, generators)
+    state = TrainState(save_model, optimizer, make_scheduler(optimizer, args), scaler, generators, list(callbacks))
     config = _run_config(args, data, lr, save_model, device, amp)
     saver = _open_run(args, data, state, config, log)
     log(f"{data.arch}/{data.mode}: {config['trainable_params']:,} trainable of {config['total_params']:,} parameters; "
@@ -281,8 +303,8 @@ def _train_epoch(train_model: nn.Module, model: nn.Module, data: TrainingData, o
     """Train one epoch, validate, step the schedule; returns the epoch's history row."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if data.on_epoch_start is not None:
-        data.on_epoch_start(epoch)
+    for cb in state.callbacks:
+        cb.on_epoch_start(epoch, state.optimizer)
     lr = state.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, objective.train, state.optimizer,

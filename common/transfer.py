@@ -5,6 +5,7 @@ import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,10 +36,17 @@ from common.data import (
     upscale_check,
 )
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
-from common.engine import add_train_args, make_optimizer, param_groups, resolve_device, seed_everything
+from common.engine import (
+    add_param_groups,
+    add_train_args,
+    make_optimizer,
+    param_groups,
+    resolve_device,
+    seed_everything,
+)
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
-from common.trainer import TrainingData, fit, make_objective
+from common.trainer import Callback, TrainingData, fit, make_objective
 
 
 def get_args_parser(arch: str, description: str) -> ArgumentParser:
@@ -165,6 +173,44 @@ def cached_features(model, arch, weights: dict, images, split, device, cache_dir
     return feats, seconds
 
 
+class GradualUnfreeze(Callback):
+    """Gradual unfreezing (as Lightning's BaseFinetuning): the head first, then one block deeper every `every` epochs.
+
+    A block's parameters join the optimizer as new groups when it unfreezes (groups(names) makes them, with the
+    run's weight decay and per-block rates), so the optimizer only ever holds trainable parameters. Frozen blocks
+    stay in eval mode while training (set_train_mode), so their BatchNorm statistics do not move.
+    """
+
+    def __init__(self, model: nn.Module, arch: str, every: int, groups: Callable[[set[str]], list[dict]], log=print):
+        self.model, self.arch, self.every, self.groups, self.log = model, arch, every, groups, log
+        self.depth = 0  # blocks below the head that train (block_depth)
+
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        if self._unfreeze_to(min(epoch // self.every, ARCHS[self.arch].max_depth), optimizer):
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self.log(f"gradual unfreezing: blocks up to depth {self.depth} of {ARCHS[self.arch].max_depth} now "
+                     f"train ({trainable:,} parameters)")
+
+    def state_dict(self) -> dict:
+        return {"depth": self.depth}
+
+    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer) -> None:
+        self._unfreeze_to(state.get("depth", 0), optimizer)
+
+    def _unfreeze_to(self, depth: int, optimizer: torch.optim.Optimizer) -> bool:
+        """One block at a time, so a resumed run adds the optimizer's groups in the order the killed one did."""
+        changed = False
+        while self.depth < depth:
+            self.depth += 1
+            before = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            unfreeze_to_depth(self.model, self.arch, self.depth)
+            new = {n for n, p in self.model.named_parameters() if p.requires_grad} - before
+            if new:
+                add_param_groups(optimizer, self.groups(new))
+                changed = True
+        return changed
+
+
 def train(args, arch: str, split: Split, images, device: torch.device, log=print) -> Path:
     """Build, freeze and fine-tune one model; returns its run folder."""
     problem = check_mode_options(args)
@@ -194,22 +240,14 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     lr_of = None
     if args.lr_decay != 1.0:
         lr_of = lambda name: lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
-    gradual = args.mode == "gradual"
-    groups = param_groups(trained, args.weight_decay, lr, lr_of, include_frozen=gradual)
-    optimizer = make_optimizer(groups, args.opt, lr)
-
-    def unfreeze(epoch: int) -> None:
-        depth = min(epoch // args.unfreeze_every, ARCHS[arch].max_depth)
-        if unfreeze_to_depth(model, arch, depth):
-            log(f"gradual unfreezing: blocks up to depth {depth} of {ARCHS[arch].max_depth} now train "
-                f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)")
-
-    data = TrainingData(split, loaders, train_tf, eval_tf, arch, args.mode, meta,
-                        on_epoch_start=unfreeze if gradual else None)
+    groups = partial(param_groups, trained, args.weight_decay, lr, lr_of)
+    optimizer = make_optimizer(groups(), args.opt, lr)
+    callbacks = [GradualUnfreeze(model, arch, args.unfreeze_every, groups, log)] if args.mode == "gradual" else []
+    data = TrainingData(split, loaders, train_tf, eval_tf, arch, args.mode, meta)
     objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
                                args.mixup, args.cutmix, generators["augment"], device)
     return fit(trained, data, args, generators, device, lr=lr, objective=objective, optimizer=optimizer,
-               save_model=save_model, extra_metrics=extra, log=log)
+               callbacks=callbacks, save_model=save_model, extra_metrics=extra, log=log)
 
 
 def main(args, arch: str) -> Path:
