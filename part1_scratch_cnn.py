@@ -39,12 +39,13 @@ from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
 from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main
-from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
+from common.engine import add_train_args, resolve_device, seed_everything
 from common.files import atomic_write_text
 from common.loader import make_loaders, to_device
 from common.markdown import markdown_table
 from common.models import build_model, set_dropout
 from common.runs import write_json
+from common.trainer import TrainingData, fit, make_objective
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, make_transforms
 
 ARCH = "scratch_cnn"
@@ -86,8 +87,10 @@ def train(args, split, images, device, log=print) -> Path:
     loaders = make_loaders(images, split, args, device, generators["data"], log)
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}
-    study = Study(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
-    return fit(model, study, args, generators, device, log=log)
+    data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
+    objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
+                               args.mixup, args.cutmix, generators["augment"], device)
+    return fit(model, data, args, generators, device, lr=args.lr, objective=objective, log=log)
 
 
 def parse_list(text: str, kind, flag: str) -> list:

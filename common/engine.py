@@ -1,43 +1,20 @@
-"""The shared training loop: one epoch of training, evaluation, and `fit` (run folder, checkpoints, resume)."""
+"""What `fit` (common/trainer.py) is made of: devices, one epoch of training, evaluation, optimizer, schedule, seeds."""
 from __future__ import annotations
 
-import json
 import math
-import platform
 import resource
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.cli import UserError, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
-from common.data import display_name
-from common.distributed import barrier, broadcast, gather_cat, is_distributed, is_main, rank, sum_across, world_size
-from common.loader import class_weights, mix_batch
-from common.metrics import macro_f1
-from common.models import count_parameters, set_train_mode
-from common.runs import (
-    CKPT_FORMAT,
-    MODEL_KEYS,
-    RESUME_KEYS,
-    CheckpointError,
-    CheckpointSaver,
-    check_resume_path,
-    load_checkpoint,
-    require_keys,
-    run_dir_name,
-    update_global_best,
-    write_json,
-)
-from common.split import Split
+from common.distributed import gather_cat, is_distributed, is_main, rank, sum_across
+from common.models import set_train_mode
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 PROCESS_START = time.perf_counter()  # history rows' elapsed_s counts from here: about when the script started
@@ -181,31 +158,52 @@ def evaluate(model: nn.Module, loader: Iterable, transform: Transform, criterion
             "img_per_s": len(labels) / seconds if seconds > 0 else float("nan")}
 
 
-def param_groups(model: nn.Module, weight_decay: float, lr: float,
-                 lr_of: Callable[[str], float] | None = None, include_frozen: bool = False) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_of: Callable[[str], float] | None = None,
+                 names: Collection[str] | None = None) -> list[dict]:
     """Trainable parameters only, no weight decay on norms and biases; lr_of(name) sets per-parameter rates.
 
-    include_frozen keeps frozen parameters too, for gradual unfreezing: the optimizer skips them while their
-    .grad is None and starts updating them once they are unfrozen.
+    names limits the groups to those parameters (e.g. the ones a gradual unfreezing step just made trainable).
     """
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad and not include_frozen:
+        if not p.requires_grad or (names is not None and name not in names):
             continue
         wd = 0.0 if p.ndim <= 1 else weight_decay
         groups.setdefault((wd, lr_of(name) if lr_of else lr), []).append(p)
     return [{"params": ps, "weight_decay": wd, "lr": rate} for (wd, rate), ps in groups.items()]
 
 
-def make_optimizer(groups: list[dict], args) -> torch.optim.Optimizer:
-    """AdamW or SGD (momentum 0.9, Nesterov) over the given parameter groups."""
-    if args.opt == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=args.lr)
+def add_param_groups(optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
+    """Add groups to an optimizer whose schedule is under way: each starts at its rate times the schedule's factor.
+
+    The factor is the one the first group is at (the schedules of make_scheduler scale every group alike; 1 before
+    one is made), and "initial_lr" keeps the group's own rate for them to scale from in later epochs.
+    """
+    first = optimizer.param_groups[0]
+    factor = first["lr"] / first.get("initial_lr", first["lr"])
+    for group in groups:
+        optimizer.add_param_group({**group, "initial_lr": group["lr"], "lr": group["lr"] * factor})
+
+
+def make_optimizer(groups: list[dict], opt: str, lr: float) -> torch.optim.Optimizer:
+    """AdamW or SGD (momentum 0.9, Nesterov) over the given parameter groups; lr is for groups that set none."""
+    if opt == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+class _EpochLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR with one factor for every group, also for groups added after it was made (add_param_groups)."""
+
+    def get_lr(self) -> list[float]:
+        factor = self.lr_lambdas[0](self.last_epoch)
+        return [group["initial_lr"] * factor for group in self.optimizer.param_groups]
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, args):
     """Per-epoch scheduler: linear warmup + cosine to zero, ReduceLROnPlateau on val accuracy, or constant."""
+    for group in optimizer.param_groups:  # each group's own rate, which the schedule scales
+        group.setdefault("initial_lr", group["lr"])
     if args.sched == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=3)
     warmup, total = args.warmup_epochs, max(args.epochs, 1)
@@ -217,7 +215,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, args):
             return (epoch + 1) / (warmup + 1)
         return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(total - warmup, 1)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return _EpochLR(optimizer, factor)
 
 
 def seed_everything(seed: int) -> dict[str, torch.Generator]:
@@ -229,243 +227,3 @@ def seed_everything(seed: int) -> dict[str, torch.Generator]:
     torch.manual_seed(seed)
     return {"data": torch.Generator().manual_seed(seed),
             "augment": torch.Generator().manual_seed(seed + 1_000_003 * (rank() + 1))}
-
-
-@dataclass
-class Study:
-    """What `fit` needs besides the model: the data, the transforms and the checkpoint's description."""
-
-    split: Split
-    loaders: dict                      # "train", "val", "test" -> BatchLoader (or any iterable of (x, y))
-    train_transform: Transform
-    eval_transform: Transform
-    arch: str
-    mode: str
-    meta: dict = field(default_factory=dict)  # img_size, crop_size, mean, std, weights record, ...
-    on_epoch_start: Callable[[int], None] | None = None  # e.g. gradual unfreezing; also called on resume
-
-
-def _rng_state(generators: dict[str, torch.Generator]) -> list[dict]:
-    """RNG states of every process (index = rank), so a resumed run draws what an uninterrupted one would."""
-    state = {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in generators.items()}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    if not is_distributed():
-        return [state]
-    states = [None] * world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def _set_rng_state(states: list[dict], generators: dict[str, torch.Generator]) -> None:
-    if len(states) != world_size():
-        raise CheckpointError(f"the checkpoint was written by {len(states)} process(es), this run has {world_size()}; "
-                              "resume with the same number of processes")
-    state = states[rank()]
-    torch.set_rng_state(state["torch"])
-    for k, g in generators.items():
-        g.set_state(state[k])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-# Options that may differ when a run is resumed: where things are and how fast, not what is trained.
-RESUME_MAY_DIFFER = {"resume", "device", "amp", "workers", "data_dir", "output_dir", "split_file", "tag",
-                     "monitor_test"}
-
-
-def _resume(args, study: Study, saver_config: dict, output_dir: Path) -> tuple[Path, dict]:
-    """The run folder and last.pt of --resume, after checking they belong to this run and its options."""
-    run_dir = check_resume_path(Path(args.resume), output_dir)
-    ckpt = load_checkpoint(args.resume, keys=("arch", "mode"))
-    if (ckpt["arch"], ckpt["mode"]) != (study.arch, study.mode):
-        raise CheckpointError(f"--resume {args.resume} is a {ckpt['arch']}/{ckpt['mode']} run, "
-                              f"not {study.arch}/{study.mode}; resume it with its own script and --mode")
-    require_keys(ckpt, MODEL_KEYS + RESUME_KEYS, args.resume)
-    if ckpt["split_fingerprint"] != study.split.fingerprint:
-        raise CheckpointError(f"--resume {args.resume} was trained on another split; "
-                              "resume with its --output-dir/--split-file")
-    saved = ckpt["config"]
-    # An option the saved config lacks was added since the run started; its default is what the run used.
-    changed = [k for k, v in saver_config.items()
-               if k in vars(args) and k in saved and k not in RESUME_MAY_DIFFER and saved[k] != v]
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} (now {saver_config[k]})" for k in changed)
-        raise CheckpointError(f"--resume {args.resume}: the run was started with {flags}; resume it with the "
-                              "options in its config.json, or start a new run")
-    return run_dir, ckpt
-
-
-def _log_scalars(writer: SummaryWriter, row: dict, step: int) -> None:
-    for key, tb in (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
-                    ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
-                    ("train_img_per_s", "throughput/train_img_per_s"),
-                    ("eval_img_per_s", "throughput/eval_img_per_s")):
-        writer.add_scalar(tb, row[key], step)
-    writer.flush()
-
-
-def fit(model: nn.Module, study: Study, args, generators: dict[str, torch.Generator], device: torch.device,
-        optimizer: torch.optim.Optimizer | None = None, save_model: nn.Module | None = None,
-        extra_metrics: dict | None = None, log=print) -> Path:
-    """Train with per-epoch validation, checkpoints and TensorBoard; test the best epoch; returns the run folder.
-
-    `save_model` is the module whose state goes into checkpoints when it differs from the trained one
-    (a head trained on cached features is saved inside its full network). Under torchrun the model is
-    wrapped in DistributedDataParallel, metrics are reduced over all processes, and only rank 0 writes.
-    """
-    save_model = save_model or model
-    main_process = is_main()
-    if not main_process:
-        log = lambda *a, **k: None  # noqa: E731
-    if args.sync_bn:
-        if not (is_distributed() and device.type == "cuda"):
-            raise UserError("--sync-bn synchronises BatchNorm across GPU processes; use it under torchrun on CUDA")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    train_model = model
-    if is_distributed():
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = args.amp == "auto" and device.type == "cuda"
-    output_dir = Path(args.output_dir)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    num_classes = len(study.split.classes)
-    train_criterion = criterion
-    if args.balance == "weights":
-        train_labels = study.split.labels[study.loaders["train"].indices.numpy()]
-        train_criterion = nn.CrossEntropyLoss(weight=class_weights(train_labels, num_classes).to(device),
-                                              label_smoothing=args.label_smoothing)
-    mix = None
-    if args.mixup > 0 or args.cutmix > 0:
-        mix = lambda x, y: mix_batch(x, y, num_classes, args.mixup, args.cutmix, generators["augment"])  # noqa: E731
-    optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, args.lr), args)
-    scheduler = make_scheduler(optimizer, args)
-    use_scaler = amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    trainable, total = count_parameters(save_model)
-    history: list[dict] = []
-    start_epoch, best_acc, best_epoch = 0, -1.0, -1
-
-    config = {"arch": study.arch, "mode": study.mode, **vars(args), "device": str(device), "amp": amp,
-              "world_size": world_size(),
-              "classes": study.split.classes, "split_fingerprint": study.split.fingerprint,
-              "trainable_params": trainable, "total_params": total, **study.meta,
-              "torch": str(torch.__version__), "python": platform.python_version(), "host": platform.node()}
-    config = json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
-    if main_process:
-        # Heals runs/best.pt when an earlier run was killed after its metrics.json, before updating it.
-        update_global_best(output_dir, study.split.fingerprint, study.split.classes, log)
-    if args.resume:
-        run_dir, ckpt = _resume(args, study, config, output_dir)
-        saver = CheckpointSaver(run_dir, ckpt["config"], exists=True)
-        if main_process:
-            saver.recover(ckpt)
-        barrier()
-        save_model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        if scaler is not None and ckpt.get("scaler_state"):
-            scaler.load_state_dict(ckpt["scaler_state"])
-        _set_rng_state(ckpt["rng"], generators)
-        history = ckpt["history"]
-        start_epoch = ckpt["epoch"] + 1
-        best_acc, best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
-        config = ckpt["config"]
-        log(f"resuming {run_dir} at epoch {start_epoch + 1}/{args.epochs}")
-    else:
-        saver = CheckpointSaver(output_dir / run_dir_name(study.arch, study.mode, args.tag), config)
-    log(f"{study.arch}/{study.mode}: {trainable:,} trainable of {total:,} parameters; device {device}"
-        + (" with AMP" if amp else "") + (f"; {world_size()} processes" if is_distributed() else ""))
-    writer = None
-
-    def checkpoint(epoch: int) -> dict:
-        return {"format": CKPT_FORMAT, "arch": study.arch, "mode": study.mode, "classes": study.split.classes,
-                "display_names": [display_name(c) for c in study.split.classes], **study.meta,
-                "split_fingerprint": study.split.fingerprint, "epoch": epoch, "best_val_acc": best_acc,
-                "best_epoch": best_epoch, "model_state": save_model.state_dict(),
-                "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-                "scaler_state": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(generators), "history": history, "config": config}
-
-    # An early-stopped run that was killed before its test must not train on after resuming.
-    epochs_without_gain = start_epoch - 1 - best_epoch if start_epoch else 0
-    for epoch in range(start_epoch, args.epochs):
-        if args.patience and epochs_without_gain >= args.patience:
-            log(f"early stop: no better val accuracy for {args.patience} epochs")
-            break
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        if study.on_epoch_start is not None:
-            study.on_epoch_start(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
-        tr = train_one_epoch(train_model, study.loaders["train"], study.train_transform, train_criterion, optimizer,
-                             device, amp, scaler, desc=f"epoch {epoch + 1}/{args.epochs}", mix=mix)
-        va = evaluate(model, study.loaders["val"], study.eval_transform, criterion, device, amp, desc="val")
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(va["acc"])
-        else:
-            scheduler.step()
-        epoch_seconds = time.perf_counter() - t0
-        improved = va["acc"] > best_acc
-        if improved:
-            best_acc, best_epoch = va["acc"], epoch
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
-               "val_acc": va["acc"], "epoch_seconds": epoch_seconds, "train_img_per_s": tr["img_per_s"],
-               "eval_img_per_s": va["img_per_s"], "peak_memory_mb": peak_memory_mb(device)}
-        if args.monitor_test:  # after epoch_seconds and the choice of the best epoch, which it must not touch
-            row["test_acc"] = evaluate(model, study.loaders["test"], study.eval_transform, criterion, device, amp,
-                                       desc="test")["acc"]
-        row["elapsed_s"] = time.perf_counter() - PROCESS_START
-        history.append(row)
-        ckpt = checkpoint(epoch)  # every process takes part: it gathers their RNG states
-        if main_process:
-            saver.ensure_dir()
-            if writer is None:
-                log(f"run folder {saver.run_dir}")
-                # Events of steps after the last committed epoch are from a killed attempt: drop them.
-                writer = SummaryWriter(str(saver.run_dir), purge_step=start_epoch + 1 if start_epoch else None)
-            _log_scalars(writer, row, epoch + 1)
-            saver.commit(ckpt, improved)
-        log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {lr:.2e}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  "
-            f"val loss {va['loss']:.4f} acc {va['acc']:.4f}{' *' if improved else '  '}  "
-            f"{epoch_seconds:.1f}s  {tr['img_per_s']:.0f} img/s")
-        epochs_without_gain = 0 if improved else epochs_without_gain + 1
-    if writer is not None:
-        writer.close()
-    run_dir = Path(broadcast(str(saver.run_dir) if main_process else None))
-    barrier()  # best.pt is written by rank 0
-    best = load_checkpoint(run_dir / "best.pt")
-    save_model.load_state_dict(best["model_state"])
-    te = _test(model, study, device, amp)
-    train_seconds = sum(h["epoch_seconds"] for h in history)
-    metrics = {
-        "arch": study.arch, "mode": study.mode, "lr": args.lr, "batch_size": args.batch_size,
-        "epochs_run": len(history), "best_epoch": best_epoch + 1, "best_val_acc": best_acc,
-        "test_acc": te["acc"], "test_loss": te["loss"], "test_macro_f1": te["macro_f1"],
-        "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(len(history), 1),
-        "train_img_per_s": float(np.mean([h["train_img_per_s"] for h in history])) if history else None,
-        "eval_img_per_s": te["img_per_s"],
-        "peak_memory_mb": max(h["peak_memory_mb"] for h in history) if history else None,
-        "trainable_params": count_parameters(save_model)[0], "total_params": total, "device": str(device),
-        "checkpoint_mb": (run_dir / "best.pt").stat().st_size / 2**20, **(extra_metrics or {}),
-        "history": history,
-    }
-    if args.resume:
-        metrics["resumed_from_epoch"] = start_epoch
-    log(f"best val acc {best_acc:.4f} (epoch {best_epoch + 1}); test acc {te['acc']:.4f}; "
-        f"{train_seconds:.0f}s training")
-    if main_process:
-        write_json(run_dir / "metrics.json", metrics)
-        update_global_best(output_dir, study.split.fingerprint, study.split.classes, log)
-    barrier()
-    return run_dir
-
-
-def _test(model: nn.Module, study: Study, device: torch.device, amp: bool) -> dict:
-    """Accuracy, loss, macro F1 and throughput on the test split."""
-    logits, labels, seconds = predict(model, study.loaders["test"], study.eval_transform, device, amp, desc="test")
-    preds = logits.argmax(1)
-    return {"acc": (preds == labels).float().mean().item(), "loss": nn.functional.cross_entropy(logits, labels).item(),
-            "img_per_s": len(labels) / seconds,
-            "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(study.split.classes))}

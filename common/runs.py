@@ -81,15 +81,29 @@ def require_keys(ckpt: dict, keys: tuple[str, ...], path: Path | str) -> None:
                               "version: use another run's best.pt or retrain")
 
 
-class CheckpointSaver:
-    """A run's folder and its per-epoch checkpoints, committed so that a kill never leaves them inconsistent.
+# Options that may differ when a run is resumed: where things are and how fast, not what is trained.
+RESUME_MAY_DIFFER = {"resume", "device", "amp", "workers", "data_dir", "output_dir", "split_file", "tag",
+                     "monitor_test"}
 
-    The folder and its config.json are created by the first commit, so a start that fails leaves nothing.
+
+class CheckpointSaver:
+    """A run's folder and its checkpoint policy: what last.pt and best.pt hold, the best epoch, resuming, the end.
+
+    Each epoch's files are committed so that a kill never leaves them inconsistent; the folder and its config.json
+    are created by the first commit, so a start that fails leaves nothing. With write=False (the other processes
+    under torchrun) it keeps the same record of epochs and best, and writes nothing.
     """
 
-    def __init__(self, run_dir: Path, config: dict, exists: bool = False):
-        """run_dir: the folder to create at the first commit (or a free name like it); with exists, a resumed run."""
-        self.run_dir, self.config, self._created = run_dir, config, exists
+    def __init__(self, run_dir: Path, config: dict, describe: dict | None = None, exists: bool = False,
+                 write: bool = True):
+        """run_dir: the folder to create at the first commit (or a free name like it); with exists, a resumed run.
+
+        describe: what every checkpoint carries to rebuild the model (arch, mode, classes, split_fingerprint, ...).
+        """
+        self.run_dir, self.config, self._created, self.write = run_dir, config, exists, write
+        self.describe = describe or {}
+        self.best_acc, self.best_epoch, self.start_epoch = -1.0, -1, 0
+        self.history: list[dict] = []
 
     @property
     def last(self) -> Path:
@@ -102,6 +116,36 @@ class CheckpointSaver:
     @property
     def _pending(self) -> Path:
         return self.run_dir / "best.pt.next"
+
+    def resume(self, path: Path | str, options: dict) -> dict:
+        """Continue the killed run whose last.pt is path, after checking it is this run; returns that checkpoint.
+
+        options are this start's option values (as config.json records them), compared with the run's own.
+        """
+        self.run_dir = check_resume_path(Path(path), self.run_dir.parent)
+        ckpt = load_checkpoint(path, keys=("arch", "mode"))
+        _check_resumable(ckpt, path, self.describe, options)
+        self.config, self._created = ckpt["config"], True
+        self.best_acc, self.best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
+        self.history, self.start_epoch = ckpt["history"], ckpt["epoch"] + 1
+        if self.write:
+            self.recover(ckpt)
+        return ckpt
+
+    def checkpoint(self, epoch: int, state: dict) -> dict:
+        """What last.pt and best.pt hold: the model's description, the run's record, and the training state."""
+        return {"format": CKPT_FORMAT, **self.describe, "epoch": epoch, "best_val_acc": self.best_acc,
+                "best_epoch": self.best_epoch, "history": self.history, "config": self.config, **state}
+
+    def save(self, epoch: int, row: dict, state: dict) -> bool:
+        """Record an epoch (its history row; the best by row["val_acc"]) and commit its files; True if it is best."""
+        improved = row["val_acc"] > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch = row["val_acc"], epoch
+        self.history.append(row)
+        if self.write:
+            self.commit(self.checkpoint(epoch, state), improved)
+        return improved
 
     def ensure_dir(self) -> None:
         """Create the run folder (a free name like the one asked for) with its config.json, once."""
@@ -134,6 +178,33 @@ class CheckpointSaver:
             found = "is missing" if best is None else f"holds epoch {best['epoch'] + 1}"
             raise CheckpointError(f"{self.best} {found}, but {self.last} records epoch {last['best_epoch'] + 1} as "
                                   "the best; the run folder was changed by hand: start a new run")
+
+    def finish(self, metrics: dict, log=print) -> None:
+        """Mark the run finished with its metrics.json, then let it compete for the global best."""
+        write_json(self.run_dir / "metrics.json", metrics)
+        self.update_global_best(log)
+
+    def update_global_best(self, log=print) -> None:
+        """Make the runs folder's best.pt the best finished run on this run's split and classes (see below)."""
+        update_global_best(self.run_dir.parent, self.describe["split_fingerprint"], self.describe["classes"], log)
+
+
+def _check_resumable(ckpt: dict, path: Path | str, describe: dict, options: dict) -> None:
+    """Raise CheckpointError unless the checkpoint is a resumable run of this model, split and options."""
+    if (ckpt["arch"], ckpt["mode"]) != (describe["arch"], describe["mode"]):
+        raise CheckpointError(f"--resume {path} is a {ckpt['arch']}/{ckpt['mode']} run, "
+                              f"not {describe['arch']}/{describe['mode']}; resume it with its own script and --mode")
+    require_keys(ckpt, MODEL_KEYS + RESUME_KEYS, path)
+    if ckpt["split_fingerprint"] != describe["split_fingerprint"]:
+        raise CheckpointError(f"--resume {path} was trained on another split; "
+                              "resume with its --output-dir/--split-file")
+    saved = ckpt["config"]
+    # An option the saved config lacks was added since the run started; its default is what the run used.
+    changed = [k for k, v in options.items() if k in saved and k not in RESUME_MAY_DIFFER and saved[k] != v]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)} (now {options[k]})" for k in changed)
+        raise CheckpointError(f"--resume {path}: the run was started with {flags}; resume it with the "
+                              "options in its config.json, or start a new run")
 
 
 def check_resume_path(path: Path, output_dir: Path) -> Path:

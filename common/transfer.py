@@ -5,6 +5,7 @@ import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -16,11 +17,19 @@ from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fi
 from common.cli import ArgumentParser, UserError, number, positive_int
 from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
-from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
+from common.engine import (
+    add_param_groups,
+    add_train_args,
+    make_optimizer,
+    param_groups,
+    resolve_device,
+    seed_everything,
+)
 from common.loader import BatchLoader, make_loaders, to_device
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
 from common.split import Split
+from common.trainer import Callback, TrainingData, fit, make_objective
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, eval_transform, make_transforms
 
 
@@ -148,16 +157,53 @@ def cached_features(model, arch, weights: dict, images, split, device, cache_dir
     return feats, seconds
 
 
+class GradualUnfreeze(Callback):
+    """Gradual unfreezing (as Lightning's BaseFinetuning): the head first, then one block deeper every `every` epochs.
+
+    A block's parameters join the optimizer as new groups when it unfreezes (groups(names) makes them, with the
+    run's weight decay and per-block rates), so the optimizer only ever holds trainable parameters. Frozen blocks
+    stay in eval mode while training (set_train_mode), so their BatchNorm statistics do not move.
+    """
+
+    def __init__(self, model: nn.Module, arch: str, every: int, groups: Callable[[set[str]], list[dict]], log=print):
+        self.model, self.arch, self.every, self.groups, self.log = model, arch, every, groups, log
+        self.depth = 0  # blocks below the head that train (block_depth)
+
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        if self._unfreeze_to(min(epoch // self.every, ARCHS[self.arch].max_depth), optimizer):
+            trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self.log(f"gradual unfreezing: blocks up to depth {self.depth} of {ARCHS[self.arch].max_depth} now "
+                     f"train ({trainable:,} parameters)")
+
+    def state_dict(self) -> dict:
+        return {"depth": self.depth}
+
+    def load_state_dict(self, state: dict, optimizer: torch.optim.Optimizer) -> None:
+        self._unfreeze_to(state.get("depth", 0), optimizer)
+
+    def _unfreeze_to(self, depth: int, optimizer: torch.optim.Optimizer) -> bool:
+        """One block at a time, so a resumed run adds the optimizer's groups in the order the killed one did."""
+        changed = False
+        while self.depth < depth:
+            self.depth += 1
+            before = {n for n, p in self.model.named_parameters() if p.requires_grad}
+            unfreeze_to_depth(self.model, self.arch, self.depth)
+            new = {n for n, p in self.model.named_parameters() if p.requires_grad} - before
+            if new:
+                add_param_groups(optimizer, self.groups(new))
+                changed = True
+        return changed
+
+
 def train(args, arch: str, split: Split, images, device: torch.device, log=print) -> Path:
     """Build, freeze and fine-tune one model; returns its run folder."""
-    if args.lr is None:
-        args.lr = ARCHS[arch].lr[args.mode]
     problem = check_mode_options(args)
     if problem:
         raise UserError(problem)
     if args.mode == "gradual" and is_distributed():
         raise UserError("--mode gradual changes the trainable parameters during training, which "
                         "DistributedDataParallel cannot follow; run it without torchrun")
+    lr = ARCHS[arch].lr[args.mode] if args.lr is None else args.lr
     generators = seed_everything(args.seed)
     model, weights = build_model(arch, len(split.classes), args.mode, args.weights)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
@@ -177,20 +223,15 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     loaders = make_loaders(images, split, args, device, generators["data"], log)
     lr_of = None
     if args.lr_decay != 1.0:
-        lr_of = lambda name: args.lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
-    gradual = args.mode == "gradual"
-    optimizer = make_optimizer(param_groups(trained, args.weight_decay, args.lr, lr_of, include_frozen=gradual), args)
-
-    def unfreeze(epoch: int) -> None:
-        depth = min(epoch // args.unfreeze_every, ARCHS[arch].max_depth)
-        if unfreeze_to_depth(model, arch, depth):
-            log(f"gradual unfreezing: blocks up to depth {depth} of {ARCHS[arch].max_depth} now train "
-                f"({sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters)")
-
-    study = Study(split, loaders, train_tf, eval_tf, arch, args.mode, meta,
-                  on_epoch_start=unfreeze if gradual else None)
-    return fit(trained, study, args, generators, device, optimizer=optimizer, save_model=save_model,
-               extra_metrics=extra, log=log)
+        lr_of = lambda name: lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
+    groups = partial(param_groups, trained, args.weight_decay, lr, lr_of)
+    optimizer = make_optimizer(groups(), args.opt, lr)
+    callbacks = [GradualUnfreeze(model, arch, args.unfreeze_every, groups, log)] if args.mode == "gradual" else []
+    data = TrainingData(split, loaders, train_tf, eval_tf, arch, args.mode, meta)
+    objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
+                               args.mixup, args.cutmix, generators["augment"], device)
+    return fit(trained, data, args, generators, device, lr=lr, objective=objective, optimizer=optimizer,
+               callbacks=callbacks, save_model=save_model, extra_metrics=extra, log=log)
 
 
 def main(args, arch: str) -> Path:

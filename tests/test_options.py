@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -12,12 +13,14 @@ from torch import nn
 import part1_scratch_cnn as part1
 import part2_mobilenet
 from common.cli import DataError
-from common.engine import param_groups, seed_everything
+from common.engine import make_optimizer, make_scheduler, param_groups, seed_everything
 from common.loader import BatchLoader, class_weights, mix_batch, train_subset
 from common.models import build_model, count_parameters, set_train_mode, unfreeze_to_depth
 from common.runs import load_checkpoint
+from common.trainer import make_objective
+from common.transfer import GradualUnfreeze
 from common.transforms import make_transforms
-from conftest import tiny_args
+from conftest import Killed, kill_after, tiny_args
 
 LABELS = np.repeat(np.arange(10), 50)          # 10 classes x 50 images
 TRAIN = np.flatnonzero(np.tile(np.arange(50) < 30, 10))  # 30 training images per class
@@ -56,6 +59,22 @@ def test_class_weights_are_inverse_frequency():
     assert torch.allclose(w, torch.tensor([10 / 24, 10 / 12, 10 / 4, 0.0]))
     # every class weighs the same
     assert torch.allclose(w[:3] * torch.tensor([6.0, 3.0, 1.0]), torch.full((3,), 10 / 4))
+
+
+def test_objective_weights_training_only_and_mixes_when_asked():
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    cpu = torch.device("cpu")
+    plain = make_objective(labels, 3, 0.1, "none", 0.0, 0.0, torch.Generator(), cpu)
+    assert plain.train is plain.val and plain.train.weight is None and plain.mix is None
+    assert plain.val.label_smoothing == 0.1
+    weighted = make_objective(labels, 3, 0.1, "weights", 0.0, 0.0, torch.Generator(), cpu)
+    assert torch.equal(weighted.train.weight, class_weights(labels, 3)) and weighted.train.label_smoothing == 0.1
+    assert weighted.val.weight is None  # validation loss stays comparable across remedies
+    # the mixing draws from the generator it was given: the same seed, the same batch
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    a = make_objective(labels, 3, 0.0, "none", 0.4, 1.0, torch.Generator().manual_seed(5), cpu).mix(x, y)
+    b = make_objective(labels, 3, 0.0, "none", 0.4, 1.0, torch.Generator().manual_seed(5), cpu).mix(x, y)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[1].shape == (4, 3)
 
 
 def test_oversampling_balances_classes_reproducibly():
@@ -120,13 +139,76 @@ def test_bn_mode_trains_batchnorm_and_head_only():
 def test_gradual_unfreezing_goes_deeper_block_by_block():
     model, _ = build_model("resnet18", 10, "gradual")
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"fc"}
-    groups = param_groups(model, 1e-4, 1e-3, include_frozen=True)
-    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    groups = param_groups(model, 1e-4, 1e-3)  # the optimizer starts with the head alone (GradualUnfreeze adds blocks)
+    assert sum(len(g["params"]) for g in groups) == 2
     assert unfreeze_to_depth(model, "resnet18", 2)
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"fc", "layer4", "layer3"}
     assert not unfreeze_to_depth(model, "resnet18", 2)
     unfreeze_to_depth(model, "resnet18", 5)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def in_optimizer(optimizer) -> set[int]:
+    return {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+
+def gradual(arch: str = "resnet18", every: int = 2):
+    """A gradual-mode model, its AdamW over the trainable parameters, and its GradualUnfreeze callback."""
+    model, _ = build_model(arch, 10, "gradual")
+    groups = partial(param_groups, model, 1e-4, 1e-3, None)
+    optimizer = make_optimizer(groups(), "adamw", 1e-3)
+    return model, optimizer, GradualUnfreeze(model, arch, every, groups, log=lambda *a: None)
+
+
+def test_gradual_unfreeze_adds_each_block_to_the_optimizer_at_the_schedules_rate():
+    model, optimizer, callback = gradual()
+    scheduler = make_scheduler(optimizer, argparse.Namespace(sched="cosine", warmup_epochs=0, epochs=6))
+    for epoch in range(6):
+        callback.on_epoch_start(epoch, optimizer)
+        assert in_optimizer(optimizer) == {id(p) for p in model.parameters() if p.requires_grad}
+        assert callback.depth == epoch // 2
+        factor = scheduler.lr_lambdas[0](epoch)  # a block unfrozen late starts where the schedule is
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3 * factor] * len(optimizer.param_groups))
+        optimizer.step()
+        scheduler.step()
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"fc", "layer4", "layer3"}
+    set_train_mode(model)
+    assert model.layer3[0].bn1.training and not model.layer2[0].bn1.training  # frozen BatchNorm stays in eval
+
+    # A resumed run: the callback's state brings back the same groups, so the optimizer's saved state fits.
+    fresh, fresh_optimizer, fresh_callback = gradual()
+    fresh_callback.load_state_dict(callback.state_dict(), fresh_optimizer)
+    fresh_optimizer.load_state_dict(optimizer.state_dict())
+    assert fresh_callback.depth == 2
+    sizes = [[len(g["params"]) for g in o.param_groups] for o in (fresh_optimizer, optimizer)]
+    assert sizes[0] == sizes[1] and len(sizes[0]) > 2
+    assert in_optimizer(fresh_optimizer) == {id(p) for p in fresh.parameters() if p.requires_grad}
+
+
+def test_gradual_run_resumed_after_a_kill_matches_an_uninterrupted_one(dataset, tmp_path, monkeypatch):
+    def run(out, *extra):
+        argv = tiny_args(dataset, out, "--mode", "gradual", "--weights", "none", "--unfreeze-every", "1",
+                         "--epochs", "3", "--batch-size", "16", "--lr", "1e-2", "--warmup-epochs", "0", *extra)
+        part2_mobilenet.main(part2_mobilenet.get_args_parser().parse_args(argv))
+        return next(p for p in out.iterdir() if p.is_dir() and p.name.endswith("gradual"))
+
+    straight = run(tmp_path / "a")
+    kill_after(monkeypatch, "last.pt", 1)  # epoch 2 (depth 1) committed; epoch 3 would unfreeze depth 2
+    with pytest.raises(Killed):
+        run(tmp_path / "b")
+    monkeypatch.undo()
+    last = next((tmp_path / "b").glob("*gradual/last.pt"))
+    assert load_checkpoint(last)["callbacks"] == {"GradualUnfreeze": {"depth": 1}}
+    resumed = run(tmp_path / "b", "--resume", str(last))
+    a, b = load_checkpoint(resumed / "last.pt"), load_checkpoint(straight / "last.pt")
+    assert a["callbacks"] == b["callbacks"] == {"GradualUnfreeze": {"depth": 2}}
+    for key, value in b["model_state"].items():
+        torch.testing.assert_close(a["model_state"][key], value, rtol=1e-4, atol=1e-5)
+    assert len(a["optimizer_state"]["param_groups"]) == len(b["optimizer_state"]["param_groups"])
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (resumed, straight))
+    assert [h["val_acc"] for h in ma["history"]] == [h["val_acc"] for h in mb["history"]]
+    assert [h["lr"] for h in ma["history"]] == [h["lr"] for h in mb["history"]]
+    assert ma["test_acc"] == pytest.approx(mb["test_acc"]) and ma["resumed_from_epoch"] == 2
 
 
 def test_gradual_run_leaves_deeper_blocks_untouched_until_their_epoch(dataset, tmp_path):

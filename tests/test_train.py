@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import part1_scratch_cnn as part1
 from common.data import prepare_data
-from common.engine import predict
-from common.loader import BatchLoader
-from common.models import model_from_checkpoint
-from common.runs import CheckpointError, load_checkpoint
-from common.transforms import eval_transform
+from common.engine import predict, seed_everything
+from common.loader import BatchLoader, make_loaders
+from common.models import build_model, model_from_checkpoint
+from common.runs import CheckpointError, CheckpointSaver, load_checkpoint
+from common.trainer import EarlyStopping, Objective, TrainingData, fit
+from common.transforms import eval_transform, make_transforms
 from conftest import ROOT, Killed, kill_after, tiny_args
 
 FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
@@ -117,14 +119,13 @@ def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path, monkeypa
 
 def test_kill_before_global_best_is_healed_by_the_next_start(dataset, tmp_path, monkeypatch):
     out = tmp_path / "runs"
-    import common.engine as engine
     calls = []
 
     def die_on_second_call(*a, **k):  # the first call is the start's healing pass, the second the run's own
         calls.append(1)
         if len(calls) == 2:
             raise Killed
-    monkeypatch.setattr(engine, "update_global_best", die_on_second_call)
+    monkeypatch.setattr(CheckpointSaver, "update_global_best", die_on_second_call)
     with pytest.raises(Killed):
         run_part1(tiny_args(dataset, out, *FAST))
     monkeypatch.undo()
@@ -176,3 +177,46 @@ def test_cli_errors_are_one_clear_line(dataset, tmp_path, extra, message):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and message in last and "Traceback" not in proc.stderr
+
+
+def test_fit_trains_with_the_objective_it_is_given(dataset, tmp_path):
+    args = part1.get_args_parser().parse_args(tiny_args(dataset, tmp_path / "runs", "--epochs", "1",
+                                                        "--batch-size", "16"))
+    cpu, quiet = torch.device("cpu"), lambda *a, **k: None
+    split, images = prepare_data(args, quiet)
+    generators = seed_everything(args.seed)
+    model, _ = build_model("scratch_cnn", len(split.classes))
+    train_tf, eval_tf = make_transforms(args, generators["augment"])
+    data = TrainingData(split, make_loaders(images, split, args, cpu, generators["data"], quiet), train_tf, eval_tf,
+                        "scratch_cnn", "full", {"img_size": 72, "crop_size": 64, "mean": [0.5] * 3, "std": [0.2] * 3})
+    for option in ("label_smoothing", "balance", "mixup", "cutmix"):
+        delattr(args, option)  # the recipe's business: fit builds no criterion or mixing of its own
+    seen = {"train": 0, "mixed": 0}
+
+    class Counted(nn.CrossEntropyLoss):
+        def forward(self, logits, target):
+            seen["train"] += 1
+            return super().forward(logits, target)
+
+    def mix(x, y):
+        seen["mixed"] += 1
+        return x, y
+
+    run = fit(model, data, args, generators, cpu, lr=1e-3, objective=Objective(Counted(), nn.CrossEntropyLoss(), mix),
+              log=quiet)
+    batches = len(split.indices["train"]) // 16
+    assert seen == {"train": batches, "mixed": batches}
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_early_stopping_counts_epochs_without_gain_also_across_a_resume():
+    stopper = EarlyStopping(2)
+    stops = []
+    for improved in (True, False, True, False, False):
+        stops.append(stopper.stop)
+        stopper.update(improved)
+    assert stops == [False] * 5 and stopper.stop
+    assert not EarlyStopping(0, start_epoch=9, best_epoch=0).stop  # patience 0: never
+    # Killed after epoch index 4 with the best at index 2: two epochs without gain are already behind it.
+    assert EarlyStopping(2, start_epoch=5, best_epoch=2).stop
+    assert not EarlyStopping(3, start_epoch=5, best_epoch=2).stop

@@ -154,3 +154,16 @@ def test_lr_decay_gives_deeper_blocks_smaller_rates():
     mnv2, _ = build_model("mobilenet_v2", 10, "full")
     depths = {transfer.block_depth("mobilenet_v2", n) for n, _ in mnv2.named_parameters()}
     assert depths == {0, 1, 2, 3, 4}
+
+
+def test_default_learning_rate_is_recorded_without_rewriting_the_options(dataset, tmp_path):
+    out = tmp_path / "runs"
+    args = part2_mobilenet.get_args_parser().parse_args(
+        tiny_args(dataset, out, "--mode", "fc", "--weights", "none", "--epochs", "1", "--batch-size", "16"))
+    assert args.lr is None
+    run = transfer.main(args, "mobilenet_v2")
+    assert args.lr is None  # the caller's options are left as given, so a second run picks its own default
+    default = ARCHS["mobilenet_v2"].lr["fc"]
+    assert json.loads((run / "config.json").read_text())["lr"] == default
+    assert json.loads((run / "metrics.json").read_text())["lr"] == default
+    assert load_checkpoint(run / "last.pt")["config"]["lr"] == default

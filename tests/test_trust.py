@@ -196,3 +196,32 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     assert a.run_dir != b.run_dir and b.run_dir.name == name.name + "-1"
     assert json.loads((b.run_dir / "config.json").read_text()) == {"run": "b"}
     assert json.loads((a.run_dir / "config.json").read_text()) == {"run": "a"}
+
+
+DESCRIBE = {"arch": "scratch_cnn", "mode": "full", "classes": ["a", "b"], "split_fingerprint": "f" * 64,
+            "img_size": 8, "crop_size": 8, "mean": [0.5] * 3, "std": [0.2] * 3}
+
+
+def training_state(epoch: int) -> dict:
+    return {"model_state": {"w": torch.tensor([float(epoch)])}, "optimizer_state": {}, "scheduler_state": {},
+            "rng": []}
+
+
+def test_saver_keeps_the_best_epoch_and_a_resume_takes_up_its_record(tmp_path):
+    out, config = tmp_path / "runs", {"lr": 0.1, "epochs": 3}
+    saver = CheckpointSaver(out / "20260101-000000-scratch_cnn-full", config, DESCRIBE)
+    rows = [{"val_acc": acc} for acc in (0.5, 0.7, 0.6)]
+    assert [saver.save(epoch, row, training_state(epoch)) for epoch, row in enumerate(rows)] == [True, True, False]
+    last, best = load_checkpoint(saver.last), load_checkpoint(saver.best)
+    assert (last["epoch"], last["best_epoch"], last["best_val_acc"]) == (2, 1, 0.7) and last["history"] == rows
+    assert best["epoch"] == 1 and best["model_state"]["w"].item() == 1.0 and best["classes"] == ["a", "b"]
+    assert last["config"] == config and last["format"] == "animals10-ckpt/1"
+    resumed = CheckpointSaver(out / "20260102-000000-scratch_cnn-full", config, DESCRIBE)
+    assert resumed.resume(saver.last, config)["epoch"] == 2
+    assert resumed.run_dir == saver.run_dir and resumed.history == rows
+    assert (resumed.start_epoch, resumed.best_epoch, resumed.best_acc) == (3, 1, 0.7)
+    with pytest.raises(CheckpointError, match="--epochs 3 \\(now 4\\)"):
+        CheckpointSaver(out / "new", config, DESCRIBE).resume(saver.last, {**config, "epochs": 4})
+    with pytest.raises(CheckpointError, match="another split"):
+        CheckpointSaver(out / "new", config, {**DESCRIBE, "split_fingerprint": "0" * 64}).resume(saver.last, config)
+    assert run_dirs(out) == [saver.run_dir]  # the refused resumes created nothing
