@@ -37,7 +37,8 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
-from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
+from common.config import add_augment_args, add_crop_check, add_data_args
+from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
 from common.files import atomic_write_text

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.architectures import ARCHS  # noqa: E402
 from common.cache import cache_path  # noqa: E402
 from common.cli import ArgumentParser  # noqa: E402
-from common.data import add_data_args, prepare_data, resolve_data_dir  # noqa: E402
+from common.config import add_data_args  # noqa: E402
+from common.data import prepare_data, resolve_data_dir  # noqa: E402
 from common.engine import autocast, resolve_device  # noqa: E402
 from common.files import atomic_write_text  # noqa: E402
 from common.loader import BatchLoader, to_device  # noqa: E402

@@ -14,7 +14,8 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
+from common.config import add_augment_args, add_crop_check, add_data_args
+from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
 from common.loader import BatchLoader, make_loaders, to_device

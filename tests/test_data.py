@@ -13,7 +13,8 @@ import torch
 
 from common.cache import load_or_build_cache
 from common.cli import DataError
-from common.data import add_data_args, prepare_data
+from common.config import add_data_args
+from common.data import prepare_data
 from common.decode import decode_image
 from common.duplicates import duplicate_groups
 from common.files import atomic_write_text
