@@ -7,6 +7,7 @@ from common.cli import nonnegative_float, nonnegative_int, number, positive_int,
 from common.data import DEFAULT_DATA_DIR
 from common.decode import DEFAULT_MAX_PIXELS
 from common.duplicates import NEAR_THRESHOLD
+from common.split import DEFAULT_IMG_SIZE, DEFAULT_PER_CLASS, DEFAULT_SIZES
 from common.transforms import AUTO_AUGMENT
 
 
@@ -17,8 +18,9 @@ def add_data_args(parser) -> None:
                    help=f"folder of <class>/<images> (default: $ANIMALS10_DIR, else {DEFAULT_DATA_DIR})")
     g.add_argument("--output-dir", default="runs", help="where run folders, split.json and the cache go")
     g.add_argument("--split-file", default=None, help="saved split (default: <output-dir>/split.json)")
-    g.add_argument("--per-class", type=nonnegative_int, default=450, help="images drawn per class (0: all)")
-    g.add_argument("--split", default="300,75,75",
+    g.add_argument("--per-class", type=nonnegative_int, default=DEFAULT_PER_CLASS,
+                   help="images drawn per class (0: all)")
+    g.add_argument("--split", default=",".join(map(str, DEFAULT_SIZES)),
                    help="train,val,test images per class, or fractions of each class (e.g. 0.7,0.15,0.15)")
     g.add_argument("--no-dedup", dest="dedup", action="store_false",
                    help="draw a new split image by image: keep byte-identical copies and let near duplicates fall "
@@ -32,7 +34,7 @@ def add_data_args(parser) -> None:
     g.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed for initialisation, augmentation and batch order (repeat a run on the same split "
                         "with --seed 0, 1, 2 to see the run-to-run spread)")
-    g.add_argument("--img-size", type=positive_int, default=256,
+    g.add_argument("--img-size", type=positive_int, default=DEFAULT_IMG_SIZE,
                    help="images are resized to this square size and cached")
     g.add_argument("--crop-size", type=positive_int, default=224, help="networks see crops of this size")
     g.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="decoding threads")
