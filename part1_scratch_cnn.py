@@ -37,7 +37,7 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
-from common.config import add_augment_args, add_crop_check, add_data_args
+from common.config import DataConfig, add_augment_args, add_crop_check, add_data_args
 from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
@@ -131,7 +131,7 @@ def run(args) -> None:
     device = resolve_device(args.device)
     log = print if is_main() else (lambda *a, **k: None)
     t0 = time.perf_counter()
-    split, images = prepare_data(args, log)
+    split, images = prepare_data(DataConfig.from_args(args), log)
     check_crop_fits(images, args.crop_size)
     log(f"data ready in {time.perf_counter() - t0:.1f}s: {len(split.entries)} images, {len(split.classes)} classes")
     images = to_device(images, device)

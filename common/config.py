@@ -1,13 +1,25 @@
-"""The command-line options of the data and the augmentation, and the checks across them."""
+"""The command-line options of the data and the augmentation, the checks across them, and the configs built from
+them: the one place in common/ that reads the parsed arguments (argparse's Namespace).
+
+A script parses its options once and builds each config once from them, with `Config.from_args(args)`:
+
+    DataConfig     prepare_data (common/data.py): where the data and the split are, how the split is drawn and cached
+
+Library functions take these configs or plain values, never the Namespace; from_args reads only its own fields, so
+one Namespace builds them all. The checks given to parser.add_check read the Namespace too, and live here.
+"""
 from __future__ import annotations
 
+import argparse
 import os
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 from common.cli import nonnegative_float, nonnegative_int, number, positive_int, probability
-from common.data import DEFAULT_DATA_DIR
+from common.data import DEFAULT_DATA_DIR, resolve_data_dir
 from common.decode import DEFAULT_MAX_PIXELS
 from common.duplicates import NEAR_THRESHOLD
-from common.split import DEFAULT_IMG_SIZE, DEFAULT_PER_CLASS, DEFAULT_SIZES
+from common.split import DEFAULT_IMG_SIZE, DEFAULT_PER_CLASS, DEFAULT_SIZES, parse_split_sizes
 from common.transforms import AUTO_AUGMENT
 
 
@@ -74,3 +86,37 @@ def add_augment_args(parser, scale_min: float, jitter: float) -> None:
                    help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
     g.add_argument("--cutmix", type=nonnegative_float, default=0.0, metavar="ALPHA",
                    help="CutMix with Beta(ALPHA, ALPHA) (0 = off); with --mixup too, each batch uses one of them")
+
+
+def _from_args(cls, args: argparse.Namespace, **given):
+    """cls with each field read from the option of its name, except those given (resolved or parsed values)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in given}, **given)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What prepare_data reads: the data folder, the split (file, size, seed, de-duplication) and the cache."""
+
+    data_dir: Path
+    output_dir: Path
+    split_file: Path
+    per_class: int
+    sizes: tuple[float, float, float]
+    split_seed: int
+    img_size: int
+    workers: int
+    dedup: bool
+    near_threshold: int
+    max_pixels: int
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.output_dir / "cache"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DataConfig:
+        """--data-dir and --split-file resolved, --split parsed (a DataError when it is malformed)."""
+        out = Path(args.output_dir)
+        return _from_args(cls, args, data_dir=resolve_data_dir(args.data_dir), output_dir=out,
+                          split_file=Path(args.split_file) if args.split_file else out / "split.json",
+                          sizes=parse_split_sizes(args.split, args.per_class))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,7 +24,10 @@ from common.cache import load_or_build_cache
 from common.cli import DataError
 from common.decode import DEFAULT_MAX_PIXELS, decode_many, undecodable_reason
 from common.files import remove_stale_temp_files
-from common.split import Split, load_or_create_split, parse_split_sizes, scan_folder
+from common.split import Split, load_or_create_split, scan_folder
+
+if TYPE_CHECKING:
+    from common.config import DataConfig
 
 ENGLISH_NAMES = {
     "cane": "dog", "cavallo": "horse", "elefante": "elephant", "farfalla": "butterfly",
@@ -43,22 +47,18 @@ def resolve_data_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("ANIMALS10_DIR") or DEFAULT_DATA_DIR)
 
 
-def prepare_data(args, log=print) -> tuple[Split, np.ndarray]:
-    """Resolve paths from parsed arguments, then load or create the split and its pixel cache."""
-    data_dir = resolve_data_dir(args.data_dir)
-    out = Path(args.output_dir)
+def prepare_data(config: DataConfig, log=print) -> tuple[Split, np.ndarray]:
+    """Load or create the split and its pixel cache, as the data options say."""
     if not distributed.is_main():
         distributed.barrier()  # let rank 0 draw the split and build the cache first
     if distributed.is_main():
-        for folder in (out, out / "cache"):
+        for folder in (config.output_dir, config.cache_dir):
             remove_stale_temp_files(folder)
-    split_file = Path(args.split_file) if args.split_file else out / "split.json"
-    sizes = parse_split_sizes(args.split, args.per_class)
-    split, pixels = load_or_create_split(data_dir, split_file, args.per_class, sizes, args.split_seed,
-                                         args.img_size, args.workers, log, args.dedup, args.near_threshold,
-                                         args.max_pixels)
-    images = load_or_build_cache(data_dir, split, out / "cache", args.img_size, pixels, args.workers, log,
-                                 args.max_pixels)
+    split, pixels = load_or_create_split(config.data_dir, config.split_file, config.per_class, config.sizes,
+                                         config.split_seed, config.img_size, config.workers, log, config.dedup,
+                                         config.near_threshold, config.max_pixels)
+    images = load_or_build_cache(config.data_dir, split, config.cache_dir, config.img_size, pixels, config.workers,
+                                 log, config.max_pixels)
     if distributed.is_main():
         distributed.barrier()
     return split, images

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.config import add_augment_args, add_crop_check, add_data_args
+from common.config import DataConfig, add_augment_args, add_crop_check, add_data_args
 from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
@@ -200,7 +200,7 @@ def main(args, arch: str) -> Path:
     try:
         device = resolve_device(args.device)
         log = print if is_main() else (lambda *a, **k: None)
-        split, images = prepare_data(args, log)
+        split, images = prepare_data(DataConfig.from_args(args), log)
         check_crop_fits(images, args.crop_size)
         return train(args, arch, split, to_device(images, device), device, log)
     finally:

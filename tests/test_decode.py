@@ -422,7 +422,8 @@ def test_max_pixels_argument_reaches_the_split_and_the_cache(bombed_dataset, tmp
             "--split", "0.6,0.2,0.2", "--img-size", "32", "--workers", "2"]
     assert parser.parse_args(argv).max_pixels == decode.DEFAULT_MAX_PIXELS
     logs = []
-    split, images = prepare_data(parser.parse_args(argv + ["--max-pixels", "10000"]), log=logs.append)
+    split, images = prepare_data(config.DataConfig.from_args(parser.parse_args(argv + ["--max-pixels", "10000"])),
+                                 log=logs.append)
     assert split.meta["skipped"] == ["cane/huge.png", "gatto/big.jpg"]  # 120 x 100 = 12000 pixels
     big = bombed_dataset / "gatto" / "big.jpg"
     assert (f"skipping image {big}: 120x100 pixels (0 megapixels), more than --max-pixels 10000; "

@@ -33,7 +33,7 @@ while not go.exists():
     time.sleep(0.01)
 messages = []
 try:
-    split, _ = data.prepare_data(args, log=messages.append)
+    split, _ = data.prepare_data(config.DataConfig.from_args(args), log=messages.append)
 except DataError as e:
     sys.exit(f"error: {{e}}")
 print(json.dumps({{"fingerprint": split.fingerprint, "messages": messages}}))
