@@ -4,6 +4,7 @@ them: the one place in common/ that reads the parsed arguments (argparse's Names
 A script parses its options once and builds each config once from them, with `Config.from_args(args)`:
 
     DataConfig     prepare_data (common/data.py): where the data and the split are, how the split is drawn and cached
+    LoaderConfig   make_loaders (common/loader.py): the batch size and which training images are drawn how often
 
 Library functions take these configs or plain values, never the Namespace; from_args reads only its own fields, so
 one Namespace builds them all. The checks given to parser.add_check read the Namespace too, and live here.
@@ -120,3 +121,17 @@ class DataConfig:
         return _from_args(cls, args, data_dir=resolve_data_dir(args.data_dir), output_dir=out,
                           split_file=Path(args.split_file) if args.split_file else out / "split.json",
                           sizes=parse_split_sizes(args.split, args.per_class))
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """What make_loaders reads: the batch size, the --fraction/--imbalance training subset, and --balance."""
+
+    batch_size: int
+    fraction: float
+    imbalance: float
+    balance: str  # "oversample" draws the training images by inverse class frequency; the others are the loss's
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LoaderConfig:
+        return _from_args(cls, args)

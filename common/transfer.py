@@ -14,7 +14,7 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.config import DataConfig, add_augment_args, add_crop_check, add_data_args
+from common.config import DataConfig, LoaderConfig, add_augment_args, add_crop_check, add_data_args
 from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
@@ -175,7 +175,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
         extra["feature_extraction_seconds"] = seconds
         images, trained, save_model = feats.to(device), getattr(model, ARCHS[arch].head_child), model
         train_tf = eval_tf = nn.Identity()
-    loaders = make_loaders(images, split, args, device, generators["data"], log)
+    loaders = make_loaders(images, split, LoaderConfig.from_args(args), device, generators["data"], log)
     lr_of = None
     if args.lr_decay != 1.0:
         lr_of = lambda name: args.lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731

@@ -11,7 +11,7 @@ import pytest
 import part1_scratch_cnn as part1
 from common import transfer
 from common.cli import ArgumentParser
-from common.config import DataConfig, add_data_args
+from common.config import DataConfig, LoaderConfig, add_data_args
 from common.split import load_or_create_split, parse_split_sizes
 
 PARSERS = {"part1": part1.get_args_parser, "part2": lambda: transfer.get_args_parser("resnet18", "part 2")}
@@ -41,6 +41,15 @@ def test_data_config_from_the_script_defaults(script, monkeypatch):
     config = DataConfig.from_args(args)
     assert (config.data_dir, config.split_file, config.sizes, config.dedup) == \
         (Path("/elsewhere"), Path("s.json"), (0.7, 0.15, 0.15), False)
+
+
+@pytest.mark.parametrize("script", PARSERS)
+def test_loader_config_from_the_script_defaults(script):
+    args = PARSERS[script]().parse_args([])
+    assert LoaderConfig.from_args(args) == LoaderConfig(batch_size=32, fraction=1.0, imbalance=1.0, balance="none")
+    args = PARSERS[script]().parse_args(["--batch-size", "8", "--fraction", "0.5", "--imbalance", "10",
+                                         "--balance", "oversample"])
+    assert LoaderConfig.from_args(args) == LoaderConfig(batch_size=8, fraction=0.5, imbalance=10, balance="oversample")
 
 
 def test_from_args_reads_only_its_own_fields():

@@ -13,7 +13,7 @@ import torch
 
 from common.cache import load_or_build_cache
 from common.cli import DataError
-from common.config import DataConfig, add_data_args
+from common.config import DataConfig, LoaderConfig, add_data_args
 from common.data import prepare_data
 from common.decode import decode_image
 from common.duplicates import duplicate_groups
@@ -220,8 +220,8 @@ def test_seed_and_split_seed_are_separate(dataset, tmp_path):
 
 def test_fraction_subset_follows_the_split_seed(dataset, tmp_path):
     def train_indices(split, seed: int) -> list[int]:
-        args = argparse.Namespace(fraction=0.5, imbalance=1.0, seed=seed, batch_size=4)
-        loaders = make_loaders(np.zeros((len(split.entries), 1)), split, args, torch.device("cpu"),
+        config = LoaderConfig(batch_size=4, fraction=0.5, imbalance=1.0, balance="none")
+        loaders = make_loaders(np.zeros((len(split.entries), 1)), split, config, torch.device("cpu"),
                                torch.Generator().manual_seed(seed), log=lambda *_: None)
         return loaders["train"].indices.tolist()
 
