@@ -37,7 +37,7 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
-from common.config import DataConfig, LoaderConfig, add_augment_args, add_crop_check, add_data_args
+from common.config import AugmentConfig, DataConfig, LoaderConfig, add_augment_args, add_crop_check, add_data_args
 from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import Study, add_train_args, fit, resolve_device, seed_everything
@@ -83,7 +83,7 @@ def train(args, split, images, device, log=print) -> Path:
     model, weights = build_model(ARCH, len(split.classes))
     set_dropout(model, ARCH, args.dropout)
     model = model.to(device, memory_format=torch.channels_last)
-    train_tf, eval_tf = make_transforms(args, generators["augment"])
+    train_tf, eval_tf = make_transforms(AugmentConfig.from_args(args), generators["augment"])
     loaders = make_loaders(images, split, LoaderConfig.from_args(args), device, generators["data"], log)
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}

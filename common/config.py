@@ -5,6 +5,7 @@ A script parses its options once and builds each config once from them, with `Co
 
     DataConfig     prepare_data (common/data.py): where the data and the split are, how the split is drawn and cached
     LoaderConfig   make_loaders (common/loader.py): the batch size and which training images are drawn how often
+    AugmentConfig  make_transforms (common/transforms.py) and MixUp/CutMix: the crop and the augmentation
 
 Library functions take these configs or plain values, never the Namespace; from_args reads only its own fields, so
 one Namespace builds them all. The checks given to parser.add_check read the Namespace too, and live here.
@@ -134,4 +135,21 @@ class LoaderConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LoaderConfig:
+        return _from_args(cls, args)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What make_transforms and the batch mixing read: the crop size and the augmentation options."""
+
+    crop_size: int
+    no_augment: bool
+    scale_min: float
+    jitter: float
+    auto_augment: str  # a key of common/transforms.py's AUTO_AUGMENT
+    mixup: float
+    cutmix: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AugmentConfig:
         return _from_args(cls, args)

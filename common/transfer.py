@@ -14,7 +14,7 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.config import DataConfig, LoaderConfig, add_augment_args, add_crop_check, add_data_args
+from common.config import AugmentConfig, DataConfig, LoaderConfig, add_augment_args, add_crop_check, add_data_args
 from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import Study, add_train_args, fit, make_optimizer, param_groups, resolve_device, seed_everything
@@ -164,7 +164,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
     model = model.to(device, memory_format=torch.channels_last)
     crop = args.crop_size
-    train_tf, eval_tf = make_transforms(args, generators["augment"])
+    train_tf, eval_tf = make_transforms(AugmentConfig.from_args(args), generators["augment"])
     meta = {"img_size": args.img_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "weights": weights}
     extra = {}

@@ -11,10 +11,11 @@ import pytest
 import part1_scratch_cnn as part1
 from common import transfer
 from common.cli import ArgumentParser
-from common.config import DataConfig, LoaderConfig, add_data_args
+from common.config import AugmentConfig, DataConfig, LoaderConfig, add_data_args
 from common.split import load_or_create_split, parse_split_sizes
 
 PARSERS = {"part1": part1.get_args_parser, "part2": lambda: transfer.get_args_parser("resnet18", "part 2")}
+CONFIGS = (DataConfig, LoaderConfig, AugmentConfig)
 
 
 def test_data_option_defaults_are_the_split_defaults():
@@ -52,13 +53,29 @@ def test_loader_config_from_the_script_defaults(script):
     assert LoaderConfig.from_args(args) == LoaderConfig(batch_size=8, fraction=0.5, imbalance=10, balance="oversample")
 
 
-def test_from_args_reads_only_its_own_fields():
-    parser = ArgumentParser()
-    add_data_args(parser)
-    args = parser.parse_args([])
-    extended = argparse.Namespace(**vars(args), lr=0.1, tag="x")
-    config = DataConfig.from_args(extended)
-    assert config == DataConfig.from_args(args)
-    assert not {"lr", "tag", "seed", "split", "crop_size"} & {f.name for f in dataclasses.fields(config)}
+@pytest.mark.parametrize("script, scale_min, jitter", [("part1", 0.25, 0.3), ("part2", 0.35, 0.2)])
+def test_augment_config_from_the_script_defaults(script, scale_min, jitter):
+    args = PARSERS[script]().parse_args([])
+    assert AugmentConfig.from_args(args) == AugmentConfig(crop_size=224, no_augment=False, scale_min=scale_min,
+                                                          jitter=jitter, auto_augment="none", mixup=0.0, cutmix=0.0)
+    args = PARSERS[script]().parse_args(["--crop-size", "128", "--no-augment", "--auto-augment", "randaugment",
+                                         "--mixup", "0.2", "--cutmix", "1"])
+    assert AugmentConfig.from_args(args) == AugmentConfig(crop_size=128, no_augment=True, scale_min=scale_min,
+                                                          jitter=jitter, auto_augment="randaugment", mixup=0.2,
+                                                          cutmix=1.0)
+
+
+@pytest.mark.parametrize("config_type", CONFIGS)
+def test_from_args_reads_only_its_own_fields(config_type):
+    args = PARSERS["part1"]().parse_args([])
+    config = config_type.from_args(args)
+    names = {f.name for f in dataclasses.fields(config)}
+    assert not {"lr", "tag", "seed", "epochs", "sweep"} & names  # script and training options stay out
+    assert config_type.from_args(argparse.Namespace(**vars(args), unknown_option=1)) == config
+    # Its own options are all it needs (DataConfig resolves --split and the paths into its fields).
+    options = names | {"split", "data_dir", "output_dir", "split_file"}
+    own = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in options})
+    assert config_type.from_args(own) == config
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.img_size = 1
+        setattr(config, next(iter(names)), None)
+
