@@ -1,5 +1,5 @@
 """The command-line options of the data and the augmentation, the checks across them, and the configs built from
-them: the one place in common/ that reads the parsed arguments (argparse's Namespace).
+them: the home of what the scripts parse, and the one module of the data side that reads argparse's Namespace.
 
 A script parses its options once and builds each config once from them, with `Config.from_args(args)`:
 
@@ -9,6 +9,11 @@ A script parses its options once and builds each config once from them, with `Co
 
 Library functions take these configs or plain values, never the Namespace; from_args reads only its own fields, so
 one Namespace builds them all. The checks given to parser.add_check read the Namespace too, and live here.
+
+Still to come here (issue 18): TrainConfig, what the training loop reads from add_train_args (epochs, lr, optimiser
+and schedule, label smoothing, --balance weights, patience, AMP, resume, tag), with add_train_args itself, and the
+part 2 options (mode, weights, cached features, lr decay, unfreezing); until then common/engine.py (becoming
+trainer.py and runs.py) and common/transfer.py still read the Namespace.
 """
 from __future__ import annotations
 
