@@ -37,7 +37,8 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
-from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
+from common.config import AugmentConfig, DataConfig, LoaderConfig, add_augment_args, add_crop_check, add_data_args
+from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main
 from common.engine import add_train_args, resolve_device, seed_everything
 from common.files import atomic_write_text
@@ -83,8 +84,8 @@ def train(args, split, images, device, log=print) -> Path:
     model, weights = build_model(ARCH, len(split.classes))
     set_dropout(model, ARCH, args.dropout)
     model = model.to(device, memory_format=torch.channels_last)
-    train_tf, eval_tf = make_transforms(args, generators["augment"])
-    loaders = make_loaders(images, split, args, device, generators["data"], log)
+    train_tf, eval_tf = make_transforms(AugmentConfig.from_args(args), generators["augment"])
+    loaders = make_loaders(images, split, LoaderConfig.from_args(args), device, generators["data"], log)
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}
     data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
@@ -133,7 +134,7 @@ def run(args) -> None:
     device = resolve_device(args.device)
     log = print if is_main() else (lambda *a, **k: None)
     t0 = time.perf_counter()
-    split, images = prepare_data(args, log)
+    split, images = prepare_data(DataConfig.from_args(args), log)
     check_crop_fits(images, args.crop_size)
     log(f"data ready in {time.perf_counter() - t0:.1f}s: {len(split.entries)} images, {len(split.classes)} classes")
     images = to_device(images, device)

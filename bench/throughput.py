@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.architectures import ARCHS  # noqa: E402
 from common.cache import cache_path  # noqa: E402
 from common.cli import ArgumentParser  # noqa: E402
-from common.data import add_data_args, prepare_data, resolve_data_dir  # noqa: E402
+from common.config import DataConfig, add_data_args  # noqa: E402
+from common.data import prepare_data  # noqa: E402
 from common.engine import autocast, resolve_device  # noqa: E402
 from common.files import atomic_write_text  # noqa: E402
 from common.loader import BatchLoader, to_device  # noqa: E402
@@ -208,20 +209,21 @@ def main(args) -> None:
     batch = args.batch_size or (256 if device.type == "cuda" else 32)
     steps = 3 if args.quick else (20 if device.type == "cuda" else 8)
     t0 = time.perf_counter()
-    split, images = prepare_data(args)
+    data = DataConfig.from_args(args)
+    split, images = prepare_data(data)
     prepare_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     n = min(256, len(split.indices["train"])) if args.quick else len(split.indices["train"])
     sample = rng.choice(split.indices["train"], n, replace=False)
     rel = [split.entries[i]["path"] for i in sample]
     print(f"data path on {n} training images ...")
-    base = baseline_data(resolve_data_dir(args.data_dir), rel, 32, args.loader_workers, args.crop_size)
+    base = baseline_data(data.data_dir, rel, 32, args.loader_workers, args.crop_size)
     resident = to_device(images, device)
     ours = our_data(resident, split.labels, sample, 32, device, args.crop_size)
     ours_rrc = our_data(resident, split.labels, sample, 32, device, args.crop_size, (0.25, 1.0), 0.2)
     print(f"baseline {base:.0f} img/s, ours {ours:.0f} img/s ({ours / base:.1f}x); "
           f"ours with random-resized crop + jitter {ours_rrc:.0f} img/s")
-    cache_file = cache_path(Path(args.output_dir) / "cache", split, args.img_size)
+    cache_file = cache_path(data.cache_dir, split, data.img_size)
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores",
               "torch": str(torch.__version__), "date": time.strftime("%Y-%m-%d"), "quick": args.quick,

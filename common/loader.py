@@ -3,7 +3,7 @@ and CutMix."""
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -12,6 +12,9 @@ from torch import nn
 from common import distributed
 from common.cli import DataError
 from common.split import Split
+
+if TYPE_CHECKING:
+    from common.config import LoaderConfig
 
 
 def train_subset(labels: np.ndarray, train_idx: np.ndarray, fraction: float = 1.0, imbalance: float = 1.0,
@@ -48,22 +51,23 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def make_loaders(images, split: "Split", args, device: torch.device, generator: torch.Generator,
+def make_loaders(images, split: "Split", config: LoaderConfig, device: torch.device, generator: torch.Generator,
                  log=print) -> dict[str, "BatchLoader"]:
     """Train (shuffled, full batches only; --fraction/--imbalance subset; --balance oversample), val, test loaders."""
-    train_idx = train_subset(split.labels, split.indices["train"], args.fraction, args.imbalance, split.split_seed)
+    train_idx = train_subset(split.labels, split.indices["train"], config.fraction, config.imbalance,
+                             split.split_seed)
     if len(train_idx) != len(split.indices["train"]):
         counts = np.bincount(split.labels[train_idx], minlength=len(split.classes))
         log(f"training on {len(train_idx)} of {len(split.indices['train'])} training images "
-            f"(per class {counts.min()}-{counts.max()}; fraction {args.fraction:g}, imbalance {args.imbalance:g})")
-    if len(train_idx) < args.batch_size:
-        raise DataError(f"only {len(train_idx)} training images, fewer than --batch-size {args.batch_size}; "
+            f"(per class {counts.min()}-{counts.max()}; fraction {config.fraction:g}, imbalance {config.imbalance:g})")
+    if len(train_idx) < config.batch_size:
+        raise DataError(f"only {len(train_idx)} training images, fewer than --batch-size {config.batch_size}; "
                         "lower --batch-size or raise --fraction")
     sample_weights = None
-    if getattr(args, "balance", "none") == "oversample":
+    if config.balance == "oversample":
         sample_weights = 1 / np.bincount(split.labels[train_idx])[split.labels[train_idx]]
     indices = {"train": train_idx, "val": split.indices["val"], "test": split.indices["test"]}
-    return {name: BatchLoader(images, split.labels, idx, args.batch_size, device, shuffle=name == "train",
+    return {name: BatchLoader(images, split.labels, idx, config.batch_size, device, shuffle=name == "train",
                               generator=generator, drop_last=name == "train",
                               sample_weights=sample_weights if name == "train" else None)
             for name, idx in indices.items()}

@@ -17,6 +17,11 @@ from common.files import atomic_write_text, file_lock, file_sha256
 
 SPLIT_FORMAT = "animals10-split/1"
 SUBSETS = ("train", "val", "test")
+# The assignment's data, the defaults of --per-class, --split and --img-size: 450 images per class split 300/75/75,
+# cached at 256 x 256.
+DEFAULT_PER_CLASS = 450
+DEFAULT_SIZES = (300, 75, 75)
+DEFAULT_IMG_SIZE = 256
 GET_DATA_ADVICE = (
     "download the Kaggle dataset with "
     "`kaggle datasets download -d alessiocorrado99/animals10 --unzip -p data/animals10` "
@@ -314,8 +319,9 @@ def _reuse_split(split_file: Path, data_dir: Path, per_class: int, sizes: Sequen
     return split
 
 
-def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = 450, sizes: Sequence[float] = (300, 75, 75),
-                         split_seed: int = 0, img_size: int = 256, workers: int = 2, log=print, dedup: bool = True,
+def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = DEFAULT_PER_CLASS,
+                         sizes: Sequence[float] = DEFAULT_SIZES, split_seed: int = 0, img_size: int = DEFAULT_IMG_SIZE,
+                         workers: int = 2, log=print, dedup: bool = True,
                          near_threshold: int = NEAR_THRESHOLD,
                          max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Split, np.ndarray | None]:
     """Reuse the saved split after verifying the data against it, or create and save it.

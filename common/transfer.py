@@ -15,7 +15,8 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
+from common.config import AugmentConfig, DataConfig, LoaderConfig, add_augment_args, add_crop_check, add_data_args
+from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import (
     add_param_groups,
@@ -209,7 +210,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
     model = model.to(device, memory_format=torch.channels_last)
     crop = args.crop_size
-    train_tf, eval_tf = make_transforms(args, generators["augment"])
+    train_tf, eval_tf = make_transforms(AugmentConfig.from_args(args), generators["augment"])
     meta = {"img_size": args.img_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "weights": weights}
     extra = {}
@@ -220,7 +221,7 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
         extra["feature_extraction_seconds"] = seconds
         images, trained, save_model = feats.to(device), getattr(model, ARCHS[arch].head_child), model
         train_tf = eval_tf = nn.Identity()
-    loaders = make_loaders(images, split, args, device, generators["data"], log)
+    loaders = make_loaders(images, split, LoaderConfig.from_args(args), device, generators["data"], log)
     lr_of = None
     if args.lr_decay != 1.0:
         lr_of = lambda name: lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
@@ -240,7 +241,7 @@ def main(args, arch: str) -> Path:
     try:
         device = resolve_device(args.device)
         log = print if is_main() else (lambda *a, **k: None)
-        split, images = prepare_data(args, log)
+        split, images = prepare_data(DataConfig.from_args(args), log)
         check_crop_fits(images, args.crop_size)
         return train(args, arch, split, to_device(images, device), device, log)
     finally:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from common.config import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -15,16 +18,16 @@ TRANSFORM_VERSION = 1  # part of the feature-cache key: bump when eval_transform
 AUTO_AUGMENT = {"none": None, "randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
 
 
-def make_transforms(args, generator: torch.Generator, mean: Sequence[float] = IMAGENET_MEAN,
+def make_transforms(config: AugmentConfig, generator: torch.Generator, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> tuple[Callable, Callable]:
-    """(train, eval) batch transforms from the parsed arguments."""
-    eval_tf = partial(eval_transform, crop=args.crop_size, mean=mean, std=std)
-    if args.no_augment:
+    """(train, eval) batch transforms from the augmentation options."""
+    eval_tf = partial(eval_transform, crop=config.crop_size, mean=mean, std=std)
+    if config.no_augment:
         return eval_tf, eval_tf
-    scale = None if args.scale_min >= 1 else (args.scale_min, 1.0)
-    train_tf = partial(train_transform, crop=args.crop_size, mean=mean, std=std, generator=generator,
-                       scale=scale, jitter=args.jitter)
-    policy = AUTO_AUGMENT[args.auto_augment]
+    scale = None if config.scale_min >= 1 else (config.scale_min, 1.0)
+    train_tf = partial(train_transform, crop=config.crop_size, mean=mean, std=std, generator=generator,
+                       scale=scale, jitter=config.jitter)
+    policy = AUTO_AUGMENT[config.auto_augment]
     if policy is None:
         return train_tf, eval_tf
     augment = policy()

@@ -13,7 +13,8 @@ import torch
 
 from common.cache import load_or_build_cache
 from common.cli import DataError
-from common.data import add_data_args, prepare_data
+from common.config import DataConfig, LoaderConfig, add_data_args
+from common.data import prepare_data
 from common.decode import decode_image
 from common.duplicates import duplicate_groups
 from common.files import atomic_write_text
@@ -193,23 +194,24 @@ def test_saved_split_with_a_straddling_group_is_refused(tmp_path):
         make_split(data, tmp_path, per_class=12, sizes=(6, 3, 3))
 
 
-def data_args(data: Path, out: Path, *extra: str) -> argparse.Namespace:
+def data_config(data: Path, out: Path, *extra: str) -> DataConfig:
     parser = argparse.ArgumentParser()
     add_data_args(parser)
-    return parser.parse_args(["--data-dir", str(data), "--output-dir", str(out), "--per-class", "20", "--split",
-                              "12,4,4", "--img-size", "40", "--workers", "2", *extra])
+    return DataConfig.from_args(parser.parse_args(["--data-dir", str(data), "--output-dir", str(out), "--per-class",
+                                                   "20", "--split", "12,4,4", "--img-size", "40", "--workers", "2",
+                                                   *extra]))
 
 
 def test_seed_and_split_seed_are_separate(dataset, tmp_path):
-    first, _ = prepare_data(data_args(dataset, tmp_path), log=lambda *_: None)
+    first, _ = prepare_data(data_config(dataset, tmp_path), log=lambda *_: None)
     # Another --seed (initialisation, augmentation, batch order) reuses the saved split ...
-    again, _ = prepare_data(data_args(dataset, tmp_path, "--seed", "1"), log=lambda *_: None)
+    again, _ = prepare_data(data_config(dataset, tmp_path, "--seed", "1"), log=lambda *_: None)
     assert again.entries == first.entries
     # ... another --split-seed is refused, and with its own --split-file it draws another split.
     with pytest.raises(DataError, match="made with --split-seed 0, not --split-seed 1"):
-        prepare_data(data_args(dataset, tmp_path, "--split-seed", "1"), log=lambda *_: None)
-    other, _ = prepare_data(data_args(dataset, tmp_path, "--split-seed", "1", "--split-file",
-                                      str(tmp_path / "split1.json")), log=lambda *_: None)
+        prepare_data(data_config(dataset, tmp_path, "--split-seed", "1"), log=lambda *_: None)
+    other, _ = prepare_data(data_config(dataset, tmp_path, "--split-seed", "1", "--split-file",
+                                        str(tmp_path / "split1.json")), log=lambda *_: None)
     assert other.split_seed == 1 and other.entries != first.entries
     with pytest.raises(DataError, match="--split-seed -1 is negative"):  # the library refuses it too
         load_or_create_split(dataset, tmp_path / "neg.json", 20, (12, 4, 4), split_seed=-1, img_size=40,
@@ -218,8 +220,8 @@ def test_seed_and_split_seed_are_separate(dataset, tmp_path):
 
 def test_fraction_subset_follows_the_split_seed(dataset, tmp_path):
     def train_indices(split, seed: int) -> list[int]:
-        args = argparse.Namespace(fraction=0.5, imbalance=1.0, seed=seed, batch_size=4)
-        loaders = make_loaders(np.zeros((len(split.entries), 1)), split, args, torch.device("cpu"),
+        config = LoaderConfig(batch_size=4, fraction=0.5, imbalance=1.0, balance="none")
+        loaders = make_loaders(np.zeros((len(split.entries), 1)), split, config, torch.device("cpu"),
                                torch.Generator().manual_seed(seed), log=lambda *_: None)
         return loaders["train"].indices.tolist()
 

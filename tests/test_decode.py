@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import data, decode
+from common import config, decode
 from common.cache import load_or_build_cache
 from common.cli import DataError
 from common.data import prepare_data
@@ -417,12 +417,13 @@ def test_training_skips_and_reports_oversized_images(bombed_dataset, tmp_path):
 
 def test_max_pixels_argument_reaches_the_split_and_the_cache(bombed_dataset, tmp_path):
     parser = argparse.ArgumentParser()
-    data.add_data_args(parser)
+    config.add_data_args(parser)
     argv = ["--data-dir", str(bombed_dataset), "--output-dir", str(tmp_path / "runs"), "--per-class", "0",
             "--split", "0.6,0.2,0.2", "--img-size", "32", "--workers", "2"]
     assert parser.parse_args(argv).max_pixels == decode.DEFAULT_MAX_PIXELS
     logs = []
-    split, images = prepare_data(parser.parse_args(argv + ["--max-pixels", "10000"]), log=logs.append)
+    split, images = prepare_data(config.DataConfig.from_args(parser.parse_args(argv + ["--max-pixels", "10000"])),
+                                 log=logs.append)
     assert split.meta["skipped"] == ["cane/huge.png", "gatto/big.jpg"]  # 120 x 100 = 12000 pixels
     big = bombed_dataset / "gatto" / "big.jpg"
     assert (f"skipping image {big}: 120x100 pixels (0 megapixels), more than --max-pixels 10000; "

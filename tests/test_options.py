@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from functools import partial
 
@@ -13,6 +14,7 @@ from torch import nn
 import part1_scratch_cnn as part1
 import part2_mobilenet
 from common.cli import DataError
+from common.config import AugmentConfig
 from common.engine import make_optimizer, make_scheduler, param_groups, seed_everything
 from common.loader import BatchLoader, class_weights, mix_batch, train_subset
 from common.models import build_model, count_parameters, set_train_mode, unfreeze_to_depth
@@ -110,18 +112,18 @@ def test_mixup_cutmix_targets_sum_to_one_and_match_the_pixels(mixup, cutmix):
 
 @pytest.mark.parametrize("policy", ["randaugment", "trivialaugment"])
 def test_auto_augment_changes_images_per_image_and_keeps_shape(policy):
-    args = argparse.Namespace(crop_size=32, no_augment=False, scale_min=1.0, jitter=0.0, auto_augment=policy)
+    config = AugmentConfig(crop_size=32, no_augment=False, scale_min=1.0, jitter=0.0, auto_augment=policy, mixup=0.0,
+                           cutmix=0.0)
     x = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
 
-    def augment(seed: int) -> torch.Tensor:
+    def augment(seed: int, config: AugmentConfig = config) -> torch.Tensor:
         torch.manual_seed(seed)  # the policy draws from torch's global RNG, the crops from the generator
-        return make_transforms(args, torch.Generator().manual_seed(0))[0](x)
+        return make_transforms(config, torch.Generator().manual_seed(0))[0](x)
 
     out = augment(0)
     assert out.shape == (16, 3, 32, 32) and out.dtype == torch.float32
     assert torch.equal(out, augment(0)) and not torch.equal(out, augment(1))
-    args.auto_augment = "none"
-    plain = augment(0)
+    plain = augment(0, dataclasses.replace(config, auto_augment="none"))
     differs = [not torch.equal(a, b) for a, b in zip(out, plain)]
     assert sum(differs) >= 8  # drawn per image: most images get a visible operation
 

@@ -17,6 +17,7 @@ import json, os, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 import argparse
+import common.config as config
 import common.data as data
 import common.split
 from common.cli import DataError
@@ -24,7 +25,7 @@ from common.cli import DataError
 draw = common.split.create_split
 common.split.create_split = lambda *a, **k: (time.sleep(1.0), draw(*a, **k))[1]
 parser = argparse.ArgumentParser()
-data.add_data_args(parser)
+config.add_data_args(parser)
 args = parser.parse_args(sys.argv[1:])
 (Path(args.output_dir) / f"ready-{{os.getpid()}}").touch()
 go = Path(args.output_dir) / "go"
@@ -32,7 +33,7 @@ while not go.exists():
     time.sleep(0.01)
 messages = []
 try:
-    split, _ = data.prepare_data(args, log=messages.append)
+    split, _ = data.prepare_data(config.DataConfig.from_args(args), log=messages.append)
 except DataError as e:
     sys.exit(f"error: {{e}}")
 print(json.dumps({{"fingerprint": split.fingerprint, "messages": messages}}))

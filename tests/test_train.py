@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import part1_scratch_cnn as part1
+from common.config import DataConfig
 from common.data import prepare_data
 from common.engine import predict, seed_everything
 from common.loader import BatchLoader, make_loaders
@@ -59,7 +60,7 @@ def test_checkpoint_rebuilds_model_with_identical_predictions(dataset, tmp_path)
     assert (ckpt["img_size"], ckpt["crop_size"]) == (72, 64) and len(ckpt["mean"]) == 3
     model = model_from_checkpoint(ckpt)
     args = part1.get_args_parser().parse_args(argv)
-    split, images = prepare_data(args, log=lambda *_: None)
+    split, images = prepare_data(DataConfig.from_args(args), log=lambda *_: None)
     loader = BatchLoader(images, split.labels, split.indices["test"], 8, torch.device("cpu"))
     tf = lambda x: eval_transform(x, ckpt["crop_size"], ckpt["mean"], ckpt["std"])  # noqa: E731
     a, labels, _ = predict(model, loader, tf, torch.device("cpu"))

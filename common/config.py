@@ -1,0 +1,160 @@
+"""The command-line options of the data and the augmentation, the checks across them, and the configs built from
+them: the home of what the scripts parse, and the one module of the data side that reads argparse's Namespace.
+
+A script parses its options once and builds each config once from them, with `Config.from_args(args)`:
+
+    DataConfig     prepare_data (common/data.py): where the data and the split are, how the split is drawn and cached
+    LoaderConfig   make_loaders (common/loader.py): the batch size and which training images are drawn how often
+    AugmentConfig  make_transforms (common/transforms.py) and MixUp/CutMix: the crop and the augmentation
+
+Library functions take these configs or plain values, never the Namespace; from_args reads only its own fields, so
+one Namespace builds them all. The checks given to parser.add_check read the Namespace too, and live here.
+
+Still to come here (issue 18): TrainConfig, what the training loop reads from add_train_args (epochs, lr, optimiser
+and schedule, label smoothing, --balance weights, patience, AMP, resume, tag), with add_train_args itself, and the
+part 2 options (mode, weights, cached features, lr decay, unfreezing); until then common/engine.py (becoming
+trainer.py and runs.py) and common/transfer.py still read the Namespace.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from common.cli import nonnegative_float, nonnegative_int, number, positive_int, probability
+from common.data import DEFAULT_DATA_DIR, resolve_data_dir
+from common.decode import DEFAULT_MAX_PIXELS
+from common.duplicates import NEAR_THRESHOLD
+from common.split import DEFAULT_IMG_SIZE, DEFAULT_PER_CLASS, DEFAULT_SIZES, parse_split_sizes
+from common.transforms import AUTO_AUGMENT
+
+
+def add_data_args(parser) -> None:
+    """Arguments shared by every script that reads the dataset."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-dir", default=None,
+                   help=f"folder of <class>/<images> (default: $ANIMALS10_DIR, else {DEFAULT_DATA_DIR})")
+    g.add_argument("--output-dir", default="runs", help="where run folders, split.json and the cache go")
+    g.add_argument("--split-file", default=None, help="saved split (default: <output-dir>/split.json)")
+    g.add_argument("--per-class", type=nonnegative_int, default=DEFAULT_PER_CLASS,
+                   help="images drawn per class (0: all)")
+    g.add_argument("--split", default=",".join(map(str, DEFAULT_SIZES)),
+                   help="train,val,test images per class, or fractions of each class (e.g. 0.7,0.15,0.15)")
+    g.add_argument("--no-dedup", dest="dedup", action="store_false",
+                   help="draw a new split image by image: keep byte-identical copies and let near duplicates fall "
+                        "into different subsets (default: drop byte-identical copies, keep each group of near "
+                        "duplicates whole in train, val or test)")
+    g.add_argument("--near-threshold", type=number(int, 0, 64), default=NEAR_THRESHOLD,
+                   help="dhash bits within which images count as near duplicates")
+    g.add_argument("--split-seed", type=nonnegative_int, default=0,
+                   help="seed for drawing the split and the --fraction/--imbalance subset (saved in split.json; a "
+                        "saved split is reused only with its own split seed)")
+    g.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed for initialisation, augmentation and batch order (repeat a run on the same split "
+                        "with --seed 0, 1, 2 to see the run-to-run spread)")
+    g.add_argument("--img-size", type=positive_int, default=DEFAULT_IMG_SIZE,
+                   help="images are resized to this square size and cached")
+    g.add_argument("--crop-size", type=positive_int, default=224, help="networks see crops of this size")
+    g.add_argument("--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="decoding threads")
+    g.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+                   help="skip images whose header announces more pixels (width x height) than this, unread: "
+                        "a small file can decode into gigabytes")
+    g.add_argument("--fraction", type=number(float, 0, 1, low_open=True), default=1.0,
+                   help="train on this fraction of each class's training images (stratified; val and test unchanged)")
+    g.add_argument("--imbalance", type=number(float, 1), default=1.0,
+                   help="long-tailed training set: class k of C keeps n * RATIO^(-k/(C-1)) images, so the first "
+                        "class has RATIO times the last (1 = balanced)")
+
+
+def add_crop_check(parser, min_crop: int = 1) -> None:
+    """Refuse, when the arguments are parsed, a crop larger than the cached images or too small for the network."""
+    def check(args) -> str | None:
+        if args.crop_size > args.img_size:
+            return (f"--crop-size {args.crop_size} is larger than the cached --img-size {args.img_size} images; "
+                    "lower it or raise --img-size")
+        if args.crop_size < min_crop:
+            return f"--crop-size {args.crop_size} is too small for this network; give at least {min_crop}"
+        return None
+
+    parser.add_check(check)
+
+
+def add_augment_args(parser, scale_min: float, jitter: float) -> None:
+    """Augmentation arguments of the training scripts, with the script's defaults."""
+    g = parser.add_argument_group("augmentation")
+    g.add_argument("--scale-min", type=number(float, 0, 1, low_open=True), default=scale_min,
+                   help="smallest crop area of the random-resized crop (1 = plain random crop of --crop-size)")
+    g.add_argument("--jitter", type=probability, default=jitter, help="brightness/contrast/saturation jitter (0 = off)")
+    g.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
+    g.add_argument("--auto-augment", choices=tuple(AUTO_AUGMENT), default="none",
+                   help="torchvision's RandAugment or TrivialAugmentWide on each training image before cropping")
+    g.add_argument("--mixup", type=nonnegative_float, default=0.0, metavar="ALPHA",
+                   help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
+    g.add_argument("--cutmix", type=nonnegative_float, default=0.0, metavar="ALPHA",
+                   help="CutMix with Beta(ALPHA, ALPHA) (0 = off); with --mixup too, each batch uses one of them")
+
+
+def _from_args(cls, args: argparse.Namespace, **given):
+    """cls with each field read from the option of its name, except those given (resolved or parsed values)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in given}, **given)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What prepare_data reads: the data folder, the split (file, size, seed, de-duplication) and the cache."""
+
+    data_dir: Path
+    output_dir: Path
+    split_file: Path
+    per_class: int
+    sizes: tuple[float, float, float]
+    split_seed: int
+    img_size: int
+    workers: int
+    dedup: bool
+    near_threshold: int
+    max_pixels: int
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.output_dir / "cache"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DataConfig:
+        """--data-dir and --split-file resolved, --split parsed (a DataError when it is malformed)."""
+        out = Path(args.output_dir)
+        return _from_args(cls, args, data_dir=resolve_data_dir(args.data_dir), output_dir=out,
+                          split_file=Path(args.split_file) if args.split_file else out / "split.json",
+                          sizes=parse_split_sizes(args.split, args.per_class))
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """What make_loaders reads: the batch size, the --fraction/--imbalance training subset, and --balance."""
+
+    batch_size: int
+    fraction: float
+    imbalance: float
+    balance: str  # "oversample" draws the training images by inverse class frequency; the others are the loss's
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LoaderConfig:
+        return _from_args(cls, args)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What make_transforms and the batch mixing read: the crop size and the augmentation options."""
+
+    crop_size: int
+    no_augment: bool
+    scale_min: float
+    jitter: float
+    auto_augment: str  # a key of common/transforms.py's AUTO_AUGMENT
+    mixup: float
+    cutmix: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AugmentConfig:
+        return _from_args(cls, args)
