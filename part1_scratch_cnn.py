@@ -37,9 +37,10 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
+from common.config import add_train_args
 from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main
-from common.engine import add_train_args, resolve_device, seed_everything
+from common.engine import resolve_device, seed_everything
 from common.files import atomic_write_text
 from common.loader import make_loaders, to_device
 from common.markdown import markdown_table

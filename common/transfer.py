@@ -15,11 +15,11 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
+from common.config import add_train_args, check_mode_options
 from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import (
     add_param_groups,
-    add_train_args,
     make_optimizer,
     param_groups,
     resolve_device,
@@ -60,17 +60,6 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
     parser.description += f" Default learning rates fall as more is unfrozen: {lrs}; --lr overrides."
     parser.add_check(check_mode_options)
     return parser
-
-
-def check_mode_options(args) -> str | None:
-    """Options that only some modes can use."""
-    if args.cache_features and args.mode != "fc":
-        return f"--cache-features needs a frozen backbone; use it with --mode fc, not {args.mode}"
-    if args.lr_decay != 1.0 and args.mode not in ("full", "gradual"):
-        return "--lr-decay sets per-block rates for --mode full or gradual only"
-    if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
-        return "--mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them"
-    return None
 
 
 @contextmanager
