@@ -169,16 +169,17 @@ class _EpochLR(torch.optim.lr_scheduler.LambdaLR):
         return [group["initial_lr"] * factor for group in self.optimizer.param_groups]
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, args):
-    """Per-epoch scheduler: linear warmup + cosine to zero, ReduceLROnPlateau on val accuracy, or constant."""
+def make_scheduler(optimizer: torch.optim.Optimizer, sched: str, warmup_epochs: int, epochs: int):
+    """Per-epoch scheduler: linear warmup + cosine to zero ("cosine"), ReduceLROnPlateau on val accuracy
+    ("plateau"), or constant ("none")."""
     for group in optimizer.param_groups:  # each group's own rate, which the schedule scales
         group.setdefault("initial_lr", group["lr"])
-    if args.sched == "plateau":
+    if sched == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=3)
-    warmup, total = args.warmup_epochs, max(args.epochs, 1)
+    warmup, total = warmup_epochs, max(epochs, 1)
 
     def factor(epoch: int) -> float:
-        if args.sched == "none":
+        if sched == "none":
             return 1.0
         if epoch < warmup:
             return (epoch + 1) / (warmup + 1)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.config import add_train_args, check_mode_options
+from common.config import TrainConfig, add_train_args, check_mode_options
 from common.data import add_augment_args, add_crop_check, add_data_args, check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import (
@@ -219,8 +219,9 @@ def train(args, arch: str, split: Split, images, device: torch.device, log=print
     data = TrainingData(split, loaders, train_tf, eval_tf, arch, args.mode, meta)
     objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
                                args.mixup, args.cutmix, generators["augment"], device)
-    return fit(trained, data, args, generators, device, lr=lr, objective=objective, optimizer=optimizer,
-               callbacks=callbacks, save_model=save_model, extra_metrics=extra, log=log)
+    return fit(trained, data, TrainConfig.from_args(args), generators, device, lr=lr, objective=objective,
+               options=vars(args), optimizer=optimizer, callbacks=callbacks, save_model=save_model,
+               extra_metrics=extra, log=log)
 
 
 def main(args, arch: str) -> Path:
