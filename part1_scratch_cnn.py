@@ -37,10 +37,19 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, UserError, probability, run_main
-from common.config import AugmentConfig, DataConfig, LoaderConfig, add_augment_args, add_crop_check, add_data_args
+from common.config import (
+    AugmentConfig,
+    DataConfig,
+    LoaderConfig,
+    TrainConfig,
+    add_augment_args,
+    add_crop_check,
+    add_data_args,
+    add_train_args,
+)
 from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main
-from common.engine import add_train_args, resolve_device, seed_everything
+from common.engine import resolve_device, seed_everything
 from common.files import atomic_write_text
 from common.loader import make_loaders, to_device
 from common.markdown import markdown_table
@@ -91,7 +100,8 @@ def train(args, split, images, device, log=print) -> Path:
     data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
     objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
                                args.mixup, args.cutmix, generators["augment"], device)
-    return fit(model, data, args, generators, device, lr=args.lr, objective=objective, log=log)
+    return fit(model, data, TrainConfig.from_args(args), generators, device, lr=args.lr, objective=objective,
+               options=vars(args), log=log)
 
 
 def parse_list(text: str, kind, flag: str) -> list:

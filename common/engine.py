@@ -12,43 +12,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.cli import UserError, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
+from common.cli import UserError
 from common.distributed import gather_cat, is_distributed, is_main, rank, sum_across
 from common.models import set_train_mode
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 PROCESS_START = time.perf_counter()  # history rows' elapsed_s counts from here: about when the script started
-
-
-def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) -> None:
-    """Training arguments shared by every training script; the defaults given are the script's own."""
-    g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=positive_int, default=epochs, help="epochs to train")
-    g.add_argument("--batch-size", type=positive_int, default=batch_size, help="batch size")
-    g.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
-    g.add_argument("--opt", choices=("adamw", "sgd"), default="adamw",
-                   help="optimizer (SGD uses momentum 0.9, Nesterov)")
-    g.add_argument("--weight-decay", type=nonnegative_float, default=0.05,
-                   help="weight decay (not applied to norms and biases)")
-    g.add_argument("--sched", choices=("cosine", "plateau", "none"), default="cosine",
-                   help="cosine decay after warmup, or ReduceLROnPlateau on val accuracy")
-    g.add_argument("--warmup-epochs", type=nonnegative_int, default=1, help="linear warmup epochs (cosine schedule)")
-    g.add_argument("--label-smoothing", type=probability, default=0.1, help="label smoothing, in [0, 1)")
-    g.add_argument("--balance", choices=("none", "weights", "oversample"), default="none",
-                   help="class-imbalance remedy: inverse-frequency weighted cross-entropy, "
-                        "or oversampling rare classes")
-    g.add_argument("--patience", type=nonnegative_int, default=0,
-                   help="stop after this many epochs without a better val accuracy (0: never)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    g.add_argument("--amp", choices=("auto", "off"), default="auto",
-                   help="mixed precision on CUDA (bf16 where supported)")
-    g.add_argument("--tag", default=None, help="suffix for the run folder name")
-    g.add_argument("--resume", default=None, help="continue a killed run from its runs/<run>/last.pt")
-    g.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun on GPUs: synchronise BatchNorm statistics across processes")
-    g.add_argument("--monitor-test", action="store_true",
-                   help="also evaluate the test set after every epoch and record test_acc in metrics.json's history "
-                        "(monitoring only, e.g. for time to accuracy: never used to choose the best epoch or to stop)")
 
 
 class DivergedError(UserError):
@@ -200,16 +169,17 @@ class _EpochLR(torch.optim.lr_scheduler.LambdaLR):
         return [group["initial_lr"] * factor for group in self.optimizer.param_groups]
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, args):
-    """Per-epoch scheduler: linear warmup + cosine to zero, ReduceLROnPlateau on val accuracy, or constant."""
+def make_scheduler(optimizer: torch.optim.Optimizer, sched: str, warmup_epochs: int, epochs: int):
+    """Per-epoch scheduler: linear warmup + cosine to zero ("cosine"), ReduceLROnPlateau on val accuracy
+    ("plateau"), or constant ("none")."""
     for group in optimizer.param_groups:  # each group's own rate, which the schedule scales
         group.setdefault("initial_lr", group["lr"])
-    if args.sched == "plateau":
+    if sched == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=3)
-    warmup, total = args.warmup_epochs, max(args.epochs, 1)
+    warmup, total = warmup_epochs, max(epochs, 1)
 
     def factor(epoch: int) -> float:
-        if args.sched == "none":
+        if sched == "none":
             return 1.0
         if epoch < warmup:
             return (epoch + 1) / (warmup + 1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from common.cli import UserError
+from common.config import TrainConfig
 from common.data import display_name
 from common.distributed import barrier, broadcast, is_distributed, is_main, rank, world_size
 from common.engine import (
@@ -210,8 +211,9 @@ def _quiet(*args, **kwargs) -> None:
     """The log of processes other than rank 0."""
 
 
-def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.Generator], device: torch.device,
-        *, lr: float, objective: Objective, optimizer: torch.optim.Optimizer | None = None,
+def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict[str, torch.Generator],
+        device: torch.device, *, lr: float, objective: Objective, options: Mapping | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
         callbacks: Sequence[Callback] = (), save_model: nn.Module | None = None, extra_metrics: dict | None = None,
         log=print) -> Path:
     """Train with per-epoch validation, checkpoints and TensorBoard; test the best epoch; returns the run folder.
@@ -222,26 +224,29 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
     lr is the peak learning rate the run records (the script's default when --lr is not given); the recipe
     builds the objective (criteria, batch mixing) and, when it needs per-block rates, the optimizer.
     callbacks (e.g. gradual unfreezing) run before every epoch, and their state is checkpointed.
+    options are every option the script got (vars(args)): config.json records them, and --resume compares them.
     """
     log = log if is_main() else _quiet
     save_model = save_model or model
-    model, train_model = _parallel(model, device, args.sync_bn)
-    amp = args.amp == "auto" and device.type == "cuda"
-    optimizer = optimizer or make_optimizer(param_groups(model, args.weight_decay, lr), args.opt, lr)
+    model, train_model = _parallel(model, device, cfg.sync_bn)
+    amp = cfg.amp == "auto" and device.type == "cuda"
+    optimizer = optimizer or make_optimizer(param_groups(model, cfg.weight_decay, lr), cfg.opt, lr)
     scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
-    state = TrainState(save_model, optimizer, make_scheduler(optimizer, args), scaler, generators, list(callbacks))
-    config = _run_config(args, data, lr, save_model, device, amp)
-    saver = _open_run(args, data, state, config, log)
+    scheduler = make_scheduler(optimizer, cfg.sched, cfg.warmup_epochs, cfg.epochs)
+    state = TrainState(save_model, optimizer, scheduler, scaler, generators, list(callbacks))
+    options = {**(options or {}), **asdict(cfg)}  # what this run was given, the config's fields as it ran them
+    config = _run_config(options, data, lr, save_model, device, amp)
+    saver = _open_run(cfg, options, data, state, config, log)
     log(f"{data.arch}/{data.mode}: {config['trainable_params']:,} trainable of {config['total_params']:,} parameters; "
         f"device {device}" + (" with AMP" if amp else "") + (f"; {world_size()} processes" if is_distributed() else ""))
-    stopper = EarlyStopping(args.patience, saver.start_epoch, saver.best_epoch)
+    stopper = EarlyStopping(cfg.patience, saver.start_epoch, saver.best_epoch)
     board = _Board(saver.start_epoch, log) if saver.write else None
-    for epoch in range(saver.start_epoch, args.epochs):
+    for epoch in range(saver.start_epoch, cfg.epochs):
         if stopper.stop:
-            log(f"early stop: no better val accuracy for {args.patience} epochs")
+            log(f"early stop: no better val accuracy for {cfg.patience} epochs")
             break
-        row = _train_epoch(train_model, model, data, objective, state, device, amp, epoch, args.epochs)
-        if args.monitor_test:  # monitoring only: after the epoch's timing, never read to choose or stop
+        row = _train_epoch(train_model, model, data, objective, state, device, amp, epoch, cfg.epochs)
+        if cfg.monitor_test:  # monitoring only: after the epoch's timing, never read to choose or stop
             row["test_acc"] = evaluate(model, data.loaders["test"], data.eval_transform, objective.val, device, amp,
                                        desc="test")["acc"]
         row["elapsed_s"] = time.perf_counter() - PROCESS_START
@@ -251,13 +256,13 @@ def fit(model: nn.Module, data: TrainingData, args, generators: dict[str, torch.
             board.add(saver.run_dir, row)
         improved = saver.save(epoch, row, checkpoint)
         stopper.update(improved)
-        log(f"epoch {epoch + 1:3d}/{args.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
+        log(f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
             f"{' *' if improved else '  '}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
     if board is not None:
         board.close()
     run_dir, test = _test_best(model, save_model, data, saver, device, amp)
-    metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if args.resume else None,
+    metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if cfg.resume else None,
                        extra_metrics or {})
     log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {test['acc']:.4f}; "
         f"{metrics['train_seconds']:.0f}s training")
@@ -279,10 +284,11 @@ def _parallel(model: nn.Module, device: torch.device, sync_bn: bool) -> tuple[nn
     return model, nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def _run_config(args, data: TrainingData, lr: float, save_model: nn.Module, device: torch.device, amp: bool) -> dict:
+def _run_config(options: Mapping, data: TrainingData, lr: float, save_model: nn.Module, device: torch.device,
+                amp: bool) -> dict:
     """config.json: the options, the data and model, and where the run ran, as plain types only."""
     trainable, total = count_parameters(save_model)
-    config = {"arch": data.arch, "mode": data.mode, **vars(args), "lr": lr, "device": str(device), "amp": amp,
+    config = {"arch": data.arch, "mode": data.mode, **options, "lr": lr, "device": str(device), "amp": amp,
               "world_size": world_size(),
               "classes": data.split.classes, "split_fingerprint": data.split.fingerprint,
               "trainable_params": trainable, "total_params": total, **data.meta,
@@ -290,18 +296,19 @@ def _run_config(args, data: TrainingData, lr: float, save_model: nn.Module, devi
     return json.loads(json.dumps(config, default=str))  # plain types only, so weights_only loading accepts it
 
 
-def _open_run(args, data: TrainingData, state: TrainState, config: dict, log=print) -> CheckpointSaver:
+def _open_run(cfg: TrainConfig, options: Mapping, data: TrainingData, state: TrainState, config: dict,
+              log=print) -> CheckpointSaver:
     """The new run's saver; with --resume, the killed run's, with the training state it left restored."""
-    saver = CheckpointSaver(Path(args.output_dir) / run_dir_name(data.arch, data.mode, args.tag), config,
+    saver = CheckpointSaver(Path(cfg.output_dir) / run_dir_name(data.arch, data.mode, cfg.tag), config,
                             data.describe(), write=is_main())
     if saver.write:
         # Heals runs/best.pt when an earlier run was killed after its metrics.json, before updating it.
         saver.update_global_best(log)
-    if args.resume:
-        ckpt = saver.resume(args.resume, {k: v for k, v in config.items() if k in vars(args)})
+    if cfg.resume:
+        ckpt = saver.resume(cfg.resume, {k: v for k, v in config.items() if k in options})
         barrier()  # rank 0 has recovered the run folder
         state.load_state_dict(ckpt)
-        log(f"resuming {saver.run_dir} at epoch {saver.start_epoch + 1}/{args.epochs}")
+        log(f"resuming {saver.run_dir} at epoch {saver.start_epoch + 1}/{cfg.epochs}")
     return saver
 
 

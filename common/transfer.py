@@ -15,12 +15,23 @@ from tqdm import tqdm
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
 from common.cli import ArgumentParser, UserError, number, positive_int
-from common.config import AugmentConfig, DataConfig, LoaderConfig, add_augment_args, add_crop_check, add_data_args
+from common.config import (
+    AugmentConfig,
+    DataConfig,
+    LoaderConfig,
+    ObjectiveConfig,
+    TrainConfig,
+    TransferConfig,
+    add_augment_args,
+    add_crop_check,
+    add_data_args,
+    add_train_args,
+    check_mode_options,
+)
 from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main
 from common.engine import (
     add_param_groups,
-    add_train_args,
     make_optimizer,
     param_groups,
     resolve_device,
@@ -61,17 +72,6 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
     parser.description += f" Default learning rates fall as more is unfrozen: {lrs}; --lr overrides."
     parser.add_check(check_mode_options)
     return parser
-
-
-def check_mode_options(args) -> str | None:
-    """Options that only some modes can use."""
-    if args.cache_features and args.mode != "fc":
-        return f"--cache-features needs a frozen backbone; use it with --mode fc, not {args.mode}"
-    if args.lr_decay != 1.0 and args.mode not in ("full", "gradual"):
-        return "--lr-decay sets per-block rates for --mode full or gradual only"
-    if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
-        return "--mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them"
-    return None
 
 
 @contextmanager
@@ -196,43 +196,45 @@ class GradualUnfreeze(Callback):
         return changed
 
 
-def train(args, arch: str, split: Split, images, device: torch.device, log=print) -> Path:
-    """Build, freeze and fine-tune one model; returns its run folder."""
-    problem = check_mode_options(args)
-    if problem:
-        raise UserError(problem)
-    if args.mode == "gradual" and is_distributed():
+def train(arch: str, split: Split, images, device: torch.device, recipe: TransferConfig, cfg: TrainConfig,
+          objective_cfg: ObjectiveConfig, *, augment, loading, options: dict, log=print) -> Path:
+    """Build, freeze and fine-tune one model; returns its run folder.
+
+    augment and loading are what make_transforms and make_loaders take; options go to fit (config.json, resume).
+    """
+    if recipe.mode == "gradual" and is_distributed():
         raise UserError("--mode gradual changes the trainable parameters during training, which "
                         "DistributedDataParallel cannot follow; run it without torchrun")
-    lr = ARCHS[arch].lr[args.mode] if args.lr is None else args.lr
-    generators = seed_everything(args.seed)
-    model, weights = build_model(arch, len(split.classes), args.mode, args.weights)
+    lr = ARCHS[arch].lr[recipe.mode] if recipe.lr is None else recipe.lr
+    generators = seed_everything(recipe.seed)
+    model, weights = build_model(arch, len(split.classes), recipe.mode, recipe.weights)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
     model = model.to(device, memory_format=torch.channels_last)
-    crop = args.crop_size
-    train_tf, eval_tf = make_transforms(AugmentConfig.from_args(args), generators["augment"])
-    meta = {"img_size": args.img_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+    crop = augment.crop_size
+    train_tf, eval_tf = make_transforms(augment, generators["augment"])
+    meta = {"img_size": recipe.img_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "weights": weights}
     extra = {}
     trained, save_model = model, None
-    if args.cache_features:
-        feats, seconds = cached_features(model, arch, weights, images, split, device, Path(args.output_dir) / "cache",
+    if recipe.cache_features:
+        feats, seconds = cached_features(model, arch, weights, images, split, device, Path(cfg.output_dir) / "cache",
                                          crop, IMAGENET_MEAN, IMAGENET_STD, log)
         extra["feature_extraction_seconds"] = seconds
         images, trained, save_model = feats.to(device), getattr(model, ARCHS[arch].head_child), model
         train_tf = eval_tf = nn.Identity()
-    loaders = make_loaders(images, split, LoaderConfig.from_args(args), device, generators["data"], log)
+    loaders = make_loaders(images, split, loading, device, generators["data"], log)
     lr_of = None
-    if args.lr_decay != 1.0:
-        lr_of = lambda name: lr * args.lr_decay ** block_depth(arch, name)  # noqa: E731
-    groups = partial(param_groups, trained, args.weight_decay, lr, lr_of)
-    optimizer = make_optimizer(groups(), args.opt, lr)
-    callbacks = [GradualUnfreeze(model, arch, args.unfreeze_every, groups, log)] if args.mode == "gradual" else []
-    data = TrainingData(split, loaders, train_tf, eval_tf, arch, args.mode, meta)
-    objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
-                               args.mixup, args.cutmix, generators["augment"], device)
-    return fit(trained, data, args, generators, device, lr=lr, objective=objective, optimizer=optimizer,
-               callbacks=callbacks, save_model=save_model, extra_metrics=extra, log=log)
+    if recipe.lr_decay != 1.0:
+        lr_of = lambda name: lr * recipe.lr_decay ** block_depth(arch, name)  # noqa: E731
+    groups = partial(param_groups, trained, cfg.weight_decay, lr, lr_of)
+    optimizer = make_optimizer(groups(), cfg.opt, lr)
+    callbacks = [GradualUnfreeze(model, arch, recipe.unfreeze_every, groups, log)] if recipe.mode == "gradual" else []
+    data = TrainingData(split, loaders, train_tf, eval_tf, arch, recipe.mode, meta)
+    o = objective_cfg
+    objective = make_objective(data.train_labels, len(split.classes), o.label_smoothing, o.balance, o.mixup,
+                               o.cutmix, generators["augment"], device)
+    return fit(trained, data, cfg, generators, device, lr=lr, objective=objective, options=options,
+               optimizer=optimizer, callbacks=callbacks, save_model=save_model, extra_metrics=extra, log=log)
 
 
 def main(args, arch: str) -> Path:
@@ -241,8 +243,14 @@ def main(args, arch: str) -> Path:
     try:
         device = resolve_device(args.device)
         log = print if is_main() else (lambda *a, **k: None)
+        problem = check_mode_options(args)  # also for a Namespace that no parser checked
+        if problem:
+            raise UserError(problem)
         split, images = prepare_data(DataConfig.from_args(args), log)
-        check_crop_fits(images, args.crop_size)
-        return train(args, arch, split, to_device(images, device), device, log)
+        augment = AugmentConfig.from_args(args)
+        check_crop_fits(images, augment.crop_size)
+        return train(arch, split, to_device(images, device), device, TransferConfig.from_args(args),
+                     TrainConfig.from_args(args), ObjectiveConfig.from_args(args), augment=augment,
+                     loading=LoaderConfig.from_args(args), options=vars(args), log=log)
     finally:
         cleanup()

@@ -1,8 +1,8 @@
 """Study options: data fractions, class imbalance and its remedies, MixUp/CutMix, auto-augment, bn and gradual modes."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import importlib
 import json
 from functools import partial
 
@@ -14,7 +14,7 @@ from torch import nn
 import part1_scratch_cnn as part1
 import part2_mobilenet
 from common.cli import DataError
-from common.config import AugmentConfig
+from common.config import AugmentConfig, ObjectiveConfig, TrainConfig, TransferConfig
 from common.engine import make_optimizer, make_scheduler, param_groups, seed_everything
 from common.loader import BatchLoader, class_weights, mix_batch, train_subset
 from common.models import build_model, count_parameters, set_train_mode, unfreeze_to_depth
@@ -164,7 +164,7 @@ def gradual(arch: str = "resnet18", every: int = 2):
 
 def test_gradual_unfreeze_adds_each_block_to_the_optimizer_at_the_schedules_rate():
     model, optimizer, callback = gradual()
-    scheduler = make_scheduler(optimizer, argparse.Namespace(sched="cosine", warmup_epochs=0, epochs=6))
+    scheduler = make_scheduler(optimizer, "cosine", warmup_epochs=0, epochs=6)
     for epoch in range(6):
         callback.on_epoch_start(epoch, optimizer)
         assert in_optimizer(optimizer) == {id(p) for p in model.parameters() if p.requires_grad}
@@ -271,3 +271,15 @@ def test_fraction_smaller_than_a_batch_is_a_clear_error(dataset, tmp_path):
     argv = tiny_args(dataset, tmp_path / "runs", "--epochs", "1", "--fraction", "0.05", "--batch-size", "32")
     with pytest.raises(DataError, match="raise --fraction"):
         part1.main(part1.get_args_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("script", ["part1_scratch_cnn", "part2_resnet18", "part2_mobilenet", "part2_efficientnet"])
+def test_configs_are_built_from_each_scripts_parsed_defaults(script):
+    args = importlib.import_module(script).get_args_parser().parse_args([])
+    configs = [TrainConfig, ObjectiveConfig] + ([TransferConfig] if script.startswith("part2") else [])
+    for cls in configs:
+        cfg = cls.from_args(args)
+        assert {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)} == {
+            f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cfg.__setattr__(dataclasses.fields(cls)[0].name, None)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import part1_scratch_cnn as part1
-from common.config import DataConfig
+from common.config import DataConfig, TrainConfig
 from common.data import prepare_data
 from common.engine import predict, seed_everything
 from common.loader import BatchLoader, make_loaders
@@ -203,8 +203,8 @@ def test_fit_trains_with_the_objective_it_is_given(dataset, tmp_path):
         seen["mixed"] += 1
         return x, y
 
-    run = fit(model, data, args, generators, cpu, lr=1e-3, objective=Objective(Counted(), nn.CrossEntropyLoss(), mix),
-              log=quiet)
+    run = fit(model, data, TrainConfig.from_args(args), generators, cpu, lr=1e-3,
+              objective=Objective(Counted(), nn.CrossEntropyLoss(), mix), options=vars(args), log=quiet)
     batches = len(split.indices["train"]) // 16
     assert seen == {"train": batches, "mixed": batches}
     assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 1
@@ -221,3 +221,13 @@ def test_early_stopping_counts_epochs_without_gain_also_across_a_resume():
     # Killed after epoch index 4 with the best at index 2: two epochs without gain are already behind it.
     assert EarlyStopping(2, start_epoch=5, best_epoch=2).stop
     assert not EarlyStopping(3, start_epoch=5, best_epoch=2).stop
+
+
+def test_config_json_records_every_option_the_script_got(dataset, tmp_path):
+    args = part1.get_args_parser().parse_args(tiny_args(dataset, tmp_path / "runs", "--epochs", "1",
+                                                        "--batch-size", "16", "--tag", "opts", "--mixup", "0.2"))
+    part1.main(args)
+    config = json.loads((only_run(tmp_path / "runs") / "config.json").read_text())
+    ran = {"amp": False, "device": "cpu"}  # what the run resolved "auto" to
+    given = json.loads(json.dumps(vars(args)))
+    assert {k: config[k] for k in given} == {k: ran.get(k, v) for k, v in given.items()}
