@@ -5,7 +5,7 @@ A script parses its options once and builds each config once from them, with `Co
 
     DataConfig       prepare_data (common/data.py): where the data and the split are, how the split is drawn and cached
     LoaderConfig     make_loaders (common/loader.py): the batch size and which training images are drawn how often
-    AugmentConfig    make_transforms (common/transforms.py): the crop and the augmentation
+    AugmentConfig    make_transforms (common/transforms.py): the crop and the augmentation of the images
     TrainConfig      fit (common/trainer.py): epochs, optimiser, schedule, patience, AMP, run folder and resume
     ObjectiveConfig  make_objective (common/trainer.py): label smoothing, --balance weights, MixUp/CutMix
     TransferConfig   common/transfer.py's train: the part 2 options (mode, weights, cached features, lr decay, ...)
@@ -124,13 +124,17 @@ def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) 
                         "(monitoring only, e.g. for time to accuracy: never used to choose the best epoch or to stop)")
 
 
-def _from_args(cls, args: argparse.Namespace, **given):
-    """cls with each field read from the option of its name, except those given (resolved or parsed values)."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in given}, **given)
+class Options:
+    """Base of the configs: `from_args` reads each field from the option of its name and ignores the others."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **given):
+        """The config, with the fields in `given` (resolved or parsed values) instead of the raw options."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in given}, **given)
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Options):
     """What prepare_data reads: the data folder, the split (file, size, seed, de-duplication) and the cache."""
 
     data_dir: Path
@@ -153,13 +157,13 @@ class DataConfig:
     def from_args(cls, args: argparse.Namespace) -> DataConfig:
         """--data-dir and --split-file resolved, --split parsed (a DataError when it is malformed)."""
         out = Path(args.output_dir)
-        return _from_args(cls, args, data_dir=resolve_data_dir(args.data_dir), output_dir=out,
-                          split_file=Path(args.split_file) if args.split_file else out / "split.json",
-                          sizes=parse_split_sizes(args.split, args.per_class))
+        return super().from_args(args, data_dir=resolve_data_dir(args.data_dir), output_dir=out,
+                                 split_file=Path(args.split_file) if args.split_file else out / "split.json",
+                                 sizes=parse_split_sizes(args.split, args.per_class))
 
 
 @dataclass(frozen=True)
-class LoaderConfig:
+class LoaderConfig(Options):
     """What make_loaders reads: the batch size, the --fraction/--imbalance training subset, and --balance."""
 
     batch_size: int
@@ -167,30 +171,20 @@ class LoaderConfig:
     imbalance: float
     balance: str  # "oversample" draws the training images by inverse class frequency; the others are the loss's
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> LoaderConfig:
-        return _from_args(cls, args)
-
 
 @dataclass(frozen=True)
-class AugmentConfig:
-    """What make_transforms and the batch mixing read: the crop size and the augmentation options."""
+class AugmentConfig(Options):
+    """What make_transforms reads: the crop size and the augmentation options (MixUp/CutMix: ObjectiveConfig)."""
 
     crop_size: int
     no_augment: bool
     scale_min: float
     jitter: float
     auto_augment: str  # a key of common/transforms.py's AUTO_AUGMENT
-    mixup: float
-    cutmix: float
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> AugmentConfig:
-        return _from_args(cls, args)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Options):
     """What fit reads: the epochs, optimiser and schedule, early stopping, AMP and the run folder (and resume)."""
 
     epochs: int
@@ -206,13 +200,9 @@ class TrainConfig:
     tag: str | None  # suffix for the run folder name
     monitor_test: bool
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
-        return _from_args(cls, args)
-
 
 @dataclass(frozen=True)
-class ObjectiveConfig:
+class ObjectiveConfig(Options):
     """What make_objective reads: label smoothing, the --balance remedy, and the MixUp/CutMix strengths."""
 
     label_smoothing: float
@@ -220,13 +210,9 @@ class ObjectiveConfig:
     mixup: float
     cutmix: float
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ObjectiveConfig:
-        return _from_args(cls, args)
-
 
 @dataclass(frozen=True)
-class TransferConfig:
+class TransferConfig(Options):
     """What common/transfer.py's train reads of the part 2 options (and --seed and --img-size)."""
 
     mode: str  # a mode of the architecture's spec (common/architectures.py)
@@ -237,10 +223,6 @@ class TransferConfig:
     lr: float | None  # None: the architecture's default rate for the mode
     seed: int
     img_size: int
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TransferConfig:
-        return _from_args(cls, args)
 
 
 def check_mode_options(args) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 import part1_scratch_cnn as part1
 from common import transfer
 from common.cli import ArgumentParser
-from common.config import AugmentConfig, DataConfig, LoaderConfig, add_data_args
+from common.config import AugmentConfig, DataConfig, LoaderConfig, ObjectiveConfig, add_data_args
 from common.split import load_or_create_split, parse_split_sizes
 
 PARSERS = {"part1": part1.get_args_parser, "part2": lambda: transfer.get_args_parser("resnet18", "part 2")}
@@ -57,12 +57,12 @@ def test_loader_config_from_the_script_defaults(script):
 def test_augment_config_from_the_script_defaults(script, scale_min, jitter):
     args = PARSERS[script]().parse_args([])
     assert AugmentConfig.from_args(args) == AugmentConfig(crop_size=224, no_augment=False, scale_min=scale_min,
-                                                          jitter=jitter, auto_augment="none", mixup=0.0, cutmix=0.0)
+                                                          jitter=jitter, auto_augment="none")
     args = PARSERS[script]().parse_args(["--crop-size", "128", "--no-augment", "--auto-augment", "randaugment",
                                          "--mixup", "0.2", "--cutmix", "1"])
     assert AugmentConfig.from_args(args) == AugmentConfig(crop_size=128, no_augment=True, scale_min=scale_min,
-                                                          jitter=jitter, auto_augment="randaugment", mixup=0.2,
-                                                          cutmix=1.0)
+                                                          jitter=jitter, auto_augment="randaugment")
+    assert (ObjectiveConfig.from_args(args).mixup, ObjectiveConfig.from_args(args).cutmix) == (0.2, 1.0)
 
 
 @pytest.mark.parametrize("config_type", CONFIGS)

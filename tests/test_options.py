@@ -112,8 +112,7 @@ def test_mixup_cutmix_targets_sum_to_one_and_match_the_pixels(mixup, cutmix):
 
 @pytest.mark.parametrize("policy", ["randaugment", "trivialaugment"])
 def test_auto_augment_changes_images_per_image_and_keeps_shape(policy):
-    config = AugmentConfig(crop_size=32, no_augment=False, scale_min=1.0, jitter=0.0, auto_augment=policy, mixup=0.0,
-                           cutmix=0.0)
+    config = AugmentConfig(crop_size=32, no_augment=False, scale_min=1.0, jitter=0.0, auto_augment=policy)
     x = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
 
     def augment(seed: int, config: AugmentConfig = config) -> torch.Tensor:
