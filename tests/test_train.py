@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import part1_scratch_cnn as part1
-from common.config import DataConfig, TrainConfig
+from common.config import AugmentConfig, DataConfig, LoaderConfig, TrainConfig
 from common.data import prepare_data
 from common.engine import predict, seed_everything
 from common.loader import BatchLoader, make_loaders
@@ -184,11 +184,12 @@ def test_fit_trains_with_the_objective_it_is_given(dataset, tmp_path):
     args = part1.get_args_parser().parse_args(tiny_args(dataset, tmp_path / "runs", "--epochs", "1",
                                                         "--batch-size", "16"))
     cpu, quiet = torch.device("cpu"), lambda *a, **k: None
-    split, images = prepare_data(args, quiet)
+    split, images = prepare_data(DataConfig.from_args(args), quiet)
     generators = seed_everything(args.seed)
     model, _ = build_model("scratch_cnn", len(split.classes))
-    train_tf, eval_tf = make_transforms(args, generators["augment"])
-    data = TrainingData(split, make_loaders(images, split, args, cpu, generators["data"], quiet), train_tf, eval_tf,
+    train_tf, eval_tf = make_transforms(AugmentConfig.from_args(args), generators["augment"])
+    loaders = make_loaders(images, split, LoaderConfig.from_args(args), cpu, generators["data"], quiet)
+    data = TrainingData(split, loaders, train_tf, eval_tf,
                         "scratch_cnn", "full", {"img_size": 72, "crop_size": 64, "mean": [0.5] * 3, "std": [0.2] * 3})
     for option in ("label_smoothing", "balance", "mixup", "cutmix"):
         delattr(args, option)  # the recipe's business: fit builds no criterion or mixing of its own
