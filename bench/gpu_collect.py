@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.cli import ArgumentParser, run_main  # noqa: E402
 from common.files import atomic_write_text  # noqa: E402
+from common.runs import finished_runs  # noqa: E402
 
 RESNET_AIM = 10_000  # train img/s the issue aims at for ResNet-18 full fine-tuning on an H100/H200-class GPU
 RUN_KEYS = ("arch", "mode", "epochs_run", "batch_size", "lr", "best_val_acc", "test_acc", "seconds_per_epoch",
@@ -51,13 +52,11 @@ def read_steps(work: Path) -> list[dict]:
 def read_runs(runs: Path) -> list[dict]:
     """The finished runs' figures, with their weights and AMP from config.json."""
     out = []
-    for metrics_file in sorted(runs.glob("*/metrics.json")):
-        metrics = json.loads(metrics_file.read_text())
-        config_file = metrics_file.with_name("config.json")
-        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    for run in finished_runs(runs):
+        config, metrics = run["config"] or {}, run["metrics"]
         weights = (config.get("weights") or {}).get("source") if isinstance(config.get("weights"), dict) else None
         out.append({**{k: metrics.get(k) for k in RUN_KEYS}, "amp": config.get("amp"), "weights": weights,
-                    "run": metrics_file.parent.name})
+                    "run": run["run_dir"].name})
     return out
 
 
