@@ -48,7 +48,7 @@ from common.config import (
     add_train_args,
 )
 from common.data import check_crop_fits, prepare_data
-from common.distributed import cleanup, init_distributed, is_main
+from common.distributed import cleanup, init_distributed, is_main, main_log
 from common.engine import resolve_device, seed_everything
 from common.files import atomic_write_text
 from common.loader import make_loaders, to_device
@@ -142,7 +142,7 @@ def main(args) -> None:
 
 def run(args) -> None:
     device = resolve_device(args.device)
-    log = print if is_main() else (lambda *a, **k: None)
+    log = main_log()
     t0 = time.perf_counter()
     split, images = prepare_data(DataConfig.from_args(args), log)
     check_crop_fits(images, args.crop_size)

@@ -6,6 +6,7 @@ unconditionally.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -36,6 +37,15 @@ def world_size() -> int:
 def is_main() -> bool:
     """Only the main process writes logs, TensorBoard events, checkpoints and reports."""
     return rank() == 0
+
+
+def main_log(log: Callable[..., None] = print) -> Callable[..., None]:
+    """log in the main process, a no-op in the others."""
+    return log if is_main() else _quiet
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of processes other than rank 0."""
 
 
 def barrier() -> None:

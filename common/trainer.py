@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from common.cli import UserError
 from common.config import TrainConfig
 from common.data import display_name
-from common.distributed import barrier, broadcast, is_distributed, is_main, rank, world_size
+from common.distributed import barrier, broadcast, is_distributed, is_main, main_log, rank, world_size
 from common.engine import (
     PROCESS_START,
     Transform,
@@ -207,10 +207,6 @@ class _Board:
             self.writer.close()
 
 
-def _quiet(*args, **kwargs) -> None:
-    """The log of processes other than rank 0."""
-
-
 def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict[str, torch.Generator],
         device: torch.device, *, lr: float, objective: Objective, options: Mapping | None = None,
         optimizer: torch.optim.Optimizer | None = None,
@@ -226,7 +222,7 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
     callbacks (e.g. gradual unfreezing) run before every epoch, and their state is checkpointed.
     options are every option the script got (vars(args)): config.json records them, and --resume compares them.
     """
-    log = log if is_main() else _quiet
+    log = main_log(log)
     save_model = save_model or model
     model, train_model = _parallel(model, device, cfg.sync_bn)
     amp = cfg.amp == "auto" and device.type == "cuda"

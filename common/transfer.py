@@ -29,7 +29,7 @@ from common.config import (
     check_mode_options,
 )
 from common.data import check_crop_fits, prepare_data
-from common.distributed import cleanup, init_distributed, is_distributed, is_main
+from common.distributed import cleanup, init_distributed, is_distributed, is_main, main_log
 from common.engine import (
     add_param_groups,
     make_optimizer,
@@ -242,7 +242,7 @@ def main(args, arch: str) -> Path:
     init_distributed(args.device)  # a no-op unless started by torchrun
     try:
         device = resolve_device(args.device)
-        log = print if is_main() else (lambda *a, **k: None)
+        log = main_log()
         problem = check_mode_options(args)  # also for a Namespace that no parser checked
         if problem:
             raise UserError(problem)
