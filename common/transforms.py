@@ -6,6 +6,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
+from torch import nn
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
@@ -20,20 +21,30 @@ AUTO_AUGMENT = {"none": None, "randaugment": v2.RandAugment, "trivialaugment": v
 
 def make_transforms(config: AugmentConfig, generator: torch.Generator, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> tuple[Callable, Callable]:
-    """(train, eval) batch transforms from the augmentation options."""
+    """(train, eval) batch transforms from the augmentation options; train is a TrainTransform unless --no-augment."""
     eval_tf = partial(eval_transform, crop=config.crop_size, mean=mean, std=std)
     if config.no_augment:
         return eval_tf, eval_tf
-    scale = None if config.scale_min >= 1 else (config.scale_min, 1.0)
-    train_tf = partial(train_transform, crop=config.crop_size, mean=mean, std=std, generator=generator,
-                       scale=scale, jitter=config.jitter)
     policy = AUTO_AUGMENT[config.auto_augment]
-    if policy is None:
-        return train_tf, eval_tf
-    augment = policy()
-    # One policy draw per image (a batch tensor would get one draw for all); torch's global RNG is seeded
-    # by seed_everything and saved in checkpoints, so runs stay reproducible and resumable.
-    return (lambda x: train_tf(torch.stack([augment(img) for img in x]))), eval_tf
+    return TrainTransform(config.crop_size, mean, std, generator, None if config.scale_min >= 1 else config.scale_min,
+                          config.jitter, config.crop_resize, policy() if policy else None), eval_tf
+
+
+class TrainTransform:
+    """The training batch transform; `crop`, its output size, is what progressive resizing changes between epochs."""
+
+    def __init__(self, crop: int, mean: Sequence[float], std: Sequence[float], generator: torch.Generator,
+                 scale_min: float | None, jitter: float, resize: str, policy: Callable | None = None):
+        self.crop, self.policy = crop, policy
+        self.kwargs = {"mean": mean, "std": std, "generator": generator, "jitter": jitter, "resize": resize,
+                       "scale": None if scale_min is None else (scale_min, 1.0)}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.policy is not None:
+            # One policy draw per image (a batch tensor would get one draw for all); torch's global RNG is seeded
+            # by seed_everything and saved in checkpoints, so runs stay reproducible and resumable.
+            x = torch.stack([self.policy(img) for img in x])
+        return train_transform(x, self.crop, **self.kwargs)
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -52,15 +63,19 @@ def eval_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Seque
 
 
 def train_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Sequence[float],
-                    generator: torch.Generator | None = None, scale: tuple[float, float] = (0.25, 1.0),
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3), jitter: float = 0.0) -> torch.Tensor:
-    """Batched random-resized crop (or, with scale=None, a plain random crop) + horizontal flip + optional jitter.
+                    generator: torch.Generator | None = None, scale: tuple[float, float] | None = (0.25, 1.0),
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3), jitter: float = 0.0,
+                    resize: str = "auto") -> torch.Tensor:
+    """Random-resized crop (or, with scale=None, a plain random crop) + horizontal flip + optional jitter, batched.
 
-    One roi_align call crops and resizes the whole batch with bilinear sampling, on whatever device x is on.
+    resize says how a random-resized crop is resized: "interpolate" crops each uint8 image first and resizes only
+    that box (antialiased bilinear, as torchvision's RandomResizedCrop), which is the fast path on a CPU;
+    "roi_align" samples every box of the batch in one bilinear roi_align call, the fast path on a GPU; "auto"
+    takes roi_align on CUDA and interpolate elsewhere. Every draw comes from `generator`, on the CPU, so the
+    same seed gives the same boxes, flips and jitter on any device.
     """
     n, _, h, w = x.shape
     g = generator
-    dev = x.device
     if scale is None:
         # Classic random crop of crop x crop pixels at a random offset; cropping and flipping stay in uint8.
         top = torch.randint(0, h - crop + 1, (n,), generator=g).tolist()
@@ -69,32 +84,76 @@ def train_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Sequ
         tiles = (x[i, :, row:row + crop, col:col + crop] for i, (row, col) in enumerate(zip(top, left)))
         out = torch.stack([tile.flip(-1) if f else tile for tile, f in zip(tiles, flip)])
     else:
-        area = h * w * torch.empty(n).uniform_(*scale, generator=g)
-        log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
-        aspect = torch.exp(log_r)
-        cw = torch.sqrt(area * aspect).clamp(8, w)
-        ch = torch.sqrt(area / aspect).clamp(8, h)
-        x0 = torch.rand(n, generator=g) * (w - cw)
-        y0 = torch.rand(n, generator=g) * (h - ch)
-        boxes = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], 1).to(dev)
-        out = roi_align(x.float(), boxes, output_size=crop, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        out = out.div_(255)
-        flip = (torch.rand(n, generator=g) < 0.5).to(dev)
-        out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+        boxes = _random_boxes(n, h, w, scale, ratio, g)
+        flip = torch.rand(n, generator=g) < 0.5
+        if resize == "roi_align" or (resize == "auto" and x.device.type == "cuda"):
+            out = _roi_align_crops(x, boxes, crop, flip)
+        else:
+            out = _interpolated_crops(x, boxes, crop, flip)
     if jitter > 0:
-        out = _color_jitter(out.float() / 255 if out.dtype == torch.uint8 else out, jitter, g)
+        return _jitter_normalize(out, jitter, g, mean, std)
     return normalize(out, mean, std)
 
 
-def _color_jitter(x: torch.Tensor, strength: float, g: torch.Generator | None) -> torch.Tensor:
+def _random_boxes(n: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
+                  g: torch.Generator | None) -> torch.Tensor:
+    """n random boxes (x0, y0, width, height) of a `scale` share of the image area and an aspect ratio in `ratio`."""
+    area = h * w * torch.empty(n).uniform_(*scale, generator=g)
+    aspect = torch.exp(torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g))
+    cw = torch.sqrt(area * aspect).clamp(8, w)
+    ch = torch.sqrt(area / aspect).clamp(8, h)
+    x0 = torch.rand(n, generator=g) * (w - cw)
+    y0 = torch.rand(n, generator=g) * (h - ch)
+    return torch.stack([x0, y0, cw, ch], 1)
+
+
+def _roi_align_crops(x: torch.Tensor, boxes: torch.Tensor, crop: int, flip: torch.Tensor) -> torch.Tensor:
+    """The boxes of a batch resized to crop x crop in one bilinear roi_align call; float in [0, 1]."""
     n = x.shape[0]
+    x0, y0, cw, ch = boxes.unbind(1)
+    rois = torch.stack([torch.arange(n, dtype=torch.float), x0, y0, x0 + cw, y0 + ch], 1).to(x.device)
+    out = roi_align(x.float(), rois, output_size=crop, spatial_scale=1.0, sampling_ratio=2, aligned=True).div_(255)
+    return torch.where(flip.to(x.device).view(-1, 1, 1, 1), out.flip(-1), out)
 
-    def factor() -> torch.Tensor:
-        return torch.empty(n, 1, 1, 1).uniform_(1 - strength, 1 + strength, generator=g).to(x.device)
 
-    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = x * factor()                                                           # brightness
-    x = (x - gray.mean((2, 3), keepdim=True)) * factor() + gray.mean((2, 3), keepdim=True)  # contrast
-    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = (x - gray) * factor() + gray                                           # saturation
-    return x.clamp_(0, 1)
+def _interpolated_crops(x: torch.Tensor, boxes: torch.Tensor, crop: int, flip: torch.Tensor) -> torch.Tensor:
+    """Each box cut from its image (whole pixels) and resized alone to crop x crop, antialiased: uint8 on a CPU,
+    float in [0, 1] elsewhere (uint8 bilinear resizing is a CPU kernel)."""
+    n, c, h, w = x.shape
+    src = x if x.device.type == "cpu" else x.float() / 255
+    bw = boxes[:, 2].round().clamp(1, w).int()
+    bh = boxes[:, 3].round().clamp(1, h).int()
+    left = torch.minimum(boxes[:, 0].floor().int(), w - bw)
+    top = torch.minimum(boxes[:, 1].floor().int(), h - bh)
+    out = torch.empty((n, c, crop, crop), dtype=src.dtype, device=x.device)
+    for i, (t, le, bh_i, bw_i, f) in enumerate(zip(top.tolist(), left.tolist(), bh.tolist(), bw.tolist(),
+                                                  flip.tolist())):
+        tile = nn.functional.interpolate(src[i:i + 1, :, t:t + bh_i, le:le + bw_i], size=(crop, crop),
+                                         mode="bilinear", antialias=True, align_corners=False)[0]
+        out[i] = tile.flip(-1) if f else tile
+    return out
+
+
+def _jitter_normalize(x: torch.Tensor, strength: float, g: torch.Generator | None, mean: Sequence[float],
+                      std: Sequence[float]) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter of uint8 or [0, 1] images, clamped to [0, 1] and normalised.
+
+    The three are linear in the pixels (contrast around the image's mean gray after brightness, saturation
+    towards each pixel's gray), so each image gets one 3x3 colour matrix and an offset, whatever their order.
+    """
+    n, dev = x.shape[0], x.device
+    b, c, s = (torch.empty(n).uniform_(1 - strength, 1 + strength, generator=g).to(dev).view(n, 1, 1)
+               for _ in range(3))
+    luma = torch.tensor([0.299, 0.587, 0.114], device=dev)
+    xf = x.float().view(n, 3, -1)
+    scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
+    gray_mean = (xf.mean(2) @ luma).view(n, 1, 1) * b * scale
+    eye = torch.eye(3, device=dev)
+    matrix = c * b * (s * eye + (1 - s) * luma.view(1, 1, 3)) * scale
+    m = torch.tensor(mean, device=dev).view(1, 3, 1)
+    sd = torch.tensor(std, device=dev).view(1, 3, 1)
+    # Normalising is a per-channel affine map that keeps order, so it folds into the matrix and the clamp bounds.
+    out = torch.baddbmm(((1 - c) * gray_mean - m) / sd, matrix / sd, xf)
+    for ch, (mu, sigma) in enumerate(zip(mean, std)):  # scalar bounds: a clamp to tensor bounds is far slower
+        out[:, ch].clamp_(-mu / sigma, (1 - mu) / sigma)
+    return out.view(x.shape)

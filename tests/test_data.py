@@ -20,7 +20,7 @@ from common.duplicates import duplicate_groups
 from common.files import atomic_write_text
 from common.loader import BatchLoader, make_loaders
 from common.split import assign_subsets, load_or_create_split, parse_split_sizes, scan_folder
-from common.transforms import eval_transform, train_transform
+from common.transforms import _jitter_normalize, _random_boxes, eval_transform, train_transform
 from conftest import ANIMALS, make_dataset
 
 
@@ -321,11 +321,52 @@ def test_batch_loader_and_transforms(dataset, tmp_path):
         assert tr.shape == (40, 3, 32, 32) and tr.min() >= 0 and tr.max() <= 1
     # A full-image box at the same size on a horizontal ramp gives the ramp back (bilinear sampling is exact on
     # linear images), mirrored for the flipped half of the batch.
+    # Both resizers draw the same flips from the same seed.
     ramp = (torch.arange(40) * 4).to(torch.uint8).expand(8, 3, 40, 40).contiguous()
-    out = train_transform(ramp, 40, (0.0,) * 3, (1.0,) * 3, generator=torch.Generator().manual_seed(1),
-                          scale=(1.0, 1.0), ratio=(1.0, 1.0))
-    want = ramp.float() / 255
-    inner = (..., slice(2, 38), slice(2, 38))
-    same = (out - want)[inner].abs().amax((1, 2, 3)) < 1e-4
-    mirrored = (out - want.flip(-1))[inner].abs().amax((1, 2, 3)) < 1e-4
-    assert (same ^ mirrored).all() and same.any() and mirrored.any()
+    flips = []
+    for resize in ("roi_align", "interpolate"):
+        out = train_transform(ramp, 40, (0.0,) * 3, (1.0,) * 3, generator=torch.Generator().manual_seed(1),
+                              scale=(1.0, 1.0), ratio=(1.0, 1.0), resize=resize)
+        want = ramp.float() / 255
+        inner = (..., slice(2, 38), slice(2, 38))
+        same = (out - want)[inner].abs().amax((1, 2, 3)) < 1e-4
+        mirrored = (out - want.flip(-1))[inner].abs().amax((1, 2, 3)) < 1e-4
+        assert (same ^ mirrored).all() and same.any() and mirrored.any()
+        flips.append(mirrored)
+    assert torch.equal(*flips)
+
+
+def test_interpolated_crop_resizes_exactly_the_drawn_box():
+    # One bright pixel column at x=30 of a 64-px image: a box holding it keeps it, in proportion, after resizing.
+    x = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    x[..., 30] = 255
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        state = g.get_state()
+        out = train_transform(x, 32, (0.0,) * 3, (1.0,) * 3, generator=g, scale=(0.3, 1.0), resize="interpolate")
+        g2 = torch.Generator()
+        g2.set_state(state)
+        x0, _, bw, _ = _random_boxes(1, 64, 64, (0.3, 1.0), (3 / 4, 4 / 3), g2)[0].tolist()
+        flipped = bool(torch.rand(1, generator=g2) < 0.5)
+        left, width = min(int(x0), 64 - round(bw)), round(bw)
+        col = out[0, 0].mean(0)
+        if left <= 30 < left + width:
+            peak = int(col.argmax())
+            expected = (30 - left + 0.5) * 32 / width - 0.5
+            assert abs((31 - peak if flipped else peak) - expected) <= 1.0
+        else:
+            assert col.max() == 0
+
+
+def test_fused_jitter_equals_brightness_contrast_saturation_applied_in_turn():
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    out = _jitter_normalize(x, 0.4, torch.Generator().manual_seed(3), mean, std)
+    g = torch.Generator().manual_seed(3)
+    b, c, s = (torch.empty(6).uniform_(0.6, 1.4, generator=g).view(6, 1, 1, 1) for _ in range(3))
+    y = x.float() / 255 * b                                               # brightness
+    gray = lambda t: (0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]).unsqueeze(1)  # noqa: E731
+    y = (y - gray(y).mean((2, 3), keepdim=True)) * c + gray(y).mean((2, 3), keepdim=True)  # contrast
+    y = (y - gray(y)) * s + gray(y)                                       # saturation
+    want = (y.clamp(0, 1) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
