@@ -55,7 +55,7 @@ from common.loader import make_loaders, to_device
 from common.markdown import markdown_table
 from common.models import build_model, set_dropout
 from common.runs import write_json
-from common.trainer import TrainingData, fit, make_objective
+from common.trainer import TrainingData, fit, make_objective, progressive_resize
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, make_transforms
 
 ARCH = "scratch_cnn"
@@ -93,7 +93,8 @@ def train(args, split, images, device, log=print) -> Path:
     model, weights = build_model(ARCH, len(split.classes))
     set_dropout(model, ARCH, args.dropout)
     model = model.to(device, memory_format=torch.channels_last)
-    train_tf, eval_tf = make_transforms(AugmentConfig.from_args(args), generators["augment"])
+    augment = AugmentConfig.from_args(args)
+    train_tf, eval_tf = make_transforms(augment, generators["augment"])
     loaders = make_loaders(images, split, LoaderConfig.from_args(args), device, generators["data"], log)
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}
@@ -101,7 +102,7 @@ def train(args, split, images, device, log=print) -> Path:
     objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
                                args.mixup, args.cutmix, generators["augment"], device)
     return fit(model, data, TrainConfig.from_args(args), generators, device, lr=args.lr, objective=objective,
-               options=vars(args), log=log)
+               options=vars(args), callbacks=progressive_resize(train_tf, augment), log=log)
 
 
 def parse_list(text: str, kind, flag: str) -> list:

@@ -73,6 +73,12 @@ def add_crop_check(parser, min_crop: int = 1) -> None:
                     "lower it or raise --img-size")
         if args.crop_size < min_crop:
             return f"--crop-size {args.crop_size} is too small for this network; give at least {min_crop}"
+        if args.low_res is not None and not min_crop <= args.low_res <= args.crop_size:
+            return (f"--low-res {args.low_res} must lie between this network's smallest crop {min_crop} and "
+                    f"--crop-size {args.crop_size}")
+        if args.low_res_epochs and args.low_res_epochs >= args.epochs:
+            return (f"--low-res-epochs {args.low_res_epochs} leaves no epoch at --crop-size {args.crop_size}; "
+                    f"give fewer than --epochs {args.epochs}")
         return None
 
     parser.add_check(check)
@@ -85,6 +91,14 @@ def add_augment_args(parser, scale_min: float, jitter: float) -> None:
                    help="smallest crop area of the random-resized crop (1 = plain random crop of --crop-size)")
     g.add_argument("--jitter", type=probability, default=jitter, help="brightness/contrast/saturation jitter (0 = off)")
     g.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
+    g.add_argument("--crop-resize", choices=("auto", "interpolate", "roi_align"), default="auto",
+                   help="how random-resized crops are resized: each image's box alone, in uint8 (fast on a CPU), or "
+                        "the whole batch in one roi_align call (fast on a GPU); auto: roi_align on CUDA only")
+    g.add_argument("--low-res", type=positive_int, default=None, metavar="SIZE",
+                   help="crop size of the --low-res-epochs (progressive resizing); default: half of --crop-size")
+    g.add_argument("--low-res-epochs", type=nonnegative_int, default=0, metavar="N",
+                   help="train the first N epochs on --low-res crops, which cost a fraction of full-size ones, and "
+                        "the rest at --crop-size; validation and test always use --crop-size (0 = off)")
     g.add_argument("--auto-augment", choices=tuple(AUTO_AUGMENT), default="none",
                    help="torchvision's RandAugment or TrivialAugmentWide on each training image before cropping")
     g.add_argument("--mixup", type=nonnegative_float, default=0.0, metavar="ALPHA",
@@ -114,7 +128,8 @@ def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) 
                    help="stop after this many epochs without a better val accuracy (0: never)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--amp", choices=("auto", "off"), default="auto",
-                   help="mixed precision on CUDA (bf16 where supported)")
+                   help="auto: mixed precision on CUDA (bf16 where supported), and bf16 training steps on a CPU with "
+                        "AMX bf16 units (evaluation stays float32 there); off: float32 everywhere")
     g.add_argument("--tag", default=None, help="suffix for the run folder name")
     g.add_argument("--resume", default=None, help="continue a killed run from its runs/<run>/last.pt")
     g.add_argument("--sync-bn", action="store_true",
@@ -181,6 +196,9 @@ class AugmentConfig(Options):
     scale_min: float
     jitter: float
     auto_augment: str  # a key of common/transforms.py's AUTO_AUGMENT
+    crop_resize: str = "auto"  # "interpolate", "roi_align", or "auto" (roi_align on CUDA)
+    low_res: int | None = None  # None: half of crop_size
+    low_res_epochs: int = 0  # progressive resizing: the first epochs train on low_res crops
 
 
 @dataclass(frozen=True)
@@ -193,7 +211,7 @@ class TrainConfig(Options):
     sched: str  # "cosine" (after warmup), "plateau" or "none"
     warmup_epochs: int
     patience: int  # 0: never stop early
-    amp: str  # "auto": mixed precision on CUDA, "off"
+    amp: str  # "auto": mixed precision on CUDA, bf16 training on a CPU with AMX; "off"
     sync_bn: bool
     output_dir: str
     resume: str | None  # the killed run's last.pt
@@ -233,4 +251,6 @@ def check_mode_options(args) -> str | None:
         return "--lr-decay sets per-block rates for --mode full or gradual only"
     if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
         return "--mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them"
+    if args.cache_features and args.low_res_epochs:
+        return "--low-res-epochs changes the training images; drop --cache-features to use it"
     return None

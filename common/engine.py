@@ -37,10 +37,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (Intel AMX), where bf16 training steps pay several-fold."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA where supported, fp16 otherwise; nothing on CPU."""
-    if not enabled or device.type != "cuda":
+    """bf16 autocast on CUDA where supported (fp16 otherwise) and on a CPU; nothing when not enabled."""
+    if not enabled:
         return nullcontext()
+    if device.type != "cuda":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 

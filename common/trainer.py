@@ -15,12 +15,13 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from common.cli import UserError
-from common.config import TrainConfig
+from common.config import AugmentConfig, TrainConfig
 from common.data import display_name
 from common.distributed import barrier, broadcast, is_distributed, is_main, main_log, rank, world_size
 from common.engine import (
     PROCESS_START,
     Transform,
+    cpu_has_bf16_units,
     evaluate,
     make_optimizer,
     make_scheduler,
@@ -34,6 +35,7 @@ from common.metrics import macro_f1
 from common.models import count_parameters
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint, run_dir_name
 from common.split import Split
+from common.transforms import TrainTransform
 
 
 @dataclass
@@ -166,6 +168,44 @@ class TrainState:
             self.scheduler.step()
 
 
+@dataclass(frozen=True)
+class Precision:
+    """Where a run uses mixed precision: its training steps, and its evaluation (validation and test)."""
+
+    train: bool
+    evaluate: bool
+
+    @classmethod
+    def choose(cls, amp: str, device: torch.device) -> Precision:
+        """--amp auto: AMP on CUDA; bf16 training steps only on a CPU with bf16 units, so that its val and test
+        scores stay float32 and match evaluate.py's."""
+        if amp != "auto":
+            return cls(False, False)
+        if device.type == "cuda":
+            return cls(True, True)
+        return cls(cpu_has_bf16_units(), False)
+
+    def describe(self) -> str:
+        return " with AMP" if self.evaluate else " with bf16 training steps (AMX)" if self.train else ""
+
+
+class ProgressiveResize(Callback):
+    """Progressive resizing: the first `epochs` epochs train on `size`-pixel crops, the others at the full size."""
+
+    def __init__(self, transform: TrainTransform, size: int, epochs: int):
+        self.transform, self.size, self.epochs, self.full = transform, size, epochs, transform.crop
+
+    def on_epoch_start(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        self.transform.crop = self.size if epoch < self.epochs else self.full
+
+
+def progressive_resize(transform: Transform, augment: AugmentConfig) -> list[Callback]:
+    """The --low-res-epochs callback for a training transform (none when it is off or there is no augmentation)."""
+    if not augment.low_res_epochs or not isinstance(transform, TrainTransform):
+        return []
+    return [ProgressiveResize(transform, augment.low_res or augment.crop_size // 2, augment.low_res_epochs)]
+
+
 class EarlyStopping:
     """Stop after `patience` epochs without a better validation accuracy (0: never)."""
 
@@ -225,16 +265,16 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
     log = main_log(log)
     save_model = save_model or model
     model, train_model = _parallel(model, device, cfg.sync_bn)
-    amp = cfg.amp == "auto" and device.type == "cuda"
+    amp = Precision.choose(cfg.amp, device)
     optimizer = optimizer or make_optimizer(param_groups(model, cfg.weight_decay, lr), cfg.opt, lr)
-    scaler = torch.amp.GradScaler("cuda") if amp and not torch.cuda.is_bf16_supported() else None
+    scaler = torch.amp.GradScaler("cuda") if amp.evaluate and not torch.cuda.is_bf16_supported() else None
     scheduler = make_scheduler(optimizer, cfg.sched, cfg.warmup_epochs, cfg.epochs)
     state = TrainState(save_model, optimizer, scheduler, scaler, generators, list(callbacks))
     options = {**(options or {}), **asdict(cfg)}  # what this run was given, the config's fields as it ran them
     config = _run_config(options, data, lr, save_model, device, amp)
     saver = _open_run(cfg, options, data, state, config, log)
     log(f"{data.arch}/{data.mode}: {config['trainable_params']:,} trainable of {config['total_params']:,} parameters; "
-        f"device {device}" + (" with AMP" if amp else "") + (f"; {world_size()} processes" if is_distributed() else ""))
+        f"device {device}" + amp.describe() + (f"; {world_size()} processes" if is_distributed() else ""))
     stopper = EarlyStopping(cfg.patience, saver.start_epoch, saver.best_epoch)
     board = _Board(saver.start_epoch, log) if saver.write else None
     for epoch in range(saver.start_epoch, cfg.epochs):
@@ -243,8 +283,8 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
             break
         row = _train_epoch(train_model, model, data, objective, state, device, amp, epoch, cfg.epochs)
         if cfg.monitor_test:  # monitoring only: after the epoch's timing, never read to choose or stop
-            row["test_acc"] = evaluate(model, data.loaders["test"], data.eval_transform, objective.val, device, amp,
-                                       desc="test")["acc"]
+            row["test_acc"] = evaluate(model, data.loaders["test"], data.eval_transform, objective.val, device,
+                                       amp.evaluate, desc="test")["acc"]
         row["elapsed_s"] = time.perf_counter() - PROCESS_START
         checkpoint = state.state_dict()  # every process takes part: it gathers their RNG states
         if board is not None:
@@ -257,7 +297,7 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
             f"{' *' if improved else '  '}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
     if board is not None:
         board.close()
-    run_dir, test = _test_best(model, save_model, data, saver, device, amp)
+    run_dir, test = _test_best(model, save_model, data, saver, device, amp.evaluate)
     metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if cfg.resume else None,
                        extra_metrics or {})
     log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {test['acc']:.4f}; "
@@ -281,10 +321,11 @@ def _parallel(model: nn.Module, device: torch.device, sync_bn: bool) -> tuple[nn
 
 
 def _run_config(options: Mapping, data: TrainingData, lr: float, save_model: nn.Module, device: torch.device,
-                amp: bool) -> dict:
+                amp: Precision) -> dict:
     """config.json: the options, the data and model, and where the run ran, as plain types only."""
     trainable, total = count_parameters(save_model)
-    config = {"arch": data.arch, "mode": data.mode, **options, "lr": lr, "device": str(device), "amp": amp,
+    config = {"arch": data.arch, "mode": data.mode, **options, "lr": lr, "device": str(device), "amp": amp.train,
+              "amp_eval": amp.evaluate,
               "world_size": world_size(),
               "classes": data.split.classes, "split_fingerprint": data.split.fingerprint,
               "trainable_params": trainable, "total_params": total, **data.meta,
@@ -309,7 +350,7 @@ def _open_run(cfg: TrainConfig, options: Mapping, data: TrainingData, state: Tra
 
 
 def _train_epoch(train_model: nn.Module, model: nn.Module, data: TrainingData, objective: Objective,
-                 state: TrainState, device: torch.device, amp: bool, epoch: int, epochs: int) -> dict:
+                 state: TrainState, device: torch.device, amp: Precision, epoch: int, epochs: int) -> dict:
     """Train one epoch, validate, step the schedule; returns the epoch's history row."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -318,8 +359,8 @@ def _train_epoch(train_model: nn.Module, model: nn.Module, data: TrainingData, o
     lr = state.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, objective.train, state.optimizer,
-                         device, amp, state.scaler, desc=f"epoch {epoch + 1}/{epochs}", mix=objective.mix)
-    va = evaluate(model, data.loaders["val"], data.eval_transform, objective.val, device, amp, desc="val")
+                         device, amp.train, state.scaler, desc=f"epoch {epoch + 1}/{epochs}", mix=objective.mix)
+    va = evaluate(model, data.loaders["val"], data.eval_transform, objective.val, device, amp.evaluate, desc="val")
     state.step_schedule(va["acc"])
     return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
             "val_acc": va["acc"], "epoch_seconds": time.perf_counter() - t0, "train_img_per_s": tr["img_per_s"],

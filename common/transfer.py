@@ -41,7 +41,7 @@ from common.loader import BatchLoader, make_loaders, to_device
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
 from common.split import Split
-from common.trainer import Callback, TrainingData, fit, make_objective
+from common.trainer import Callback, TrainingData, fit, make_objective, progressive_resize
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, eval_transform, make_transforms
 
 
@@ -228,7 +228,9 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
         lr_of = lambda name: lr * recipe.lr_decay ** block_depth(arch, name)  # noqa: E731
     groups = partial(param_groups, trained, cfg.weight_decay, lr, lr_of)
     optimizer = make_optimizer(groups(), cfg.opt, lr)
-    callbacks = [GradualUnfreeze(model, arch, recipe.unfreeze_every, groups, log)] if recipe.mode == "gradual" else []
+    callbacks = progressive_resize(train_tf, augment)
+    if recipe.mode == "gradual":
+        callbacks.append(GradualUnfreeze(model, arch, recipe.unfreeze_every, groups, log))
     data = TrainingData(split, loaders, train_tf, eval_tf, arch, recipe.mode, meta)
     o = objective_cfg
     objective = make_objective(data.train_labels, len(split.classes), o.label_smoothing, o.balance, o.mixup,

@@ -19,7 +19,7 @@ from common.engine import make_optimizer, make_scheduler, param_groups, seed_eve
 from common.loader import BatchLoader, class_weights, mix_batch, train_subset
 from common.models import build_model, count_parameters, set_train_mode, unfreeze_to_depth
 from common.runs import load_checkpoint
-from common.trainer import make_objective
+from common.trainer import Callback, Precision, make_objective
 from common.transfer import GradualUnfreeze
 from common.transforms import make_transforms
 from conftest import Killed, kill_after, tiny_args
@@ -256,6 +256,9 @@ def test_oversampled_run_sees_a_full_epoch(dataset, tmp_path, capsys):
     (["--mode", "fc", "--cache-features", "--mixup", "0.2"], "drop --cache-features"),
     (["--mode", "bn", "--lr-decay", "0.5"], "full or gradual only"),
     (["--mode", "gradual", "--unfreeze-every", "0"], "--unfreeze-every: 0 is out of range; give an integer >= 1"),
+    (["--mode", "fc", "--cache-features", "--low-res-epochs", "1", "--epochs", "2"], "drop --cache-features"),
+    (["--low-res-epochs", "1"], "leaves no epoch at --crop-size 64"),
+    (["--low-res-epochs", "1", "--epochs", "2", "--low-res", "96"], "--low-res 96 must lie between"),
 ])
 def test_conflicting_options_are_refused(dataset, tmp_path, capsys, extra, message):
     argv = tiny_args(dataset, tmp_path / "runs", "--weights", "none", "--epochs", "1", *extra)
@@ -282,3 +285,38 @@ def test_configs_are_built_from_each_scripts_parsed_defaults(script):
             f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
         with pytest.raises(dataclasses.FrozenInstanceError):
             cfg.__setattr__(dataclasses.fields(cls)[0].name, None)
+
+
+def test_progressive_resizing_trains_small_then_full_size_and_resumes_at_full_size(dataset, tmp_path, monkeypatch):
+    seen = []  # (epoch, crop size of the training batches)
+    real = part1.fit
+
+    def spy(model, data, cfg, *a, callbacks=(), **kw):
+        class Record(Callback):
+            def on_epoch_start(self, epoch, optimizer):
+                seen.append((epoch, data.train_transform(next(iter(data.loaders["train"]))[0]).shape[-1]))
+        return real(model, data, cfg, *a, callbacks=[*callbacks, Record()], **kw)
+
+    monkeypatch.setattr(part1, "fit", spy)
+    argv = tiny_args(dataset, tmp_path / "runs", "--epochs", "3", "--low-res-epochs", "2", "--low-res", "64",
+                     "--img-size", "100", "--crop-size", "96")
+    kill_after(monkeypatch, "last.pt", 0)
+    with pytest.raises(Killed):
+        part1.main(part1.get_args_parser().parse_args(argv))
+    monkeypatch.undo()
+    monkeypatch.setattr(part1, "fit", spy)
+    last = next((tmp_path / "runs").glob("*/last.pt"))
+    part1.main(part1.get_args_parser().parse_args([*argv, "--resume", str(last)]))
+    assert seen == [(0, 64), (1, 64), (2, 96)]  # the resumed run picks up epoch 1 still at the low size
+    metrics = json.loads(next((tmp_path / "runs").glob("*/metrics.json")).read_text())
+    assert metrics["epochs_run"] == 3
+
+
+def test_precision_auto_uses_bf16_training_steps_only_on_a_cpu_with_bf16_units(monkeypatch):
+    from common import trainer
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert Precision.choose("off", cuda) == Precision(False, False)
+    assert Precision.choose("auto", cuda) == Precision(True, True)
+    for units in (True, False):
+        monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda units=units: units)
+        assert Precision.choose("auto", cpu) == Precision(units, False)  # evaluation stays float32 on a CPU

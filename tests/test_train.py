@@ -17,7 +17,7 @@ from common.engine import predict, seed_everything
 from common.loader import BatchLoader, make_loaders
 from common.models import build_model, model_from_checkpoint
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint
-from common.trainer import EarlyStopping, Objective, TrainingData, fit
+from common.trainer import EarlyStopping, Objective, Precision, TrainingData, fit
 from common.transforms import eval_transform, make_transforms
 from conftest import ROOT, Killed, kill_after, tiny_args
 
@@ -229,6 +229,6 @@ def test_config_json_records_every_option_the_script_got(dataset, tmp_path):
                                                         "--batch-size", "16", "--tag", "opts", "--mixup", "0.2"))
     part1.main(args)
     config = json.loads((only_run(tmp_path / "runs") / "config.json").read_text())
-    ran = {"amp": False, "device": "cpu"}  # what the run resolved "auto" to
+    ran = {"amp": Precision.choose("auto", torch.device("cpu")).train, "device": "cpu"}  # what "auto" resolved to
     given = json.loads(json.dumps(vars(args)))
     assert {k: config[k] for k in given} == {k: ran.get(k, v) for k, v in given.items()}
