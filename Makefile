@@ -1,15 +1,16 @@
 # make setup  - virtual environment with the pinned requirements
 # make lint   - ruff check . (rules and exclusions in pyproject.toml)
 # make test   - the whole test suite (CPU, offline, synthetic data)
-# make study  - study.py with PLAN on DATA: every experiment, evaluation, robustness, Grad-CAM and
-#               runs/report/index.html. PLAN=quick takes minutes on a CPU; PLAN=full is the complete study (GPU).
+# make study  - study.py with PLAN on DATA: the runs, their evaluation, robustness, Grad-CAM and
+#               runs/report/index.html. PLAN=auto: the full plan with CUDA, the cpu plan (the assignment at 224 px,
+#               converged, about half an hour on 2 cores) without; PLAN=quick is a smoke run of every experiment.
 #               *_WEIGHTS=imagenet uses torchvision's download/cache; offline, give a state-dict file
 PYTHON ?= python3
 VENV ?= .venv
 DATA ?= ../shared/data/animals10/raw-img
 MOBILENET_WEIGHTS ?= imagenet
 RESNET_WEIGHTS ?= imagenet
-PLAN ?= quick
+PLAN ?= auto
 PY := $(VENV)/bin/python
 
 .PHONY: setup lint test study

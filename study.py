@@ -1,8 +1,9 @@
 """The whole study in one command: train a plan's runs, evaluate them, test robustness, explain, and write the report.
 
 Examples:
-    python study.py --plan quick --data-dir ../shared/data/animals10/raw-img \\
-        --mobilenet-weights ../shared/weights/mobilenet_v2-4972ace1.pth      # CPU smoke run of the study (minutes)
+    python study.py --data-dir ../shared/data/animals10/raw-img \\
+        --mobilenet-weights ../shared/weights/mobilenet_v2-4972ace1.pth      # the study: cpu plan without CUDA
+    python study.py --plan quick                                            # smoke run of every experiment (minutes)
     python study.py --plan full                                             # the complete study (hours on a GPU)
     python study.py --plan my_plan.json                                     # a plan of your own (see common/plans.py)
     python study.py --plan quick --list                                     # the commands, and which are done
@@ -61,7 +62,8 @@ REPORT_NOTES = [
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Run a study plan and write its report.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--plan", default="quick", help=f"{' or '.join(PLANS)}, or a plan JSON file")
+    parser.add_argument("--plan", default="auto",
+                        help=f"{', '.join(PLANS)}, a plan JSON file, or auto: full with CUDA, cpu without")
     parser.add_argument("--data-dir", default=None,
                         help="folder of <class>/<images> (default: $ANIMALS10_DIR, else data/animals10/raw-img)")
     parser.add_argument("--output-dir", default="runs", help="where the runs, the split and the report go")
@@ -98,9 +100,9 @@ def check_scripts(plan: dict, where: str) -> None:
 
 
 def load_plan(name: str, resnet18: bool = True) -> dict:
-    """A built-in plan by name (resnet18=False: the quick plan without ResNet-18), or a plan JSON file."""
+    """A built-in plan by name (resnet18=False: the quick or cpu plan without ResNet-18), or a plan JSON file."""
     if name in PLANS:
-        plan = PLANS[name](resnet18=resnet18) if name == "quick" else PLANS[name]()
+        plan = PLANS[name](resnet18=resnet18) if name in ("quick", "cpu") else PLANS[name]()
         check_scripts(plan, f"plan {name}")
         return plan
     path = Path(name)
@@ -151,8 +153,8 @@ def resnet_warning(args, plan_name: str) -> str | None:
     problem = weights_problem("resnet18", args.resnet_weights)
     if problem is None:
         return None
-    effect = ("the quick plan leaves out its ResNet-18 runs (fc on cached features, blocks34, full)"
-              if plan_name == "quick" else "the plan's ResNet-18 runs fail")
+    effect = (f"the {plan_name} plan leaves out its ResNet-18 runs (fc on cached features, blocks34, full)"
+              if plan_name in ("quick", "cpu") else "the plan's ResNet-18 runs fail")
     return (f"**ResNet-18 is missing from this study**: its weights could not be had ({problem}), so {effect}. "
             "To include it, pass `--resnet-weights FILE` (a state dict of torchvision's resnet18, e.g. "
             "resnet18-f37072fd.pth) or run once on a machine that can download torchvision's weights "
@@ -160,11 +162,19 @@ def resnet_warning(args, plan_name: str) -> str | None:
             "initialisation.")
 
 
+def plan_name(plan: str, device: str) -> str:
+    """--plan auto is the full plan where the runs get a GPU and the cpu plan elsewhere; other names stay."""
+    if plan != "auto":
+        return plan
+    return "full" if device != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 def plan_and_warnings(args) -> tuple[dict, list[str]]:
     """Load the plan, probing once whether ResNet-18 weights resolve when the plan has (or may have) ResNet-18 runs."""
-    if args.plan in PLANS:
-        warning = resnet_warning(args, args.plan)
-        return load_plan(args.plan, resnet18=warning is None), [warning] if warning else []
+    name = plan_name(args.plan, args.device)
+    if name in PLANS:
+        warning = resnet_warning(args, name)
+        return load_plan(name, resnet18=warning is None), [warning] if warning else []
     plan = load_plan(args.plan)
     uses = any(r["script"] == ARCHS["resnet18"].script and "--weights" not in r["args"] for r in plan["runs"])
     warning = resnet_warning(args, plan["name"]) if uses else None

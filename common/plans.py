@@ -88,16 +88,20 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
               batch_sizes: list[int],
               base_lr: float, base_bs: int, strategies: dict[str, list[str]], strategy_args: list[str],
               lr_model: str, lr_strategy: str, lr_args: list[str], transfer_lrs: list[float], base_transfer_lr: float,
-              fractions: list[float], imbalance_ratio: float, severities: str, ood_count: int,
+              fractions: list[float], imbalance_ratio: float | None, severities: str, ood_count: int,
               notes: list[str] = (), strategy_extra: dict[tuple[str, str], list[str]] | None = None,
-              seeds: dict[str, list[int]] | None = None) -> dict:
+              seeds: dict[str, list[int]] | None = None, regularization: bool = True) -> dict:
     """Expand the experiments of the assignment into one list of runs sharing their common points.
 
     `data` goes to every run (split options: the first run draws runs/split.json, the others reuse it).
     `strategy_extra` adds arguments to one (model, strategy) run; `seeds` repeats the scratch baseline
-    ("scratch") and the transfer baseline ("transfer") over those seeds.
+    ("scratch") and the transfer baseline ("transfer") over those seeds. regularization=False leaves out the
+    regularization runs, fractions of only 1.0 the data-fraction runs, and imbalance_ratio None the imbalance runs.
     """
     strategy_extra, seeds = strategy_extra or {}, seeds or {}
+    some = [f for f in fractions if f < 1]
+    scratch_groups = ["regularization"] * regularization + ["fractions"] * bool(some)
+    transfer_groups = ["fractions"] * bool(some) + ["imbalance"] * (imbalance_ratio is not None)
     if set(seeds) - {"scratch", "transfer"}:
         raise DataError(f"make_plan seeds {sorted(seeds)}: the repeatable runs are 'scratch' and 'transfer'")
     runs = []
@@ -105,10 +109,10 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
         runs.append(_run(f"scratch-lr{lr:g}-bs{bs}", "scratch_cnn", [*scratch, "--lr", lr, "--batch-size", bs],
                          ["scratch_grid"], f"lr {lr:g}, batch {bs}", lr=lr, batch_size=bs))
     base = [*scratch, "--lr", base_lr, "--batch-size", base_bs]
-    runs.append(_run(f"scratch-lr{base_lr:g}-bs{base_bs}", "scratch_cnn", base, ["regularization", "fractions"],
+    runs.append(_run(f"scratch-lr{base_lr:g}-bs{base_bs}", "scratch_cnn", base, scratch_groups,
                      f"lr {base_lr:g}, batch {base_bs}", seeds=seeds.get("scratch"), option="baseline",
                      fraction=1.0, lr=base_lr, batch_size=base_bs))
-    for option, extra in REGULARIZATION_ARGS.items():
+    for option, extra in REGULARIZATION_ARGS.items() if regularization else ():
         runs.append(_run(f"scratch-{option}", "scratch_cnn", [*base, *extra], ["regularization"],
                          option.replace("_", " "), option=option))
     for model, names in strategies.items():
@@ -122,15 +126,14 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
                          f"{lr_strategy}, lr {lr:g}", strategy=lr_strategy, lr=lr))
     transfer_base = [*lr_base, "--lr", base_transfer_lr]
     runs.append(_run(f"{lr_model}-{lr_strategy}-lr{base_transfer_lr:g}", lr_model, transfer_base,
-                     ["fractions", "imbalance"], f"{lr_strategy}, lr {base_transfer_lr:g}", seeds=seeds.get("transfer"),
+                     transfer_groups, f"{lr_strategy}, lr {base_transfer_lr:g}", seeds=seeds.get("transfer"),
                      strategy=lr_strategy, lr=base_transfer_lr, fraction=1.0, ratio=1, remedy="none"))
-    for f in fractions:
-        if f < 1:
-            runs.append(_run(f"scratch-fraction{f:g}", "scratch_cnn", [*base, "--fraction", f], ["fractions"],
-                             f"{f:.0%} of the training data", fraction=f))
-            runs.append(_run(f"{lr_model}-{lr_strategy}-fraction{f:g}", lr_model, [*transfer_base, "--fraction", f],
-                             ["fractions"], f"{lr_strategy}, {f:.0%} of the training data", fraction=f))
-    for remedy in ("none", "weights", "oversample"):
+    for f in some:
+        runs.append(_run(f"scratch-fraction{f:g}", "scratch_cnn", [*base, "--fraction", f], ["fractions"],
+                         f"{f:.0%} of the training data", fraction=f))
+        runs.append(_run(f"{lr_model}-{lr_strategy}-fraction{f:g}", lr_model, [*transfer_base, "--fraction", f],
+                         ["fractions"], f"{lr_strategy}, {f:.0%} of the training data", fraction=f))
+    for remedy in ("none", "weights", "oversample") if imbalance_ratio is not None else ():
         runs.append(_run(f"{lr_model}-{lr_strategy}-imbalance{imbalance_ratio:g}-{remedy}", lr_model,
                          [*transfer_base, "--imbalance", imbalance_ratio, "--balance", remedy], ["imbalance"],
                          f"{lr_strategy}, imbalance {imbalance_ratio:g}, remedy {remedy}", ratio=imbalance_ratio,
@@ -196,4 +199,33 @@ def full() -> dict:
         severities="1,2,3,4,5", ood_count=1000, seeds={"scratch": [0, 1, 2], "transfer": [0, 1, 2]})
 
 
-PLANS = {"quick": quick, "full": full}
+def cpu(resnet18: bool = True) -> dict:
+    """The assignment converged at 224 px in about half an hour on a 2-core CPU (with AMX bf16), for hand-in.
+
+    Each variant once, with a learning-rate sweep of the scratch CNN and of the MobileNetV2 head; progressive
+    resizing (the first epochs on half-size crops) and cached features for the frozen-backbone heads keep it short.
+    """
+    strategies = {"mobilenet_v2": ["fc", "full"]}
+    extra = {("mobilenet_v2", "fc"): ["--cache-features", "--epochs", "15"],
+             ("mobilenet_v2", "full"): ["--epochs", "6", "--low-res-epochs", "4"]}
+    if resnet18:
+        strategies["resnet18"] = ["fc", "blocks34", "full"]
+        extra.update({("resnet18", "fc"): ["--cache-features", "--epochs", "15"],
+                      ("resnet18", "blocks34"): ["--epochs", "6", "--low-res-epochs", "4"],
+                      ("resnet18", "full"): ["--epochs", "6", "--low-res-epochs", "4"]})
+    return make_plan(
+        "cpu",
+        "The assignment at its resolution (224x224 crops of 256x256 images), sized for a CPU: the scratch CNN trains "
+        "30 epochs at three learning rates (the first 24 on 112x112 crops, progressive resizing); "
+        f"{' and '.join(ARCHS[m].display for m in strategies)} train their heads for 15 epochs on cached 224x224 "
+        "features and fine-tune for 6 epochs (the first 4 on 112x112 crops); the MobileNetV2 head's learning rate is "
+        "swept over three values. Validation and test always use 224x224 centre crops. On a CPU with AMX the "
+        "training steps run in bf16 (--amp auto).",
+        data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "30", "--low-res-epochs", "24"],
+        scratch_lrs=[3e-3, 1e-3, 3e-4], batch_sizes=[32], base_lr=1e-3, base_bs=32, strategies=strategies,
+        strategy_extra=extra, strategy_args=[], lr_model="mobilenet_v2", lr_strategy="fc",
+        lr_args=["--cache-features", "--epochs", "15"], transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3,
+        fractions=[1.0], imbalance_ratio=None, severities="1,3,5", ood_count=300, regularization=False)
+
+
+PLANS = {"quick": quick, "cpu": cpu, "full": full}
