@@ -37,6 +37,7 @@ from common.files import atomic_write_text  # noqa: E402
 from common.loader import BatchLoader, to_device  # noqa: E402
 from common.markdown import markdown_table  # noqa: E402
 from common.models import build_model, set_train_mode  # noqa: E402
+from common.trainer import Precision  # noqa: E402
 from common.transfer import extract_features  # noqa: E402
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform  # noqa: E402
 
@@ -50,6 +51,7 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--models", default=",".join(f"{a}:{m}" for a, m in ALL_MODELS),
                         help="comma-separated arch:mode list")
     parser.add_argument("--quick", action="store_true", help="fewer images and steps (a few minutes on a CPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes of each data path (median and range)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 256 on CUDA")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (CUDA)")
     parser.add_argument("--loader-workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -63,11 +65,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def baseline_data(data_dir: Path, rel_paths: list[str], batch_size: int, workers: int, crop: int) -> float:
-    """img/s of torchvision ImageFolder + PIL decode + per-sample transforms in a DataLoader, as tutorials write it."""
+def baseline_data(data_dir: Path, rel_paths: list[str], batch_size: int, workers: int, crop: int,
+                  augment: str) -> float:
+    """img/s of torchvision ImageFolder + PIL decode + per-sample transforms in a DataLoader, as tutorials write it.
+
+    augment "rrc": RandomResizedCrop of the decoded image (bench/tutorial.py's training transform); "crop": resize to
+    256x256, then a plain random crop. Both flip and normalise.
+    """
     from torchvision import datasets, transforms
-    tf = transforms.Compose([transforms.Resize((256, 256)), transforms.RandomCrop(crop),
-                             transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+    crops = {"rrc": [transforms.RandomResizedCrop(crop)],
+             "crop": [transforms.Resize((256, 256)), transforms.RandomCrop(crop)]}[augment]
+    tf = transforms.Compose([*crops, transforms.RandomHorizontalFlip(), transforms.ToTensor(),
                              transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     full = datasets.ImageFolder(str(data_dir), transform=tf)
     index = {os.path.relpath(p, data_dir).replace(os.sep, "/"): i for i, (p, _) in enumerate(full.samples)}
@@ -80,18 +88,53 @@ def baseline_data(data_dir: Path, rel_paths: list[str], batch_size: int, workers
 
 
 def our_data(images, labels, indices, batch_size: int, device: torch.device, crop: int,
-             scale: tuple[float, float] | None = None, jitter: float = 0.0) -> float:
-    """img/s of the decode-once cache + batched augmentation on the device (default: the baseline's crop + flip)."""
+             scale: tuple[float, float] | None = None, jitter: float = 0.0, resize: str = "auto") -> float:
+    """img/s of the decode-once cache + batched augmentation on the device (default: a plain random crop + flip)."""
     g = torch.Generator().manual_seed(0)
     loader = BatchLoader(images, labels, indices, batch_size, device, shuffle=True, generator=g)
     tf = partial(train_transform, crop=crop, mean=IMAGENET_MEAN, std=IMAGENET_STD, generator=g,
-                 scale=scale, jitter=jitter)
+                 scale=scale, jitter=jitter, resize=resize)
     start, n = time.perf_counter(), 0
     for x, _ in loader:
         tf(x)
         n += len(x)
     sync(device)
     return n / (time.perf_counter() - start)
+
+
+# (label, pipeline, augmentation it matches): the tutorial's two pipelines, then ours; "default" is the training
+# default's augmentation (random-resized crop, scale_min 0.25..0.35, + jitter), which the tutorial does not jitter.
+DATA_PATHS = (
+    ("tutorial: ImageFolder + PIL + DataLoader, RandomResizedCrop + flip", "tutorial-rrc", "rrc"),
+    ("tutorial: ImageFolder + PIL + DataLoader, resize 256 + random crop + flip", "tutorial-crop", "crop"),
+    ("ours: random-resized crop + flip + jitter, uint8 boxes resized alone (CPU default)", "interpolate-jitter",
+     "default"),
+    ("ours: the same, one batched roi_align (CUDA default)", "roi_align-jitter", "default"),
+    ("ours: random-resized crop + flip, uint8 boxes resized alone", "interpolate", "rrc"),
+    ("ours: plain random crop + flip", "crop", "crop"),
+)
+
+
+def measure_data_paths(data: DataConfig, split, resident, sample, device: torch.device, crop: int, workers: int,
+                       repeats: int) -> list[dict]:
+    """Every DATA_PATHS row, measured `repeats` times in turn (so drift hits all rows alike): median and spread."""
+    rel = [split.entries[i]["path"] for i in sample]
+    runs: dict[str, list[float]] = {key: [] for _, key, _ in DATA_PATHS}
+    ours = {"interpolate-jitter": ((0.25, 1.0), 0.2, "interpolate"), "interpolate": ((0.08, 1.0), 0.0, "interpolate"),
+            "roi_align-jitter": ((0.25, 1.0), 0.2, "roi_align"), "crop": (None, 0.0, "auto")}
+    for _ in range(repeats):
+        for _, key, _ in DATA_PATHS:
+            if key.startswith("tutorial"):
+                runs[key].append(baseline_data(data.data_dir, rel, 32, workers, crop, key.split("-")[1]))
+            else:
+                runs[key].append(our_data(resident, split.labels, sample, 32, device, crop, *ours[key]))
+    rows = []
+    for label, key, augment in DATA_PATHS:
+        v = sorted(runs[key])
+        rows.append({"label": label, "key": key, "augment": augment, "img_per_s": float(np.median(v)),
+                     "min": v[0], "max": v[-1], "runs": v})
+        print(f"{label}: {rows[-1]['img_per_s']:.0f} img/s (runs {', '.join(f'{x:.0f}' for x in v)})")
+    return rows
 
 
 def model_speed(arch: str, mode: str, device: torch.device, batch_size: int, steps: int, crop: int,
@@ -105,12 +148,12 @@ def model_speed(arch: str, mode: str, device: torch.device, batch_size: int, ste
     opt = torch.optim.AdamW(params, lr=1e-4)
     x = torch.randn(batch_size, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
-    amp = device.type == "cuda"
+    amp = Precision.choose("auto", device)  # as training runs: bf16 steps on a CPU with AMX, float32 inference there
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     def train_step():
-        with autocast(device, amp):
+        with autocast(device, amp.train):
             loss = nn.functional.cross_entropy(run(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,7 +169,7 @@ def model_speed(arch: str, mode: str, device: torch.device, batch_size: int, ste
     sync(device)
     train = batch_size * steps / (time.perf_counter() - start)
     model.eval()
-    with torch.no_grad(), autocast(device, amp):
+    with torch.no_grad(), autocast(device, amp.evaluate):
         run(x)
         sync(device)
         start = time.perf_counter()
@@ -135,7 +178,7 @@ def model_speed(arch: str, mode: str, device: torch.device, batch_size: int, ste
         sync(device)
     infer = batch_size * steps / (time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"train_img_per_s": train, "infer_img_per_s": infer, "peak_cuda_mb": peak,
+    return {"train_img_per_s": train, "infer_img_per_s": infer, "peak_cuda_mb": peak, "amp_train": amp.train,
             "epoch_s_est": 3000 / train + 750 / infer}
 
 
@@ -171,26 +214,34 @@ def feature_cache_speed(arch: str, images, labels, split, device: torch.device, 
             "speedup": uncached_epoch / cached_epoch, "images": len(split.entries)}
 
 
+def data_table(d: dict) -> str:
+    """The data paths: median img/s with the spread over the repeats, and the ratio to the tutorial's pipelines."""
+    by_key = {p["key"]: p for p in d["paths"]}
+    rrc, crop = by_key["tutorial-rrc"]["img_per_s"], by_key["tutorial-crop"]["img_per_s"]
+    rows = [[p["label"], f"{p['img_per_s']:.0f}", f"{p['min']:.0f}-{p['max']:.0f}", f"{p['img_per_s'] / rrc:.1f}x",
+             f"{p['img_per_s'] / (crop if p['augment'] == 'crop' else rrc):.1f}x" if p["augment"] != "default"
+             else "-"] for p in d["paths"]]
+    return (f"Data paths ({d['images']} training images of the cache, median of {d['repeats']} passes each, "
+            f"interleaved; tutorial DataLoader with {d['baseline_workers']} workers):\n\n"
+            + markdown_table(["data path", "img/s", "range", "vs tutorial RRC", "vs tutorial, same augmentation"],
+                             rows, "lrrrr"))
+
+
 def markdown(result: dict) -> str:
     d = result["data"]
     lines = [f"Device: {result['device_name']} ({result['device']}), torch {result['torch']}, "
              f"{result['date']}; batch {result['batch_size']}{', quick' if result['quick'] else ''}.", "",
-             markdown_table(["data path", "img/s", "ratio"], [
-                 [f"baseline: ImageFolder + PIL + DataLoader ({d['baseline_workers']} workers), random crop + flip",
-                  f"{d['baseline_img_per_s']:.0f}", "1.0x"],
-                 ["ours: uint8 memmap cache + batched random crop + flip", f"{d['ours_img_per_s']:.0f}",
-                  f"{d['ours_img_per_s'] / d['baseline_img_per_s']:.1f}x"],
-                 ["ours: random-resized crop + flip + colour jitter (training default)",
-                  f"{d['ours_rrc_img_per_s']:.0f}", f"{d['ours_rrc_img_per_s'] / d['baseline_img_per_s']:.1f}x"]],
-                 "lrr"), "",
+             data_table(d), "",
              f"Cache: {d['cache_mb']:.0f} MiB on disk for {d['cache_images']} images (uint8); split + cache "
              f"preparation {d['prepare_s']:.1f}s (decoding happens only when no cache exists); "
              f"peak RSS {result['peak_rss_mb']:.0f} MiB.", "",
-             markdown_table(["model", "mode", "train img/s", "inference img/s", "epoch s (est.)", "peak CUDA MiB"],
+             markdown_table(["model", "mode", "training steps", "train img/s", "inference img/s", "epoch s (est.)",
+                             "peak CUDA MiB"],
                             [[r["arch"] + (" (compiled)" if r.get("compiled") else ""), r["mode"],
+                              "mixed precision" if r.get("amp_train") else "float32",
                               f"{r['train_img_per_s']:.0f}", f"{r['infer_img_per_s']:.0f}", f"{r['epoch_s_est']:.1f}",
                               f"{r['peak_cuda_mb']:.0f}" if r["peak_cuda_mb"] else "-"] for r in result["models"]],
-                            "llrrrr")]
+                            "lllrrrr")]
     for arch, f in result.get("feature_cache", {}).items():
         lines += ["", f"Feature caching, {arch} fc: {f['feature_extraction_s']:.1f}s once for {f['images']} images, "
                   "then "
@@ -215,20 +266,16 @@ def main(args) -> None:
     rng = np.random.default_rng(0)
     n = min(256, len(split.indices["train"])) if args.quick else len(split.indices["train"])
     sample = rng.choice(split.indices["train"], n, replace=False)
-    rel = [split.entries[i]["path"] for i in sample]
-    print(f"data path on {n} training images ...")
-    base = baseline_data(data.data_dir, rel, 32, args.loader_workers, args.crop_size)
+    print(f"data paths on {n} training images, {args.repeats} times each ...")
     resident = to_device(images, device)
-    ours = our_data(resident, split.labels, sample, 32, device, args.crop_size)
-    ours_rrc = our_data(resident, split.labels, sample, 32, device, args.crop_size, (0.25, 1.0), 0.2)
-    print(f"baseline {base:.0f} img/s, ours {ours:.0f} img/s ({ours / base:.1f}x); "
-          f"ours with random-resized crop + jitter {ours_rrc:.0f} img/s")
+    paths = measure_data_paths(data, split, resident, sample, device, args.crop_size, args.loader_workers,
+                               args.repeats)
     cache_file = cache_path(data.cache_dir, split, data.img_size)
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores",
               "torch": str(torch.__version__), "date": time.strftime("%Y-%m-%d"), "quick": args.quick,
               "batch_size": batch, "steps": steps,
-              "data": {"images": n, "baseline_img_per_s": base, "ours_img_per_s": ours, "ours_rrc_img_per_s": ours_rrc,
+              "data": {"images": n, "paths": paths, "repeats": args.repeats,
                        "baseline_workers": args.loader_workers, "cache_mb": cache_file.stat().st_size / 2**20,
                        "cache_images": len(split.entries), "prepare_s": prepare_s},
               "models": [], "feature_cache": {}}

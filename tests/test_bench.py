@@ -52,12 +52,15 @@ def test_benchmark_script_writes_results(dataset, tmp_path):
     args = throughput.get_args_parser().parse_args([
         "--data-dir", str(dataset), "--output-dir", str(tmp_path / "runs"), "--per-class", "20", "--split", "12,4,4",
         "--img-size", "72", "--crop-size", "64", "--quick", "--device", "cpu", "--loader-workers", "0",
-        "--models", "scratch_cnn:full,mobilenet_v2:fc", "--results-dir", str(tmp_path / "results")])
+        "--repeats", "2", "--models", "scratch_cnn:full,mobilenet_v2:fc", "--results-dir", str(tmp_path / "results")])
     throughput.main(args)
     result = json.loads(next((tmp_path / "results").glob("cpu-*.json")).read_text())
-    assert result["data"]["baseline_img_per_s"] > 0 and result["data"]["ours_img_per_s"] > 0
+    paths = {p["key"]: p for p in result["data"]["paths"]}
+    assert set(paths) == {key for _, key, _ in throughput.DATA_PATHS}
+    assert all(p["min"] <= p["img_per_s"] <= p["max"] and len(p["runs"]) == result["data"]["repeats"]
+               for p in paths.values())
     assert [(m["arch"], m["mode"]) for m in result["models"]] == [("scratch_cnn", "full"), ("mobilenet_v2", "fc")]
     assert result["feature_cache"]["mobilenet_v2"]["speedup"] > 0
     assert result["data"]["cache_mb"] == pytest.approx(200 * 72 * 72 * 3 / 2**20, rel=0.01)
     md = next((tmp_path / "results").glob("cpu-*.md")).read_text()
-    assert "| baseline: ImageFolder" in md and "mobilenet_v2 | fc" in md
+    assert "| tutorial: ImageFolder" in md and "mobilenet_v2 | fc" in md

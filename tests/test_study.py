@@ -76,6 +76,32 @@ def test_builtin_plans_are_consistent_and_parse(name, options):
         assert not resnet or "--cache-features" in resnet["fc"]["args"]
 
 
+@pytest.mark.parametrize("resnet18", [True, False])
+def test_cpu_plan_is_every_variant_at_224_px_converged_with_two_lr_sweeps(resnet18):
+    plan = PLANS["cpu"](resnet18=resnet18)
+    runs = {r["name"]: r for r in plan["runs"]}
+    assert set(plan["groups"]) == {"scratch_grid", "strategies", "transfer_lr"}
+    assert len(runs) == len({(r["script"], tuple(r["args"])) for r in plan["runs"]})
+    for r in plan["runs"]:
+        args = __import__(r["script"][:-3]).get_args_parser().parse_args(r["args"])
+        assert (args.img_size, args.crop_size) == (256, 224)  # the assignment's resolution; low-res epochs come first
+        assert args.low_res_epochs < args.epochs
+        if r["script"] == "part1_scratch_cnn.py":
+            assert args.epochs >= 30  # part 1 of the assignment trains at least 30 epochs
+    assert sorted(r["vars"]["lr"] for r in plan["runs"] if "scratch_grid" in r["groups"]) == [3e-4, 1e-3, 3e-3]
+    assert sorted(r["vars"]["lr"] for r in plan["runs"] if "transfer_lr" in r["groups"]) == [3e-4, 1e-3, 3e-3]
+    strategies = {(r["vars"]["model"], r["vars"]["strategy"]) for r in plan["runs"] if "strategies" in r["groups"]}
+    assert strategies == {("mobilenet_v2", "fc"), ("mobilenet_v2", "full")} | (
+        {("resnet18", "fc"), ("resnet18", "blocks34"), ("resnet18", "full")} if resnet18 else set())
+
+
+def test_plan_auto_is_full_with_cuda_and_cpu_without(monkeypatch):
+    for cuda, device, want in ((True, "auto", "full"), (True, "cpu", "cpu"), (False, "auto", "cpu")):
+        monkeypatch.setattr(study.torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert study.plan_name("auto", device) == want
+    assert study.plan_name("quick", "auto") == "quick" and study.get_args_parser().parse_args([]).plan == "auto"
+
+
 def test_plan_seeds_repeat_the_merged_baseline_and_unknown_keys_are_errors():
     plan = PLANS["full"]()
     scratch = [r for r in plan["runs"] if r.get("repeat") == "scratch-lr0.001-bs32"]
@@ -149,7 +175,7 @@ def test_failed_run_is_reported_and_the_rest_goes_on(dataset, tmp_path):
 
 
 def test_bad_plans_and_names_are_clear_errors(dataset, tmp_path):
-    with pytest.raises(DataError, match="neither quick nor full"):
+    with pytest.raises(DataError, match="neither quick nor cpu nor full"):
         study.load_plan("nope")
     bad = tmp_path / "bad.json"
     bad.write_text('{"runs": [{"name": "a"}]}')

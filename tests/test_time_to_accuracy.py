@@ -137,6 +137,10 @@ def test_weights_that_do_not_resolve_give_per_epoch_cost_only(tmp_path):
     assert [(r.pipeline, r.target, r.epochs, r.weights) for r in runs] == [("ours", None, 2, "none"),
                                                                            ("tutorial", None, 2, "none")]
     assert runs[0].extra == ["--lr", "1e-3"] and runs[1].extra == []
+    # Ours follows the cpu plan's progressive resizing, scaled to the epochs; never with no full-size epoch left.
+    assert tta.VARIANTS["scratch_cnn:full"].low_res_args(30) == ["--low-res-epochs", "24"]
+    assert tta.VARIANTS["resnet18:full"].low_res_args(6) == ["--low-res-epochs", "4"]
+    assert tta.VARIANTS["resnet18:full"].low_res_args(1) == [] == tta.VARIANTS["mobilenet_v2:fc"].low_res_args(15)
 
 
 def fake_outcome(run, rows, startup=2.0, stopped="finished", returncode=0, wall=100.0):
