@@ -148,7 +148,7 @@ def model_speed(arch: str, mode: str, device: torch.device, batch_size: int, ste
     opt = torch.optim.AdamW(params, lr=1e-4)
     x = torch.randn(batch_size, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
-    amp = Precision.choose("auto", device)  # as training runs: bf16 steps on a CPU with AMX, float32 inference there
+    amp = Precision.choose("auto", device)  # as training runs it (bf16 steps and validation on a CPU with AMX)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -169,7 +169,7 @@ def model_speed(arch: str, mode: str, device: torch.device, batch_size: int, ste
     sync(device)
     train = batch_size * steps / (time.perf_counter() - start)
     model.eval()
-    with torch.no_grad(), autocast(device, amp.evaluate):
+    with torch.no_grad(), autocast(device, amp.validate):
         run(x)
         sync(device)
         start = time.perf_counter()

@@ -73,8 +73,9 @@ def add_crop_check(parser, min_crop: int = 1) -> None:
                     "lower it or raise --img-size")
         if args.crop_size < min_crop:
             return f"--crop-size {args.crop_size} is too small for this network; give at least {min_crop}"
-        if args.low_res is not None and not min_crop <= args.low_res <= args.crop_size:
-            return (f"--low-res {args.low_res} must lie between this network's smallest crop {min_crop} and "
+        low = args.crop_size // 2 if args.low_res is None else args.low_res
+        if (args.low_res is not None or args.low_res_epochs) and not min_crop <= low <= args.crop_size:
+            return (f"--low-res {low} must lie between this network's smallest crop {min_crop} and "
                     f"--crop-size {args.crop_size}")
         if args.low_res_epochs and args.low_res_epochs >= args.epochs:
             return (f"--low-res-epochs {args.low_res_epochs} leaves no epoch at --crop-size {args.crop_size}; "
@@ -236,6 +237,7 @@ class TransferConfig(Options):
     mode: str  # a mode of the architecture's spec (common/architectures.py)
     weights: str  # "imagenet", a state-dict file, or "none"
     cache_features: bool
+    probe_epochs: int  # linear probe on cached features before fine-tuning (0: off)
     lr_decay: float  # per-block rate factor (full and gradual modes)
     unfreeze_every: int  # gradual mode: epochs between unfreezing the next block
     lr: float | None  # None: the architecture's default rate for the mode
@@ -251,6 +253,8 @@ def check_mode_options(args) -> str | None:
         return "--lr-decay sets per-block rates for --mode full or gradual only"
     if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
         return "--mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them"
+    if args.probe_epochs and args.mode == "fc":
+        return "--probe-epochs trains the head before fine-tuning; in fc mode use --cache-features instead"
     if args.cache_features and args.low_res_epochs:
         return "--low-res-epochs changes the training images; drop --cache-features to use it"
     return None

@@ -80,9 +80,10 @@ def macro_f1(r: dict):
 
 
 def train_time(r: dict):
-    """Training seconds including a one-off feature extraction, the honest cost of a cached-feature run."""
+    """Training seconds including a one-off feature extraction and a linear probe, the honest cost of the run."""
     t = metric(r, "train_seconds")
-    return t + (metric(r, "feature_extraction_seconds") or 0) if is_num(t) else None
+    extra = (metric(r, "feature_extraction_seconds") or 0) + (metric(r, "probe_seconds") or 0)
+    return t + extra if is_num(t) else None
 
 
 def arch_key(r: dict) -> str:

@@ -170,23 +170,27 @@ class TrainState:
 
 @dataclass(frozen=True)
 class Precision:
-    """Where a run uses mixed precision: its training steps, and its evaluation (validation and test)."""
+    """Where a run uses mixed precision: its training steps, its validation, and its final test."""
 
     train: bool
-    evaluate: bool
+    validate: bool
+    test: bool
 
     @classmethod
     def choose(cls, amp: str, device: torch.device) -> Precision:
-        """--amp auto: AMP on CUDA; bf16 training steps only on a CPU with bf16 units, so that its val and test
-        scores stay float32 and match evaluate.py's."""
+        """--amp auto: AMP on CUDA; on a CPU with bf16 units, bf16 training steps and validation (a third of a
+        scratch epoch in float32 there), while the final test stays float32 so that it matches evaluate.py."""
         if amp != "auto":
-            return cls(False, False)
+            return cls(False, False, False)
         if device.type == "cuda":
-            return cls(True, True)
-        return cls(cpu_has_bf16_units(), False)
+            return cls(True, True, True)
+        bf16 = cpu_has_bf16_units()
+        return cls(bf16, bf16, False)
 
     def describe(self) -> str:
-        return " with AMP" if self.evaluate else " with bf16 training steps (AMX)" if self.train else ""
+        if self.test:
+            return " with AMP"
+        return " with bf16 training steps and validation (AMX; the test in float32)" if self.train else ""
 
 
 class ProgressiveResize(Callback):
@@ -267,7 +271,8 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
     model, train_model = _parallel(model, device, cfg.sync_bn)
     amp = Precision.choose(cfg.amp, device)
     optimizer = optimizer or make_optimizer(param_groups(model, cfg.weight_decay, lr), cfg.opt, lr)
-    scaler = torch.amp.GradScaler("cuda") if amp.evaluate and not torch.cuda.is_bf16_supported() else None
+    fp16 = amp.train and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if fp16 else None
     scheduler = make_scheduler(optimizer, cfg.sched, cfg.warmup_epochs, cfg.epochs)
     state = TrainState(save_model, optimizer, scheduler, scaler, generators, list(callbacks))
     options = {**(options or {}), **asdict(cfg)}  # what this run was given, the config's fields as it ran them
@@ -284,7 +289,7 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
         row = _train_epoch(train_model, model, data, objective, state, device, amp, epoch, cfg.epochs)
         if cfg.monitor_test:  # monitoring only: after the epoch's timing, never read to choose or stop
             row["test_acc"] = evaluate(model, data.loaders["test"], data.eval_transform, objective.val, device,
-                                       amp.evaluate, desc="test")["acc"]
+                                       amp.validate, desc="test")["acc"]
         row["elapsed_s"] = time.perf_counter() - PROCESS_START
         checkpoint = state.state_dict()  # every process takes part: it gathers their RNG states
         if board is not None:
@@ -297,7 +302,7 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
             f"{' *' if improved else '  '}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
     if board is not None:
         board.close()
-    run_dir, test = _test_best(model, save_model, data, saver, device, amp.evaluate)
+    run_dir, test = _test_best(model, save_model, data, saver, device, amp.test)
     metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if cfg.resume else None,
                        extra_metrics or {})
     log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {test['acc']:.4f}; "
@@ -325,7 +330,7 @@ def _run_config(options: Mapping, data: TrainingData, lr: float, save_model: nn.
     """config.json: the options, the data and model, and where the run ran, as plain types only."""
     trainable, total = count_parameters(save_model)
     config = {"arch": data.arch, "mode": data.mode, **options, "lr": lr, "device": str(device), "amp": amp.train,
-              "amp_eval": amp.evaluate,
+              "amp_validate": amp.validate, "amp_test": amp.test,
               "world_size": world_size(),
               "classes": data.split.classes, "split_fingerprint": data.split.fingerprint,
               "trainable_params": trainable, "total_params": total, **data.meta,
@@ -360,7 +365,7 @@ def _train_epoch(train_model: nn.Module, model: nn.Module, data: TrainingData, o
     t0 = time.perf_counter()
     tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, objective.train, state.optimizer,
                          device, amp.train, state.scaler, desc=f"epoch {epoch + 1}/{epochs}", mix=objective.mix)
-    va = evaluate(model, data.loaders["val"], data.eval_transform, objective.val, device, amp.evaluate, desc="val")
+    va = evaluate(model, data.loaders["val"], data.eval_transform, objective.val, device, amp.validate, desc="val")
     state.step_schedule(va["acc"])
     return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
             "val_acc": va["acc"], "epoch_seconds": time.perf_counter() - t0, "train_img_per_s": tr["img_per_s"],

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from common.architectures import ARCHS
 from common.cache import cache_key, cache_mismatch, explain_miss, pixel_cache_fields, save_cache_key
-from common.cli import ArgumentParser, UserError, number, positive_int
+from common.cli import ArgumentParser, UserError, nonnegative_int, number, positive_int
 from common.config import (
     AugmentConfig,
     DataConfig,
@@ -32,10 +32,13 @@ from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_distributed, is_main, main_log
 from common.engine import (
     add_param_groups,
+    evaluate,
     make_optimizer,
+    make_scheduler,
     param_groups,
     resolve_device,
     seed_everything,
+    train_one_epoch,
 )
 from common.loader import BatchLoader, make_loaders, to_device
 from common.models import block_depth, build_model, unfreeze_to_depth
@@ -59,6 +62,10 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
     parser.add_argument("--cache-features", action="store_true",
                         help="fc mode: run the frozen backbone once (no augmentation) and train the head on its "
                              "features")
+    parser.add_argument("--probe-epochs", type=nonnegative_int, default=0, metavar="N",
+                        help="modes other than fc: first train the new head alone for N epochs on cached features of "
+                             "the pretrained network (linear probe, then fine-tune), so fine-tuning starts from a "
+                             "trained head instead of a random one (0 = off)")
     parser.add_argument("--lr-decay", type=number(float, 0, 1, low_open=True), default=1.0,
                         help="full and gradual modes: each block deeper from the head gets this factor more learning "
                              "rate decay (discriminative rates)")
@@ -158,6 +165,26 @@ def cached_features(model, arch, weights: dict, images, split, device, cache_dir
     return feats, seconds
 
 
+def linear_probe(model: nn.Module, arch: str, feats: torch.Tensor, split: Split, loading, epochs: int, lr: float,
+                 weight_decay: float, label_smoothing: float, seed: int, device: torch.device, log=print) -> dict:
+    """Train the model's new head alone on the pretrained backbone's features (LP-FT's first step); its figures."""
+    head = getattr(model, ARCHS[arch].head_child)
+    loaders = make_loaders(feats.to(device), split, loading, device, torch.Generator().manual_seed(seed), log)
+    optimizer = make_optimizer(param_groups(head, weight_decay, lr), "adamw", lr)
+    scheduler = make_scheduler(optimizer, "cosine", 0, epochs)
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        train_one_epoch(head, loaders["train"], nn.Identity(), criterion, optimizer, device,
+                        desc=f"probe {epoch + 1}/{epochs}")
+        scheduler.step()
+    val = evaluate(head, loaders["val"], nn.Identity(), criterion, device, desc="probe val")["acc"]
+    seconds = time.perf_counter() - t0
+    log(f"linear probe: the head trained {epochs} epochs on cached features (lr {lr:g}): val acc {val:.4f}, "
+        f"{seconds:.1f}s; fine-tuning starts from it")
+    return {"probe_epochs": epochs, "probe_lr": lr, "probe_val_acc": val, "probe_seconds": seconds}
+
+
 class GradualUnfreeze(Callback):
     """Gradual unfreezing (as Lightning's BaseFinetuning): the head first, then one block deeper every `every` epochs.
 
@@ -216,6 +243,12 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
             "weights": weights}
     extra = {}
     trained, save_model = model, None
+    if recipe.probe_epochs and not cfg.resume:  # a resumed run's checkpoint holds the probed head and what followed
+        feats, seconds = cached_features(model, arch, weights, images, split, device, Path(cfg.output_dir) / "cache",
+                                         crop, IMAGENET_MEAN, IMAGENET_STD, log)
+        extra = {"feature_extraction_seconds": seconds, **linear_probe(
+            model, arch, feats, split, loading, recipe.probe_epochs, ARCHS[arch].lr["fc"], cfg.weight_decay,
+            objective_cfg.label_smoothing, recipe.seed, device, log)}
     if recipe.cache_features:
         feats, seconds = cached_features(model, arch, weights, images, split, device, Path(cfg.output_dir) / "cache",
                                          crop, IMAGENET_MEAN, IMAGENET_STD, log)

@@ -312,11 +312,17 @@ def test_progressive_resizing_trains_small_then_full_size_and_resumes_at_full_si
     assert metrics["epochs_run"] == 3
 
 
-def test_precision_auto_uses_bf16_training_steps_only_on_a_cpu_with_bf16_units(monkeypatch):
+def test_precision_auto_uses_bf16_on_a_cpu_only_with_bf16_units_and_never_for_the_test(monkeypatch):
     from common import trainer
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert Precision.choose("off", cuda) == Precision(False, False)
-    assert Precision.choose("auto", cuda) == Precision(True, True)
+    assert Precision.choose("off", cuda) == Precision(False, False, False)
+    assert Precision.choose("auto", cuda) == Precision(True, True, True)
     for units in (True, False):
         monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda units=units: units)
-        assert Precision.choose("auto", cpu) == Precision(units, False)  # evaluation stays float32 on a CPU
+        assert Precision.choose("auto", cpu) == Precision(units, units, False)  # the test stays float32 on a CPU
+
+
+def test_default_low_res_too_small_for_the_network_is_refused_when_parsed(dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit):  # half of the 64 px crop is below the scratch CNN's 64 px minimum
+        part1.get_args_parser().parse_args(tiny_args(dataset, tmp_path, "--low-res-epochs", "1", "--epochs", "2"))
+    assert "--low-res 32 must lie between this network's smallest crop 64" in capsys.readouterr().err

@@ -167,3 +167,42 @@ def test_default_learning_rate_is_recorded_without_rewriting_the_options(dataset
     assert json.loads((run / "config.json").read_text())["lr"] == default
     assert json.loads((run / "metrics.json").read_text())["lr"] == default
     assert load_checkpoint(run / "last.pt")["config"]["lr"] == default
+
+
+def test_linear_probe_trains_the_head_first_and_fine_tuning_starts_from_it(dataset, tmp_path, monkeypatch):
+    from conftest import Killed, kill_after
+    weights = tmp_path / "mnv2.pth"
+    torch.save(fake_imagenet_state("mobilenet_v2"), weights)
+    probed, real = [], transfer.linear_probe
+
+    def spy(model, *a, **k):
+        before = model.classifier[1].weight.detach().clone()
+        figures = real(model, *a, **k)
+        probed.append((before, {n: p.detach().clone() for n, p in model.classifier.named_parameters()}, figures))
+        return figures
+
+    out = tmp_path / "runs"
+    argv = tiny_args(dataset, out, "--mode", "full", "--weights", str(weights), "--epochs", "2", "--probe-epochs",
+                     "4", "--lr", "1e-9", "--no-augment", "--batch-size", "16")
+    monkeypatch.setattr(transfer, "linear_probe", spy)
+    kill_after(monkeypatch, "last.pt", 0)
+    with pytest.raises(Killed):
+        part2_mobilenet.main(part2_mobilenet.get_args_parser().parse_args(argv))
+    monkeypatch.undo()
+    monkeypatch.setattr(transfer, "linear_probe", spy)
+    last = next(out.glob("*/last.pt"))
+    part2_mobilenet.main(part2_mobilenet.get_args_parser().parse_args([*argv, "--resume", str(last)]))
+    assert len(probed) == 1  # the resumed run's checkpoint already holds the probed head
+    before, head, figures = probed[0]
+    assert not torch.allclose(before, head["1.weight"])  # the probe moved the fresh head
+    final = load_checkpoint(next(out.glob("*/best.pt")))["model_state"]
+    for name, value in head.items():  # lr 1e-9: fine-tuning left the probed head where the probe put it
+        torch.testing.assert_close(final[f"classifier.{name}"], value, atol=1e-6, rtol=1e-5)
+    assert figures["probe_epochs"] == 4 and 0 <= figures["probe_val_acc"] <= 1
+    assert list((out / "cache").glob("features-mobilenet_v2-*.pt"))  # the fc runs' feature cache, shared
+
+
+def test_probe_in_fc_mode_is_refused(dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        part2_mobilenet.get_args_parser().parse_args(tiny_args(dataset, tmp_path, "--probe-epochs", "3"))
+    assert "use --cache-features instead" in capsys.readouterr().err
