@@ -36,10 +36,14 @@ def test_gpu_data_path_gives_the_cpu_paths_batches():
         assert xg.is_cuda and xg.dtype == xc.dtype == torch.uint8 and xg.shape == xc.shape
         assert torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
         # The same random boxes, flips and jitter (drawn on the CPU generator) give the same crops on either device.
-        tc = train_transform(xc, 32, IMAGENET_MEAN, IMAGENET_STD, torch.Generator().manual_seed(2), jitter=0.2)
-        tg = train_transform(xg, 32, IMAGENET_MEAN, IMAGENET_STD, torch.Generator().manual_seed(2), jitter=0.2)
-        assert tg.is_cuda and tg.dtype == tc.dtype == torch.float32 and tg.shape == tc.shape == (16, 3, 32, 32)
-        torch.testing.assert_close(tg.cpu(), tc, atol=1e-3, rtol=1e-3)
+        for resize in ("roi_align", "interpolate"):  # auto would pick a different resizer on each device
+            tc = train_transform(xc, 32, IMAGENET_MEAN, IMAGENET_STD, torch.Generator().manual_seed(2), jitter=0.2,
+                                 resize=resize)
+            tg = train_transform(xg, 32, IMAGENET_MEAN, IMAGENET_STD, torch.Generator().manual_seed(2), jitter=0.2,
+                                 resize=resize)
+            atol = 1e-3 if resize == "roi_align" else 0.05  # uint8 rounding on the CPU, float on the GPU
+            assert tg.is_cuda and tg.dtype == tc.dtype == torch.float32 and tg.shape == tc.shape == (16, 3, 32, 32)
+            torch.testing.assert_close(tg.cpu(), tc, atol=atol, rtol=1e-3)
         torch.testing.assert_close(eval_transform(xg, 32, IMAGENET_MEAN, IMAGENET_STD).cpu(),
                                    eval_transform(xc, 32, IMAGENET_MEAN, IMAGENET_STD))
 
