@@ -217,11 +217,11 @@ def cpu(resnet18: bool = True) -> dict:
         "cpu",
         "The assignment at its resolution (224x224 crops of 256x256 images), sized for a CPU: the scratch CNN trains "
         "30 epochs at three learning rates (the first 24 on 112x112 crops, progressive resizing); "
-        f"{' and '.join(ARCHS[m].display for m in strategies)} train their heads for 15 epochs on cached 224x224 "
-        "features, and fine-tune for 4 epochs (the first 2 on 112x112 crops) starting from such a head (a linear "
-        "probe of 15 epochs, then fine-tuning); the MobileNetV2 head's learning rate is swept over three values. "
-        "Validation and test always use 224x224 centre crops. On a CPU with AMX the training steps and validation "
-        "run in bf16, the test in float32 (--amp auto).",
+        f"each pretrained network ({' and '.join(ARCHS[m].display for m in strategies)}) trains its head for 15 "
+        "epochs on cached 224x224 features, and fine-tunes for 4 epochs (the first 2 on 112x112 crops) starting from "
+        "such a head (a linear probe of 15 epochs, then fine-tuning); the MobileNetV2 head's learning rate is swept "
+        "over three values. Validation and test always use 224x224 centre crops. On a CPU with AMX the training "
+        "steps and validation run in bf16, the test in float32 (--amp auto).",
         data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "30", "--low-res-epochs", "24"],
         scratch_lrs=[3e-3, 1e-3, 3e-4], batch_sizes=[32], base_lr=1e-3, base_bs=32, strategies=strategies,
         strategy_extra=extra, strategy_args=[], lr_model="mobilenet_v2", lr_strategy="fc",

@@ -178,8 +178,8 @@ class Precision:
 
     @classmethod
     def choose(cls, amp: str, device: torch.device) -> Precision:
-        """--amp auto: AMP on CUDA; on a CPU with bf16 units, bf16 training steps and validation (a third of a
-        scratch epoch in float32 there), while the final test stays float32 so that it matches evaluate.py."""
+        """--amp auto: AMP on CUDA; on a CPU with bf16 units, bf16 training steps and validation (float32
+        validation took a third of a scratch CNN epoch there), while the final test stays float32 (as evaluate.py)."""
         if amp != "auto":
             return cls(False, False, False)
         if device.type == "cuda":
