@@ -26,18 +26,19 @@ def make_transforms(config: AugmentConfig, generator: torch.Generator, mean: Seq
     if config.no_augment:
         return eval_tf, eval_tf
     policy = AUTO_AUGMENT[config.auto_augment]
-    return TrainTransform(config.crop_size, mean, std, generator, None if config.scale_min >= 1 else config.scale_min,
-                          config.jitter, config.crop_resize, policy() if policy else None), eval_tf
+    scale = None if config.scale_min >= 1 else (config.scale_min, 1.0)
+    return TrainTransform(config.crop_size, mean, std, generator, scale, config.jitter, config.crop_resize,
+                          policy() if policy else None), eval_tf
 
 
 class TrainTransform:
     """The training batch transform; `crop`, its output size, is what progressive resizing changes between epochs."""
 
     def __init__(self, crop: int, mean: Sequence[float], std: Sequence[float], generator: torch.Generator,
-                 scale_min: float | None, jitter: float, resize: str, policy: Callable | None = None):
+                 scale: tuple[float, float] | None, jitter: float, resize: str, policy: Callable | None = None):
         self.crop, self.policy = crop, policy
-        self.kwargs = {"mean": mean, "std": std, "generator": generator, "jitter": jitter, "resize": resize,
-                       "scale": None if scale_min is None else (scale_min, 1.0)}
+        self.kwargs = {"mean": mean, "std": std, "generator": generator, "scale": scale, "jitter": jitter,
+                       "resize": resize}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.policy is not None:
