@@ -60,13 +60,6 @@ class Variant:
     target: float
     epochs: int
     ours_args: tuple[str, ...] = ()
-    low_res_share: float = 0.0  # ours' progressive resizing: this share of the epochs on half-size crops
-
-    def low_res_args(self, epochs: int, crop: int) -> list[str]:
-        """--low-res-epochs for a run of `epochs` epochs at `crop` px (none when it would leave no full-size epoch,
-        or half the crop is too small for the network)."""
-        n = round(self.low_res_share * epochs)
-        return ["--low-res-epochs", str(n)] if 0 < n < epochs and crop // 2 >= ARCHS[self.arch].min_crop else []
 
     @property
     def name(self) -> str:
@@ -75,15 +68,15 @@ class Variant:
 
 # Targets: the issue's for the scratch CNN and MobileNetV2; ResNet-18's are chosen like MobileNetV2's (similar
 # ImageNet accuracy). Epochs and ours' flags: the cpu plan's recipe (common/plans.py); both pipelines get the same
-# epochs, the tutorial at full size throughout.
+# epochs, both at 224 px throughout.
 PROBE = ("--probe-epochs", "15")
 VARIANTS = {v.name: v for v in (
-    Variant("scratch_cnn", "full", 0.80, 30, low_res_share=0.8),
+    Variant("scratch_cnn", "full", 0.80, 30),
     Variant("mobilenet_v2", "fc", 0.965, 15, ("--cache-features",)),
-    Variant("mobilenet_v2", "full", 0.95, 4, PROBE, low_res_share=0.5),
+    Variant("mobilenet_v2", "full", 0.95, 3, PROBE),
     Variant("resnet18", "fc", 0.965, 15, ("--cache-features",)),
-    Variant("resnet18", "blocks34", 0.95, 4, PROBE, low_res_share=0.5),
-    Variant("resnet18", "full", 0.95, 4, PROBE, low_res_share=0.5),
+    Variant("resnet18", "blocks34", 0.95, 3, PROBE),
+    Variant("resnet18", "full", 0.95, 3, PROBE),
 )}
 PIPELINES = ("ours", "tutorial")
 
@@ -222,7 +215,7 @@ def ours_command(run: Run, args, data_dir: Path, split_file: Path, split, out: P
             "--split-seed", str(split.split_seed), "--img-size", str(args.img_size), "--crop-size", str(args.crop_size),
             "--batch-size", str(args.batch_size), "--epochs", str(run.epochs), "--device", args.device,
             "--monitor-test", *([] if split.meta["dedup"] else ["--no-dedup"])]
-    return cmd + list(v.ours_args) + v.low_res_args(run.epochs, args.crop_size) + run.extra
+    return cmd + list(v.ours_args) + run.extra
 
 
 def tutorial_command(run: Run, args, data_dir: Path, split_file: Path, progress: Path) -> list[str]:

@@ -137,11 +137,6 @@ def test_weights_that_do_not_resolve_give_per_epoch_cost_only(tmp_path):
     assert [(r.pipeline, r.target, r.epochs, r.weights) for r in runs] == [("ours", None, 2, "none"),
                                                                            ("tutorial", None, 2, "none")]
     assert runs[0].extra == ["--lr", "1e-3"] and runs[1].extra == []
-    # Ours follows the cpu plan's progressive resizing, scaled to the epochs; never with no full-size epoch left.
-    assert tta.VARIANTS["scratch_cnn:full"].low_res_args(30, 224) == ["--low-res-epochs", "24"]
-    assert tta.VARIANTS["resnet18:full"].low_res_args(4, 224) == ["--low-res-epochs", "2"]
-    assert tta.VARIANTS["resnet18:full"].low_res_args(1, 224) == [] == tta.VARIANTS["mobilenet_v2:fc"].low_res_args(
-        15, 224) == tta.VARIANTS["scratch_cnn:full"].low_res_args(30, 64)  # 32 px: too small for the scratch CNN
 
 
 def fake_outcome(run, rows, startup=2.0, stopped="finished", returncode=0, wall=100.0):
