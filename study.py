@@ -41,7 +41,7 @@ import torch
 
 from common.architectures import ARCHS, arch_of_script
 from common.cli import DataError
-from common.data import resolve_data_dir
+from common.data import data_notes, resolve_data_dir
 from common.models import WeightsError, load_pretrained
 from common.plans import PLANS, expand_seeds
 from common.report import build_report
@@ -51,12 +51,6 @@ ROOT = Path(__file__).resolve().parent  # the scripts a plan names live here, wh
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
 POSIX = os.name == "posix"  # process groups, signal masks and PR_SET_PDEATHSIG; elsewhere only the child is stopped
 GRACE_SECONDS = 5.0  # a stopped child gets this long to exit on SIGTERM before it is killed
-
-REPORT_NOTES = [
-    "The data is the shared Animals-10 subset when run on ../shared: six of its ten classes are mostly photos from "
-    "other public sets and 399 of 450 horse images are transparent cut-outs (composited on white), so compare "
-    "with published Animals-10 figures with care.",
-]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -362,7 +356,7 @@ def main(args) -> int:
             r.update(metrics=None, config=None, eval=None, corruptions=None, ood=None, files={})
 
     weights = {w for w in (args.mobilenet_weights, args.resnet_weights) if w not in ("imagenet", "none")}
-    notes = [*REPORT_NOTES, *plan.get("notes", [])]
+    notes = [*data_notes(resolve_data_dir(args.data_dir)), *plan.get("notes", [])]
     if args.resnet_weights == "none" and any(r["script"] == ARCHS["resnet18"].script for r in plan["runs"]):
         notes.append("ResNet-18 runs start from random initialisation (--resnet-weights none), not ImageNet weights.")
     if any(Path(w).name.startswith("mobilenet_v2-4972ace1") for w in weights):

@@ -37,6 +37,29 @@ ENGLISH_NAMES = {
 DEFAULT_DATA_DIR = "data/animals10/raw-img"
 
 
+def data_notes(data_dir: Path) -> list[str]:
+    """The caveats a notes file gives about the data folder: its title and its paragraphs that open in bold.
+
+    The file is NOTES.md inside the data folder, else NOTES.md or README.md beside it that names the folder (so an
+    unrelated README in a Downloads folder says nothing). A folder no such file describes gets no notes.
+    """
+    data_dir = Path(data_dir)
+    candidates = [(data_dir / "NOTES.md", False)] + [(data_dir.parent / n, True) for n in ("NOTES.md", "README.md")]
+    for path, must_name in candidates:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if must_name and data_dir.name not in text:
+            continue
+        paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+        title = next((p[2:] for p in paragraphs if p.startswith("# ")), None)
+        bold = [p for p in paragraphs if p.startswith("**")][:3]
+        if title or bold:
+            return [f"About the data (`{path}`): " + " ".join([f"{title}." if title else "", *bold]).strip()]
+    return []
+
+
 def display_name(folder: str) -> str:
     """English display name for an Animals-10 folder name; other names are shown as they are."""
     return ENGLISH_NAMES.get(folder, folder)

@@ -370,3 +370,19 @@ def test_fused_jitter_equals_brightness_contrast_saturation_applied_in_turn():
     y = (y - gray(y)) * s + gray(y)                                       # saturation
     want = (y.clamp(0, 1) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def test_data_notes_come_from_the_notes_file_that_describes_the_folder(tmp_path):
+    from common.data import data_notes
+    folder = tmp_path / "animals" / "raw-img"
+    folder.mkdir(parents=True)
+    assert data_notes(folder) == []
+    readme = tmp_path / "animals" / "README.md"
+    readme.write_text("# Some other project\n\n**Install** with pip.\n")  # does not name raw-img: not about it
+    assert data_notes(folder) == []
+    readme.write_text("# A subset\n\nImages live in `raw-img/<class>/`.\n\n**Not all of it is real.**\nSix classes\n"
+                      "come from elsewhere.\n\n- **A** a source\n")
+    assert data_notes(folder) == [f"About the data (`{readme}`): A subset. **Not all of it is real.** Six classes "
+                                  "come from elsewhere."]
+    (folder / "NOTES.md").write_text("**Horses** are cut-outs.\n")  # inside the folder: wins, need not name it
+    assert data_notes(folder) == [f"About the data (`{folder / 'NOTES.md'}`): **Horses** are cut-outs."]

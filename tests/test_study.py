@@ -128,6 +128,7 @@ def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
     assert best["corruptions"]["severities"] == [1, 3] and best["ood"]["n_out"] == 20  # the best scratch run only
     assert other["corruptions"] is None and "gradcam_grid" in best["files"] and "gradcam_grid" not in other["files"]
     assert "--tag tiny-scratch-lr0.003" in data["runs"][0]["command"]
+    assert not any("About the data" in n for n in data["notes"])  # no notes file describes the synthetic folder
     assert (out / "report" / "index.html").is_file() and (out / "report" / "report.md").is_file()
     assert (out / "report" / "logs" / "scratch-lr0.003.log").read_text().count("epoch") >= 2
 
