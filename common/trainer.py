@@ -12,8 +12,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
+from common.board import Board
 from common.cli import UserError
 from common.config import AugmentConfig, TrainConfig
 from common.data import display_name
@@ -226,31 +226,6 @@ class EarlyStopping:
         return bool(self.patience) and self.epochs_without_gain >= self.patience
 
 
-class _Board:
-    """The run's TensorBoard scalars, one step per epoch, in the run folder (opened at the first epoch written)."""
-
-    SCALARS = (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
-               ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
-               ("train_img_per_s", "throughput/train_img_per_s"), ("eval_img_per_s", "throughput/eval_img_per_s"))
-
-    def __init__(self, start_epoch: int, log=print):
-        # Events of steps after the last committed epoch are from a killed attempt: drop them.
-        self.purge_step = start_epoch + 1 if start_epoch else None
-        self.writer, self.log = None, log
-
-    def add(self, run_dir: Path, row: dict) -> None:
-        if self.writer is None:
-            self.log(f"run folder {run_dir}")
-            self.writer = SummaryWriter(str(run_dir), purge_step=self.purge_step)
-        for key, tag in self.SCALARS:
-            self.writer.add_scalar(tag, row[key], row["epoch"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict[str, torch.Generator],
         device: torch.device, *, lr: float, objective: Objective, options: Mapping | None = None,
         optimizer: torch.optim.Optimizer | None = None,
@@ -281,7 +256,7 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
     log(f"{data.arch}/{data.mode}: {config['trainable_params']:,} trainable of {config['total_params']:,} parameters; "
         f"device {device}" + amp.describe() + (f"; {world_size()} processes" if is_distributed() else ""))
     stopper = EarlyStopping(cfg.patience, saver.start_epoch, saver.best_epoch)
-    board = _Board(saver.start_epoch, log) if saver.write else None
+    board = Board(saver.start_epoch, log) if saver.write else None
     for epoch in range(saver.start_epoch, cfg.epochs):
         if stopper.stop:
             log(f"early stop: no better val accuracy for {cfg.patience} epochs")
