@@ -21,6 +21,11 @@ def save_figure(fig, path: Path, dpi: int = 120) -> None:
 
 
 def plot_confusion_matrix(cm: np.ndarray, names: list[str], path: Path, title: str = "") -> None:
+    """Counts and row-normalised (recall) confusion matrices side by side, as PNG."""
+    save_figure(confusion_figure(cm, names, title), path)
+
+
+def confusion_figure(cm: np.ndarray, names: list[str], title: str = ""):
     """Counts and row-normalised (recall) confusion matrices side by side."""
     cm = np.asarray(cm)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -42,7 +47,7 @@ def plot_confusion_matrix(cm: np.ndarray, names: list[str], path: Path, title: s
                     ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=7,
                             color="white" if v > 0.6 * data.max() else "black")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    save_figure(fig, path)
+    return fig
 
 
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
@@ -65,6 +70,12 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
 
 def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, title: str = "", cols: int = 5,
                     tile: tuple[float, float] = (3.0, 3.3), fontsize: float = 8, dpi: int = 120) -> None:
+    """image_grid_figure as PNG."""
+    save_figure(image_grid_figure(images, captions, title, cols, tile, fontsize), path, dpi=dpi)
+
+
+def image_grid_figure(images: list[np.ndarray], captions: list[str], title: str = "", cols: int = 5,
+                      tile: tuple[float, float] = (3.0, 3.3), fontsize: float = 8):
     """A grid of RGB uint8 images, each tile inches wide and high with its caption above it, cols to a row.
 
     Constrained layout keeps the title clear of the captions, two-line ones included.
@@ -81,7 +92,7 @@ def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, t
         axes[0, 0].text(0.5, 0.5, "no images", ha="center", va="center")
     if title:
         fig.suptitle(title)
-    save_figure(fig, path, dpi=dpi)
+    return fig
 
 
 def plot_comparison(rows: list[dict], path_val: Path, path_time: Path) -> None:
