@@ -98,7 +98,7 @@ def train(args, split, images, device, log=print) -> Path:
     loaders = make_loaders(images, split, LoaderConfig.from_args(args), device, generators["data"], log)
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}
-    data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta)
+    data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta, pixels=images)
     objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
                                args.mixup, args.cutmix, generators["augment"], device)
     return fit(model, data, TrainConfig.from_args(args), generators, device, lr=args.lr, objective=objective,

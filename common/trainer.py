@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.board import Board
+from common.board import Board, augmented_grid, gradcam_figure
 from common.cli import UserError
 from common.config import AugmentConfig, TrainConfig
 from common.data import display_name
@@ -33,9 +33,10 @@ from common.engine import (
 from common.loader import class_weights, mix_batch
 from common.metrics import macro_f1
 from common.models import count_parameters
+from common.plots import confusion_figure
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint, run_dir_name
 from common.split import Split
-from common.transforms import TrainTransform
+from common.transforms import TrainTransform, eval_transform
 
 
 @dataclass
@@ -49,11 +50,16 @@ class TrainingData:
     arch: str
     mode: str
     meta: dict = field(default_factory=dict)  # img_size, crop_size, mean, std, weights record, ...
+    pixels: np.ndarray | None = None  # the uint8 N x H x W x 3 images of the split, for TensorBoard's pictures
 
     @property
     def train_labels(self) -> np.ndarray:
         """The labels of the images the training loader draws from (after --fraction and --imbalance)."""
         return self.split.labels[self.loaders["train"].indices.numpy()]
+
+    def eval_crop(self) -> Transform:
+        """The centre crop and normalisation the model is validated and tested with, on uint8 batches."""
+        return partial(eval_transform, crop=self.meta["crop_size"], mean=self.meta["mean"], std=self.meta["std"])
 
     def describe(self) -> dict:
         """What every checkpoint carries so that any script can rebuild and run the model from the file alone."""
@@ -270,16 +276,19 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
         if board is not None:
             saver.ensure_dir()
             board.add(saver.run_dir, row)
+            if epoch == 0:
+                _picture_training_batch(board, data)
         improved = saver.save(epoch, row, checkpoint)
         stopper.update(improved)
         log(f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
             f"{' *' if improved else '  '}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
-    if board is not None:
-        board.close()
     run_dir, test = _test_best(model, save_model, data, saver, device, amp.test)
     metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if cfg.resume else None,
                        extra_metrics or {})
+    if board is not None:
+        _picture_results(board, data, save_model, saver.config, metrics, test["confusion"], device, log)
+        board.close()
     log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {test['acc']:.4f}; "
         f"{metrics['train_seconds']:.0f}s training")
     if saver.write:
@@ -355,9 +364,41 @@ def _test_best(model: nn.Module, save_model: nn.Module, data: TrainingData, save
     save_model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model_state"])
     logits, labels, seconds = predict(model, data.loaders["test"], data.eval_transform, device, amp, desc="test")
     preds = logits.argmax(1)
-    return run_dir, {"acc": (preds == labels).float().mean().item(),
+    confusion = np.zeros((len(data.split.classes),) * 2, dtype=np.int64)
+    np.add.at(confusion, (labels.numpy(), preds.numpy()), 1)
+    return run_dir, {"acc": (preds == labels).float().mean().item(), "confusion": confusion,
                      "loss": nn.functional.cross_entropy(logits, labels).item(), "img_per_s": len(labels) / seconds,
                      "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(data.split.classes))}
+
+
+def _picture_training_batch(board: Board, data: TrainingData, n: int = 16) -> None:
+    """TensorBoard: the first training images as the first epoch's transform gave them to the model."""
+    if data.pixels is None:
+        return
+    idx = np.sort(data.loaders["train"].indices.numpy()[:n])
+    # cached-feature runs trained on features of the centre crops
+    transform = data.eval_crop() if isinstance(data.train_transform, nn.Identity) else data.train_transform
+    board.add_image("images/training_batch", augmented_grid(data.pixels[idx], transform, data.meta["mean"],
+                                                            data.meta["std"]), 1)
+
+
+def _picture_results(board: Board, data: TrainingData, model: nn.Module, config: dict, metrics: dict,
+                     confusion: np.ndarray, device: torch.device, log=print, n: int = 8) -> None:
+    """TensorBoard at the end: hyperparameters with the final metrics, the confusion matrix, a Grad-CAM grid."""
+    step = metrics["epochs_run"]
+    board.add_hparams(config, metrics, step)
+    names = [display_name(c) for c in data.split.classes]
+    board.add_figure("images/confusion_matrix_test", confusion_figure(confusion, names, "test"), step)
+    if data.pixels is None:
+        return
+    idx = data.split.indices["test"][:n]
+    try:
+        fig = gradcam_figure(model, data.arch, data.pixels[np.sort(idx)], data.split.labels[np.sort(idx)], names,
+                             data.meta["crop_size"], data.meta["mean"], data.meta["std"], device)
+    except ValueError as e:  # a model without the spec's Grad-CAM layer: the run is still good
+        log(f"TensorBoard: no Grad-CAM grid ({e})")
+        return
+    board.add_figure("images/gradcam_test", fig, step)
 
 
 def _metrics(saver: CheckpointSaver, test: dict, run_dir: Path, save_model: nn.Module, device: torch.device,

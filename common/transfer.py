@@ -242,7 +242,7 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
     meta = {"img_size": recipe.img_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "weights": weights}
     extra = {}
-    trained, save_model = model, None
+    trained, save_model, pixels = model, None, images
     if recipe.probe_epochs and not cfg.resume:  # a resumed run's checkpoint holds the probed head and what followed
         feats, seconds = cached_features(model, arch, weights, images, split, device, Path(cfg.output_dir) / "cache",
                                          crop, IMAGENET_MEAN, IMAGENET_STD, log)
@@ -264,7 +264,7 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
     callbacks = progressive_resize(train_tf, augment)
     if recipe.mode == "gradual":
         callbacks.append(GradualUnfreeze(model, arch, recipe.unfreeze_every, groups, log))
-    data = TrainingData(split, loaders, train_tf, eval_tf, arch, recipe.mode, meta)
+    data = TrainingData(split, loaders, train_tf, eval_tf, arch, recipe.mode, meta, pixels)
     o = objective_cfg
     objective = make_objective(data.train_labels, len(split.classes), o.label_smoothing, o.balance, o.mixup,
                                o.cutmix, generators["augment"], device)

@@ -82,3 +82,19 @@ def kill_after(monkeypatch, name: str, epoch: int) -> None:
             raise Killed
 
     monkeypatch.setattr(runs, "save_checkpoint", save_then_die)
+
+
+def read_board(run_dir: Path) -> dict:
+    """A run folder's TensorBoard events, read back with TensorBoard's own reader: scalars, images, hparams."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    hparams = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    return {"scalars": {t: [(e.step, e.value) for e in events.Scalars(t)] for t in tags["scalars"]},
+            "images": {t: [(e.step, e.width, e.height) for e in events.Images(t)] for t in tags["images"]},
+            "hparams": hparams}

@@ -19,7 +19,7 @@ from common.models import build_model, model_from_checkpoint
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint
 from common.trainer import EarlyStopping, Objective, Precision, TrainingData, fit
 from common.transforms import eval_transform, make_transforms
-from conftest import ROOT, Killed, kill_after, tiny_args
+from conftest import ROOT, Killed, kill_after, read_board, tiny_args
 
 FAST = ["--epochs", "4", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0", "--warmup-epochs", "0"]
 
@@ -49,6 +49,14 @@ def test_learns_easy_data_and_writes_run_folder(dataset, tmp_path):
     assert json.loads((out / "best.json").read_text())["val_acc"] == metrics["best_val_acc"]
     config = json.loads((run / "config.json").read_text())
     assert config["lr"] == 3e-3 and config["arch"] == "scratch_cnn"
+    board = read_board(run)  # what the HParams, Scalars and Images tabs show
+    assert board["hparams"]["lr"] == 3e-3 and board["hparams"]["batch_size"] == 16
+    assert board["hparams"]["arch"] == "scratch_cnn" and board["hparams"]["epochs"] == 4
+    assert board["scalars"]["final/test_acc"] == [(4, pytest.approx(metrics["test_acc"]))]
+    assert [s for s, _ in board["scalars"]["accuracy/val"]] == [1, 2, 3, 4]
+    assert set(board["images"]) == {"images/training_batch", "images/confusion_matrix_test", "images/gradcam_test"}
+    assert board["images"]["images/training_batch"] == [(1, 8 * 66 + 2, 2 * 66 + 2)]  # 16 crops of 64 px, 8 a row
+    assert [s for s, _, _ in board["images"]["images/gradcam_test"]] == [4]
 
 
 def test_checkpoint_rebuilds_model_with_identical_predictions(dataset, tmp_path):
@@ -232,3 +240,16 @@ def test_config_json_records_every_option_the_script_got(dataset, tmp_path):
     ran = {"amp": Precision.choose("auto", torch.device("cpu")).train, "device": "cpu"}  # what "auto" resolved to
     given = json.loads(json.dumps(vars(args)))
     assert {k: config[k] for k in given} == {k: ran.get(k, v) for k, v in given.items()}
+
+
+def test_picture_of_the_training_batch_leaves_the_run_s_random_draws_alone():
+    from common.board import augmented_grid
+    from common.transforms import TrainTransform
+    generator = torch.Generator().manual_seed(3)
+    transform = TrainTransform(32, [0.5] * 3, [0.25] * 3, generator, (0.25, 1.0), 0.3, "interpolate")
+    pixels = torch.randint(0, 256, (10, 40, 40, 3), dtype=torch.uint8).numpy()
+    state, global_state = generator.get_state(), torch.get_rng_state()
+    grid = augmented_grid(pixels, transform, [0.5] * 3, [0.25] * 3)
+    assert grid.dtype == torch.uint8 and grid.shape == (3, 2 * 34 + 2, 8 * 34 + 2)
+    assert torch.equal(generator.get_state(), state) and torch.equal(torch.get_rng_state(), global_state)
+    assert torch.equal(grid, augmented_grid(pixels, transform, [0.5] * 3, [0.25] * 3))  # its own seeded draws

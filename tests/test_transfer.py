@@ -18,7 +18,7 @@ from common.architectures import ARCHS
 from common.engine import param_groups
 from common.models import WeightsError, build_model, count_parameters, load_pretrained, set_train_mode
 from common.runs import load_checkpoint
-from conftest import ROOT, tiny_args
+from conftest import ROOT, read_board, tiny_args
 
 
 @pytest.mark.parametrize("arch, mode, expected", [
@@ -129,6 +129,10 @@ def test_feature_cache_matches_uncached_head_training(dataset, tmp_path):
     assert "feature_extraction_seconds" in m_cached and m_plain["trainable_params"] == 12_810
     assert cached["weights"]["sha256"] == plain["weights"]["sha256"]
     assert list((tmp_path / "runs1" / "cache").glob("features-mobilenet_v2-*.pt"))
+    # a head trained on features still shows the centre crops it saw and its network's Grad-CAM in TensorBoard
+    board = read_board(next(p for p in (tmp_path / "runs1").iterdir() if p.name.endswith("mobilenet_v2-fc")))
+    assert board["hparams"]["cache_features"] == 1 and board["hparams"]["mode"] == "fc"
+    assert set(board["images"]) == {"images/training_batch", "images/confusion_matrix_test", "images/gradcam_test"}
 
 
 @pytest.mark.parametrize("argv, message", [
