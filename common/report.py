@@ -237,29 +237,35 @@ def _details(rep: Report) -> None:
             picks.setdefault(r["name"], (r, "has a Grad-CAM analysis"))
     d.heading(2, "Per-model detail")
     for r, why in picks.values():
-        d.heading(3, r["label"])
-        d.para(f"{why[0].upper() + why[1:]}: {model_name(r)} {mode_name(r)}, {init_text(r)}, {rep.setting([r])}; "
-               f"best val acc {f_acc(metric(r, 'best_val_acc'))} at epoch {f_g(metric(r, 'best_epoch') or '?')}, "
-               f"test acc {f_acc(metric(r, 'test_acc'))}, macro F1 {f_acc(macro_f1(r))}"
-               + (f" (means over seeds {', '.join(map(str, r['seeds']))}; the figures below are of one of them)"
-                  if r.get("seeds") else "") + f". Run folder `{r.get('run_dir') or '?'}`.")
-        rec = r.get("eval") and (r["eval"].get("per_class") or {})
-        if rec:
-            names = list(recalls(r)) or [k for k in rec if k not in ("accuracy", "macro avg", "weighted avg")]
-            d.table([("class", str, None), ("precision", f_acc, "max"), ("recall", f_acc, "max"),
-                     ("F1", f_acc, "max"), ("support", f_int, None)],
-                    [[c] + [rec[c].get(k) for k in ("precision", "recall", "f1-score", "support")]
-                     for c in names if isinstance(rec.get(c), dict)])
-        d.figures([(rep.copy(r, "curves"), "Training curves."),
-                   (rep.copy(r, "confusion_matrix"), "Confusion matrix on the test split."),
-                   (rep.copy(r, "misclassified"), "Most confident mistakes.")])
-        # Grad-CAM grids are many rows tall: narrower keeps them readable without a screenful per image
-        d.figures([(rep.copy(r, "gradcam_grid"), "Grad-CAM overlays (gradcam.py).")],
-                  narrow=True)
-        src = rep.file(r, "error_analysis")
-        if src:
-            d.para("**Error analysis** (`error_analysis.md`):")
-            d.markdown(src.read_text(errors="replace"), shift=3)
+        run_detail(rep, r, why)
+
+
+def run_detail(rep: Report, r: dict, why: str) -> None:
+    """One run's closer look: its numbers, per-class table, curves, confusion matrix, mistakes and Grad-CAM."""
+    d = rep.doc
+    d.heading(3, r["label"])
+    d.para(f"{why[0].upper() + why[1:]}: {model_name(r)} {mode_name(r)}, {init_text(r)}, {rep.setting([r])}; "
+           f"best val acc {f_acc(metric(r, 'best_val_acc'))} at epoch {f_g(metric(r, 'best_epoch') or '?')}, "
+           f"test acc {f_acc(metric(r, 'test_acc'))}, macro F1 {f_acc(macro_f1(r))}"
+           + (f" (means over seeds {', '.join(map(str, r['seeds']))}; the figures below are of one of them)"
+              if r.get("seeds") else "") + f". Run folder `{r.get('run_dir') or '?'}`.")
+    rec = r.get("eval") and (r["eval"].get("per_class") or {})
+    if rec:
+        names = list(recalls(r)) or [k for k in rec if k not in ("accuracy", "macro avg", "weighted avg")]
+        d.table([("class", str, None), ("precision", f_acc, "max"), ("recall", f_acc, "max"),
+                 ("F1", f_acc, "max"), ("support", f_int, None)],
+                [[c] + [rec[c].get(k) for k in ("precision", "recall", "f1-score", "support")]
+                 for c in names if isinstance(rec.get(c), dict)])
+    d.figures([(rep.copy(r, "curves"), "Training curves."),
+               (rep.copy(r, "confusion_matrix"), "Confusion matrix on the test split."),
+               (rep.copy(r, "misclassified"), "Most confident mistakes.")])
+    # Grad-CAM grids are many rows tall: narrower keeps them readable without a screenful per image
+    d.figures([(rep.copy(r, "gradcam_grid"), "Grad-CAM overlays (gradcam.py).")],
+              narrow=True)
+    src = rep.file(r, "error_analysis")
+    if src:
+        d.para("**Error analysis** (`error_analysis.md`):")
+        d.markdown(src.read_text(errors="replace"), shift=3)
 
 
 def _reproduce(rep: Report) -> None:
