@@ -14,8 +14,8 @@ its folder is runs/<timestamp>-<model>-<mode>-<plan>-<name>/. A run whose folder
 skipped; one killed part-way (last.pt, no metrics.json) is continued with --resume; so after a kill the same
 command picks up where it stopped. Each finished run is evaluated on the test split (evaluate.py); the best
 scratch and the best transfer run are also tested under corruptions and against out-of-distribution
-images, and explained with Grad-CAM. The report goes to runs/report/index.html and report.md, with the
-collected figures in runs/report/study.json.
+images, and explained with Grad-CAM. The report goes to runs/report/index.html and report.md, and as an executed
+Jupyter notebook to runs/report/report.ipynb, with the collected figures in runs/report/study.json.
 
 study.py runs from any folder (`python path/to/study.py ...`): the scripts are the repository's own, while
 --plan FILE, --data-dir and --output-dir are read relative to the current folder. Each training runs as a child
@@ -43,6 +43,7 @@ from common.architectures import ARCHS, arch_of_script
 from common.cli import DataError
 from common.data import data_notes, resolve_data_dir
 from common.models import WeightsError, load_pretrained
+from common.notebook import NotebookError, write_notebook
 from common.plans import PLANS, expand_seeds
 from common.report import build_report
 from common.runs import write_json
@@ -370,11 +371,16 @@ def main(args) -> int:
         device += f" ({platform.machine()}, {os.cpu_count()} cores)"
     study = {"plan": plan["name"], "description": plan.get("description", ""),
              "created": time.strftime("%Y-%m-%d %H:%M"), "data_dir": str(resolve_data_dir(args.data_dir)),
+             "working_dir": os.getcwd(),  # the run folders' paths are relative to it
              "device": device, "torch": torch.__version__, "warnings": warnings, "notes": notes,
              "groups": plan.get("groups", {}),
              "runs": records, "wall_seconds_this_invocation": time.time() - started}
     write_json(report_dir / "study.json", study)
     index = build_report(study, report_dir)
+    try:
+        print(f"notebook: {write_notebook(study, report_dir)} (executed)", flush=True)
+    except NotebookError as e:
+        print(f"notebook: not written ({e})", flush=True)
     failed = [r for r in records if r["status"] != "done"]
     print(f"\n{len(records) - len(failed)} of {len(records)} runs finished; report: {index}")
     for r in failed:

@@ -159,13 +159,13 @@ def _summary(rep: Report) -> None:
     elif scratch:
         line += " It is a from-scratch CNN: no transfer run beat it on validation accuracy in this study."
     items.append(line)
-    items += _answers(rep)
+    items += answers(rep)
     d.bullets([i for i in items if i])
     _efficiency(rep)
     d.html.append("</div>")
 
 
-def _answers(rep: Report) -> list[str]:
+def answers(rep: Report) -> list[str]:
     """The sections' sentences on the questions the study answers."""
     return [line for key in SUMMARY_ORDER for line in SECTIONS[key].answer(rep)]
 
@@ -279,6 +279,9 @@ def _reproduce(rep: Report) -> None:
     rep.doc.code(f"Commands of all {len(runs)} runs", "\n\n".join(
         (f"# {r.get('label') or r.get('name')}" + ("" if r.get("status") == "done" else f" ({r.get('status')})"))
         + f"\n{r.get('command') or '# (no command recorded)'}" for r in runs))
+
+
+PARTS = {"summary": _summary, "comparison": _comparison, "efficiency": _efficiency}  # the parts outside sections
 
 
 def build_report(study: dict, out_dir: Path) -> Path:

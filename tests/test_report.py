@@ -336,3 +336,29 @@ def test_missing_weights_warning_is_at_the_top(study, tmp_path):
     assert "<strong>ResNet-18 is missing from this study</strong>" in page[box:]
     assert "<code>--resnet-weights FILE</code>" in page
     assert md.index("ResNet-18 is missing") < md.index("Read this first") < md.index("## Summary")
+
+
+def test_notebook_is_the_report_in_the_course_structure_executed_without_errors(study, tmp_path):
+    import json
+
+    import nbformat
+
+    from common.notebook import CHAPTERS, write_notebook
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / "study.json").write_text(json.dumps(study))
+    nb = nbformat.read(write_notebook(study, folder), as_version=4)
+    headings = [c.source.splitlines()[-1] for c in nb.cells if c.cell_type == "markdown" and "## " in c.source
+                and c.source.lstrip("#").strip()[0].isdigit() or c.source.startswith("# ")]
+    assert [h.split(". ", 1)[1] for h in headings if ". " in h] == list(CHAPTERS)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code)  # every cell ran
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, errors
+    pngs = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+    # the runs' own figures (curves, confusion matrix, Grad-CAM, ...) and those the cells draw (acc vs time, ...)
+    assert pngs >= 12, pngs
+    text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "mnv2 fc" in text and "Not measured by this plan" not in text  # every group of the study ran
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs)
+    assert "0.9680" in shown and "Scratch CNN: learning rate x batch size" in shown

@@ -130,6 +130,10 @@ def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
     assert "--tag tiny-scratch-lr0.003" in data["runs"][0]["command"]
     assert not any("About the data" in n for n in data["notes"])  # no notes file describes the synthetic folder
     assert (out / "report" / "index.html").is_file() and (out / "report" / "report.md").is_file()
+    notebook = json.loads((out / "report" / "report.ipynb").read_text())  # executed on the real run folders
+    outputs = [o for c in notebook["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 8  # class counts, samples, curves, Grad-CAM...
     assert (out / "report" / "logs" / "scratch-lr0.003.log").read_text().count("epoch") >= 2
 
     mtimes = {p: p.stat().st_mtime for p in out.glob("*-tiny-*/*.json")}
