@@ -40,8 +40,9 @@ from pathlib import Path
 import torch
 
 from common.architectures import ARCHS, arch_of_script
-from common.cli import DataError
+from common.cli import DataError, UserError
 from common.data import data_notes, resolve_data_dir
+from common.handin import check_handin_folder, write_handin
 from common.models import WeightsError, load_pretrained
 from common.notebook import NotebookError, write_notebook
 from common.plans import PLANS, expand_seeds
@@ -70,6 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="print each run's command and status, run nothing")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; evaluate and report what is finished")
+    parser.add_argument("--handin", default=None, metavar="DIR",
+                        help="also write DIR/: the executed notebook, saved_models/<model>/ (checkpoint and "
+                             "TensorBoard events of the best scratch CNN, ResNet-18 and MobileNetV2) and handin.zip")
     return parser
 
 
@@ -287,6 +291,8 @@ def main(args) -> int:
                         "see --list")
     if not args.list:
         resolve_data_dir(args.data_dir)  # fail early on a missing data folder, before any run starts
+    if args.handin:
+        check_handin_folder(Path(args.handin))
     records, started = [], time.time()
     for i, run in enumerate(plan["runs"], 1):
         tag = f"{plan['name']}-{run['name']}"
@@ -377,10 +383,15 @@ def main(args) -> int:
              "runs": records, "wall_seconds_this_invocation": time.time() - started}
     write_json(report_dir / "study.json", study)
     index = build_report(study, report_dir)
+    notebook = None
     try:
-        print(f"notebook: {write_notebook(study, report_dir)} (executed)", flush=True)
+        notebook = write_notebook(study, report_dir)
+        print(f"notebook: {notebook} (executed)", flush=True)
     except NotebookError as e:
+        (report_dir / "report.ipynb").unlink(missing_ok=True)  # an older one would not match this report
         print(f"notebook: not written ({e})", flush=True)
+    if args.handin:
+        print(f"hand-in: {write_handin(records, notebook, Path(args.handin))}", flush=True)
     failed = [r for r in records if r["status"] != "done"]
     print(f"\n{len(records) - len(failed)} of {len(records)} runs finished; report: {index}")
     for r in failed:
@@ -394,7 +405,7 @@ if __name__ == "__main__":
         signal.signal(sig, _raise_stopped)
     try:
         sys.exit(main(args))
-    except DataError as e:
+    except UserError as e:
         sys.exit(f"error: {e}")
     except Stopped as e:
         print(f"\nstudy.py: stopped by {signal.Signals(e.signum).name}; the running command was stopped too. "

@@ -22,6 +22,7 @@ CKPT_FORMAT = "animals10-ckpt/1"
 MODEL_KEYS = ("arch", "mode", "classes", "model_state", "img_size", "crop_size", "mean", "std")
 RESUME_KEYS = ("split_fingerprint", "epoch", "best_epoch", "best_val_acc", "optimizer_state", "scheduler_state", "rng",
                "history", "config")
+TRAINING_STATE = ("optimizer_state", "scheduler_state", "scaler_state", "rng", "callbacks")  # only --resume reads
 
 
 class CheckpointError(UserError):
@@ -71,6 +72,11 @@ def load_checkpoint(path: Path | str, map_location="cpu", keys: tuple[str, ...] 
                               "pass a best.pt written by part1_scratch_cnn.py or the part2 scripts")
     require_keys(ckpt, keys, path)
     return ckpt
+
+
+def slim_checkpoint(ckpt: dict) -> dict:
+    """A checkpoint to use, not to resume: everything but the training state (optimizer, schedule, RNG)."""
+    return {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
 
 
 def require_keys(ckpt: dict, keys: tuple[str, ...], path: Path | str) -> None:

@@ -6,14 +6,16 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 import part1_scratch_cnn as part1
 import study
 from common.architectures import ARCHS
-from common.cli import DataError
+from common.cli import DataError, UserError
 from common.plans import PLANS, make_plan
 from common.sections import GROUPS
 from conftest import ROOT, Killed, kill_after
@@ -142,6 +144,32 @@ def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
     assert run_folders(out) == folders  # nothing retrained
     assert {p: p.stat().st_mtime for p in out.glob("*-tiny-*/*.json")} == mtimes  # nor re-evaluated
     assert capsys.readouterr().out.count(": done (") == 2
+
+    handin = tmp_path / "handin"
+    assert run_study(plan, dataset, out, "--report-only", "--handin", str(handin)) == 0
+    best = max(data["runs"], key=lambda r: r["metrics"]["best_val_acc"])
+    names = ["report.ipynb", "saved_models/scratch_cnn/best.pt"] + [
+        f"saved_models/scratch_cnn/{p.name}" for p in sorted(Path(best["run_dir"]).glob("events.out.tfevents.*"))]
+    assert sorted(p.relative_to(handin).as_posix() for p in handin.rglob("*") if p.is_file()) == sorted(
+        names + ["handin.zip"])
+    assert sorted(zipfile.ZipFile(handin / "handin.zip").namelist()) == sorted(names)  # no data, no cache
+    slim = handin / "saved_models" / "scratch_cnn" / "best.pt"
+    ckpt = torch.load(slim, weights_only=True)
+    assert "optimizer_state" not in ckpt and "rng" not in ckpt
+    assert slim.stat().st_size < 0.6 * (Path(best["run_dir"]) / "last.pt").stat().st_size
+    full = torch.load(Path(best["run_dir"]) / "best.pt", weights_only=True)
+    assert all(torch.equal(ckpt["model_state"][k], v) for k, v in full["model_state"].items())
+    evaluate = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(slim), "--device", "cpu",
+                               "--out-dir", str(tmp_path / "eval")], capture_output=True, text=True)
+    assert evaluate.returncode == 0, evaluate.stderr
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["accuracy"] == pytest.approx(
+        best["metrics"]["test_acc"])
+    assert run_study(plan, dataset, out, "--report-only", "--handin", str(handin)) == 0  # a new hand-in replaces it
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not empty and holds no earlier hand-in"):
+        run_study(plan, dataset, out, "--report-only", "--handin", str(tmp_path / "other"))
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
 def test_killed_run_is_resumed_in_its_own_folder(dataset, tmp_path, capsys, monkeypatch):
