@@ -4,13 +4,15 @@
 # make study  - study.py with PLAN on DATA: the runs, their evaluation, robustness, Grad-CAM and
 #               runs/report/index.html. PLAN=auto: the full plan with CUDA, the cpu plan (the assignment at 224 px,
 #               converged, about half an hour on 2 cores) without; PLAN=quick is a smoke run of every experiment.
-#               *_WEIGHTS=imagenet uses torchvision's download/cache; offline, give a state-dict file
+#               *_WEIGHTS=imagenet uses torchvision's download/cache; offline, give a state-dict file.
+#               HANDIN=DIR also writes the hand-in: DIR/report.ipynb, DIR/saved_models/, DIR/handin.zip
 PYTHON ?= python3
 VENV ?= .venv
 DATA ?= ../shared/data/animals10/raw-img
 MOBILENET_WEIGHTS ?= imagenet
 RESNET_WEIGHTS ?= imagenet
 PLAN ?= auto
+HANDIN ?=
 PY := $(VENV)/bin/python
 
 .PHONY: setup lint test study
@@ -31,4 +33,5 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 study: setup
-	$(PY) study.py --plan $(PLAN) --data-dir $(DATA) --mobilenet-weights $(MOBILENET_WEIGHTS) --resnet-weights $(RESNET_WEIGHTS)
+	$(PY) study.py --plan $(PLAN) --data-dir $(DATA) --mobilenet-weights $(MOBILENET_WEIGHTS) --resnet-weights $(RESNET_WEIGHTS) \
+		$(if $(HANDIN),--handin $(HANDIN))
