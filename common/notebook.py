@@ -6,7 +6,8 @@ sections (common/sections.py, common/report.py), so a reader can change a cell a
 executed offline with nbclient, on a kernel of this interpreter, and written only once every cell has run without
 an error, so it opens with every output present.
 
-The functions below the builder (load_study, show, show_run, show_data, show_figure) are what its cells call.
+The functions below the builder (load_study, show, show_run, show_explanations, show_data, show_figure) are what
+its cells call.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from common.cli import UserError
 from common.files import atomic_write_text
-from common.report import PARTS, Report, answers, run_detail
+from common.report import PARTS, Report, answers, run_detail, run_explanations
 from common.sections import GROUPS, SECTIONS, section_for
 from common.study_runs import arch_key, best_val
 
@@ -39,11 +40,12 @@ def build_notebook(study: dict):
     """The notebook for a study dict (as study.py writes it to study.json), not yet executed."""
     import nbformat.v4 as nbf
 
-    rep = Report(study, Path(tempfile.mkdtemp()))  # only for the sentences; the cells draw into the report folder
+    with tempfile.TemporaryDirectory() as tmp:  # a Report only for the sentences; the cells draw into the report
+        chapters = _chapters(Report(study, Path(tmp)))
     cells = []
     md = lambda text: cells.append(nbf.new_markdown_cell(text))  # noqa: E731
     code = lambda text: cells.append(nbf.new_code_cell(text))  # noqa: E731
-    for number, (title, chapter) in enumerate(zip(CHAPTERS, _chapters(rep)), 1):
+    for number, (title, chapter) in enumerate(zip(CHAPTERS, chapters), 1):
         md(f"## {number}. {title}" if number > 1 else
            f"# Animals-10 transfer-learning study ({study.get('plan', '?')} plan)\n\n## 1. {title}")
         for kind, text in chapter:
@@ -79,12 +81,13 @@ def _chapters(rep: Report) -> list[list[tuple[str, str]]]:
     hyper = [("md", "The plan's experiments other than how much of a pretrained network to train. "
                     "The cell after the tables is plain Python over the same runs, to change at will.")]
     hyper += [("code", f"show(study, {k!r})") for k in tuning] + [("code", _LR_TABLE)]
-    scratch_cells = [("md", "The from-scratch CNN with the best validation accuracy.")]
-    if scratch:
+    scratch_cells = [("md", "The from-scratch CNN with the best validation accuracy"
+                      + (" is the baseline of chapter 3." if scratch and scratch[0] is baseline else "."))]
+    if scratch and scratch[0] is not baseline:
         scratch_cells.append(("code", f"show_run(study, {scratch[0]['name']!r}, 'best from-scratch run')"))
     cams = [("md", "Grad-CAM of the runs study.py explained (the best scratch and the best transfer run), their "
                    "error analysis, and how they stand up to corrupted and out-of-distribution images.")]
-    cams += [("code", f"show_run(study, {r['name']!r}, 'explained with Grad-CAM')") for r in explained]
+    cams += [("code", f"show_explanations(study, {r['name']!r})") for r in explained]
     cams.append(("code", 'show(study, "robustness")'))
     final = [("code", 'show(study, "strategies")')] if "strategies" in (s.get("groups") or {}) else []
     final += [("code", 'show(study, "comparison")'), ("code", 'show(study, "efficiency")')]
@@ -112,7 +115,8 @@ from pathlib import Path
 
 PROJECT = Path(r"{root}")  # the project's folder, for its common/ package: change it if you moved the project
 sys.path.insert(0, str(PROJECT))
-from common.notebook import finished, load_study, show, show_data, show_figure, show_run  # noqa: E402
+from common.notebook import (finished, load_study, show, show_data, show_explanations,  # noqa: E402
+                             show_figure, show_run)
 
 study = load_study("study.json")  # written by study.py beside this notebook'''
 
@@ -203,13 +207,26 @@ def show(study: dict, part: str, out: str | Path = ".") -> None:
 
 
 def show_run(study: dict, name: str, why: str, out: str | Path = ".") -> None:
-    """One run's numbers, per-class table, curves, confusion matrix, mistakes, Grad-CAM and error analysis."""
+    """One run's numbers, per-class table, curves, confusion matrix and most confident mistakes."""
     rep = Report(study, Path(out))
+    run_detail(rep, _run(rep, name), why)
+    _display_doc(rep)
+
+
+def show_explanations(study: dict, name: str, out: str | Path = ".") -> None:
+    """One run's Grad-CAM grid and error analysis."""
+    rep = Report(study, Path(out))
+    run = _run(rep, name)
+    rep.doc.heading(3, f"{run['label']}: Grad-CAM")
+    run_explanations(rep, run)
+    _display_doc(rep)
+
+
+def _run(rep: Report, name: str) -> dict:
     run = next((r for r in rep.done if r["name"] == name), None)
     if run is None:
         raise ValueError(f"no finished run named {name!r}")
-    run_detail(rep, run, why)
-    _display_doc(rep)
+    return run
 
 
 def show_data(study: dict, per_class: int = 4) -> None:

@@ -238,6 +238,7 @@ def _details(rep: Report) -> None:
     d.heading(2, "Per-model detail")
     for r, why in picks.values():
         run_detail(rep, r, why)
+        run_explanations(rep, r)
 
 
 def run_detail(rep: Report, r: dict, why: str) -> None:
@@ -259,6 +260,11 @@ def run_detail(rep: Report, r: dict, why: str) -> None:
     d.figures([(rep.copy(r, "curves"), "Training curves."),
                (rep.copy(r, "confusion_matrix"), "Confusion matrix on the test split."),
                (rep.copy(r, "misclassified"), "Most confident mistakes.")])
+
+
+def run_explanations(rep: Report, r: dict) -> None:
+    """One run's Grad-CAM grid and error analysis, where gradcam.py made them."""
+    d = rep.doc
     # Grad-CAM grids are many rows tall: narrower keeps them readable without a screenful per image
     d.figures([(rep.copy(r, "gradcam_grid"), "Grad-CAM overlays (gradcam.py).")],
               narrow=True)
