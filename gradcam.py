@@ -25,7 +25,9 @@ from common.decode import decode_image
 from common.engine import resolve_device
 from common.explain import (
     DEFAULT_LAYER,
+    IG_STEPS,
     GradCAM,
+    completeness_gap,
     describe_heatmap,
     find_layer,
     integrated_gradients,
@@ -48,6 +50,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--layer", default=None, help="target layer name (default: the architecture's last conv block)")
     parser.add_argument("--method", choices=("occlusion", "integrated-gradients", "none"), default="occlusion",
                         help="second explanation shown beside Grad-CAM")
+    parser.add_argument("--ig-steps", type=positive_int, default=IG_STEPS,
+                        help="path steps of integrated gradients (each map's completeness gap is reported)")
     parser.add_argument("--num", type=int, default=8, help="test images to explain (at least 5)")
     parser.add_argument("--min-errors", type=int, default=3, help="misclassified images among them, when available")
     parser.add_argument("--out-dir", default=None, help="default: <checkpoint folder>/gradcam")
@@ -67,17 +71,25 @@ def class_index(name: str, classes: list[str]) -> int:
     raise DataError(f"--target-class {name!r} is not one of {', '.join(classes)}")
 
 
-def second_map(method: str, model, x: torch.Tensor, target: torch.Tensor) -> np.ndarray | None:
-    """N x H x W maps of the second method, scaled to [0, 1] for display."""
+def second_map(method: str, model, x: torch.Tensor, target: torch.Tensor,
+               ig_steps: int = IG_STEPS) -> tuple[np.ndarray | None, list[str]]:
+    """N x H x W maps of the second method, scaled to [0, 1] for display, and a note per map (for integrated
+    gradients, its completeness gap: how far the attributions' sum is from f(x) - f(baseline))."""
     if method == "none":
-        return None
+        return None, []
+    notes = [""] * len(x)
     if method == "occlusion":
         maps = occlusion(model, x, target).clamp_min(0)
     else:
-        maps = integrated_gradients(model, x, target).abs().sum(1)
+        attributions = integrated_gradients(model, x, target, steps=ig_steps)
+        gaps = completeness_gap(model, x, target, attributions)
+        notes = [f"completeness gap {g:.1%}" for g in gaps.tolist()]
+        print(f"integrated gradients, {ig_steps} steps: completeness gap mean {gaps.mean():.1%}, "
+              f"max {gaps.max():.1%}")
+        maps = attributions.abs().sum(1)
     maps = maps.cpu().numpy()
     peak = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)
-    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0), notes
 
 
 def main(args) -> None:
@@ -136,7 +148,7 @@ def main(args) -> None:
         heat, _ = cam(x, target)
     heat = heat.cpu().numpy()
     probs = pred_logits.softmax(1).cpu().numpy()
-    other = second_map(args.method, model, x, target)
+    other, notes = second_map(args.method, model, x, target, args.ig_steps)
 
     tiles, captions, report = [], [], []
     for k, i in enumerate(chosen):
@@ -147,14 +159,15 @@ def main(args) -> None:
         tiles += [raw, overlay(raw, heat[k])] + ([overlay(raw, other[k])] if other is not None else [])
         head = f"true {truth_name} / pred {names[p]} ({probs[k, p]:.2f})"
         captions += [head, f"Grad-CAM ({layer_name}) for {explained}"] + (
-            [f"{args.method} for {explained}"] if other is not None else [])
+            [f"{args.method} for {explained}" + (f"\n({notes[k]})" if notes[k] else "")] if other is not None else [])
         if i in errors_idx or args.image:
             top3 = np.argsort(-probs[k])[:3]
             name = args.image or path_of[i]
             report.append(f"### {name}\n\n- true: {truth_name}; predicted: {names[p]}\n"
                           f"- top-3: " + ", ".join(f"{names[t]} {probs[k, t]:.3f}" for t in top3) +
                           f"\n- Grad-CAM ({explained}): {describe_heatmap(heat[k])}\n" +
-                          (f"- {args.method}: {describe_heatmap(other[k])}\n" if other is not None else ""))
+                          (f"- {args.method}: {describe_heatmap(other[k])}" + (f" ({notes[k]})" if notes[k] else "")
+                           + "\n" if other is not None else ""))
     cols = 3 if other is not None else 2
     plot_image_grid(tiles, captions, out / "gradcam_grid.png",
                     f"{ckpt['arch']}/{ckpt['mode']} on {descr}", cols=cols)

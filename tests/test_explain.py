@@ -1,6 +1,7 @@
 """Grad-CAM, occlusion and integrated gradients, and gradcam.py end to end."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from torch import nn
 
 import gradcam
 import part1_scratch_cnn as part1
-from common.explain import GradCAM, find_layer, integrated_gradients, occlusion
+from common.explain import GradCAM, completeness_gap, find_layer, integrated_gradients, occlusion
 from common.models import build_model
 from conftest import ROOT, tiny_args
 
@@ -113,17 +114,26 @@ def test_occlusion_of_an_ignored_region_changes_nothing():
     assert heat[..., :16].abs().sum() > 0
 
 
-def test_integrated_gradients_completeness():
+def test_integrated_gradients_completeness_and_batching():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(4, 3)).eval()
-    x = torch.randn(2, 3, 12, 12)
-    target = torch.tensor([1, 2])
+    x = torch.randn(3, 3, 12, 12)
+    target = torch.tensor([1, 2, 0])
     attr = integrated_gradients(model, x, target, steps=64)
     with torch.no_grad():
         index = target.view(-1, 1)
         gap = model(x).gather(1, index)[:, 0] - model(torch.zeros_like(x)).gather(1, index)[:, 0]
     torch.testing.assert_close(attr.sum((1, 2, 3)), gap, atol=2e-3, rtol=1e-2)
+    relative = (attr.sum((1, 2, 3)) - gap).abs() / gap.abs()
+    torch.testing.assert_close(completeness_gap(model, x, target, attr), relative)
+    # how the 3 x 64 path points are batched (one at a time, chunks that straddle images, all at once) changes
+    # nothing but the speed
+    for internal_batch in (1, 50, 192):
+        torch.testing.assert_close(integrated_gradients(model, x, target, steps=64, internal_batch=internal_batch),
+                                   attr, atol=1e-6, rtol=1e-5)
+    coarse = completeness_gap(model, x, target, integrated_gradients(model, x, target, steps=2))
+    assert coarse.mean() > completeness_gap(model, x, target, attr).mean()  # more steps, smaller gap
 
 
 def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path):
@@ -141,7 +151,9 @@ def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path):
         ["--ckpt", str(out / "best.pt"), "--image", str(one), "--target-class", "cat",
          "--method", "integrated-gradients",
          "--out-dir", str(tmp_path / "one")]))
-    assert "Grad-CAM (cat)" in (tmp_path / "one" / "error_analysis.md").read_text()
+    explained = (tmp_path / "one" / "error_analysis.md").read_text()
+    assert "Grad-CAM (cat)" in explained
+    assert re.search(r"integrated-gradients: .*\(completeness gap \d+\.\d%\)", explained)
     proc = subprocess.run([sys.executable, str(ROOT / "gradcam.py"), "--ckpt", str(out / "best.pt"),
                            "--layer", "nope"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "valid layers: " in proc.stderr and "features.18" in proc.stderr
