@@ -64,3 +64,21 @@ def test_benchmark_script_writes_results(dataset, tmp_path):
     assert result["data"]["cache_mb"] == pytest.approx(200 * 72 * 72 * 3 / 2**20, rel=0.01)
     md = next((tmp_path / "results").glob("cpu-*.md")).read_text()
     assert "| tutorial: ImageFolder" in md and "mobilenet_v2 | fc" in md
+
+
+def test_ig_benchmark_agrees_with_the_earlier_path_and_gaps_shrink(dataset, tmp_path):
+    import ig
+    import part1_scratch_cnn as part1
+    from conftest import tiny_args
+    out = tmp_path / "runs"
+    part1.main(part1.get_args_parser().parse_args(tiny_args(dataset, out, "--epochs", "1", "--batch-size", "16")))
+    ig.main(ig.get_args_parser().parse_args(["--ckpt", str(out / "best.pt"), "--num", "3", "--steps", "2,64",
+                                             "--speed-steps", "4", "--internal-batch", "5", "--repeats", "2",
+                                             "--device", "cpu", "--results-dir", str(tmp_path / "results")]))
+    result = json.loads(next((tmp_path / "results").glob("ig-cpu-*.json")).read_text())
+    ours = next(r for r in result["speed"] if r["method"].startswith("ours"))
+    assert ours["pearson_vs_one_step_at_a_time"] > 0.9999  # the same attributions, batched differently
+    assert ours["min_s"] <= ours["median_s"] <= ours["max_s"]
+    coarse, fine = result["completeness_gap"]
+    assert (coarse["steps"], fine["steps"]) == (2, 64) and fine["mean"] < coarse["mean"]
+    assert "| steps | mean | max |" in next((tmp_path / "results").glob("ig-cpu-*.md")).read_text()
