@@ -13,14 +13,33 @@ from common.architectures import ARCHS
 DEFAULT_LAYER = {name: spec.gradcam_layer for name, spec in ARCHS.items()}
 
 
+def candidate_layers(model: nn.Module) -> list[str]:
+    """Names of the modules Grad-CAM can target: convolutions, activations and the blocks holding convolutions."""
+    return [n for n, m in model.named_modules()
+            if n and (isinstance(m, (nn.ReLU, nn.ReLU6)) or any(isinstance(c, nn.Conv2d) for c in m.modules()))]
+
+
 def find_layer(model: nn.Module, name: str) -> nn.Module:
     """The named submodule, or a ValueError listing the convolutional layers and blocks to choose from."""
     modules = dict(model.named_modules())
     if name in modules and name:
         return modules[name]
-    valid = [n for n, m in modules.items()
-             if n and (isinstance(m, (nn.ReLU, nn.ReLU6)) or any(isinstance(c, nn.Conv2d) for c in m.modules()))]
-    raise ValueError(f"no layer named {name!r}; valid layers: {', '.join(valid)}")
+    raise ValueError(f"no layer named {name!r}; valid layers: {', '.join(candidate_layers(model))} "
+                     "(--layer list shows their output sizes)")
+
+
+@torch.no_grad()
+def layer_sizes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, output shape without the batch) of every candidate layer, in the order the forward pass runs them."""
+    sizes, modules = [], dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: sizes.append((n, tuple(o.shape[1:]))))
+               for n in candidate_layers(model)]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes
 
 
 def _normalize_maps(cam: torch.Tensor) -> torch.Tensor:

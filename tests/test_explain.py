@@ -1,6 +1,7 @@
 """Grad-CAM, occlusion and integrated gradients, and gradcam.py end to end."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_integrated_gradients_completeness_and_batching():
     assert coarse.mean() > completeness_gap(model, x, target, attr).mean()  # more steps, smaller gap
 
 
-def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path):
+def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path, capsys):
     out = tmp_path / "runs"
     part1.main(part1.get_args_parser().parse_args(tiny_args(dataset, out, "--epochs", "1", "--batch-size", "16")))
     args = gradcam.get_args_parser().parse_args(
@@ -146,6 +147,16 @@ def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path):
     assert grid is not None and grid.shape[0] > grid.shape[1]  # 5 rows of 3 panels
     md = (tmp_path / "cam" / "error_analysis.md").read_text()
     assert "# Error analysis: scratch_cnn/full" in md and ("top-3" in md or "No misclassified" in md)
+    gradcam.main(gradcam.get_args_parser().parse_args(
+        ["--ckpt", str(out / "best.pt"), "--num", "5", "--out-dir", str(tmp_path / "faith"), "--device", "cpu",
+         "--method", "none", "--faithfulness", "4", "--ig-steps", "8"]))
+    scores = json.loads((tmp_path / "faith" / "faithfulness.json").read_text())
+    assert scores["n"] == 4 and set(scores["methods"]) == {"Grad-CAM", "integrated gradients", "occlusion", "random"}
+    assert all(0 <= m["deletion_mean"] <= 1 and 0 <= m["insertion_mean"] <= 1 for m in scores["methods"].values())
+    assert "## Faithfulness" in (tmp_path / "faith" / "error_analysis.md").read_text()
+    gradcam.main(gradcam.get_args_parser().parse_args(["--ckpt", str(out / "best.pt"), "--layer", "list"]))
+    listed = capsys.readouterr().out
+    assert re.search(r"features\.0 +32 x 32 x 32", listed) and re.search(r"features\.18 +384 x \d+ x \d+", listed)
     one = dataset / "gatto" / "img000.jpg"
     gradcam.main(gradcam.get_args_parser().parse_args(
         ["--ckpt", str(out / "best.pt"), "--image", str(one), "--target-class", "cat",
