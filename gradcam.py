@@ -116,7 +116,8 @@ def faithfulness_section(predictor: Predictor, layer, images, idx: np.ndarray, n
                 yield x, model(x).argmax(1)
 
     scores = faithfulness(model, layer, batches(), ig_steps)
-    write_json(out / "faithfulness.json", {"n": len(picks), "seed": 0, "ig_steps": ig_steps, "methods": scores})
+    write_json(out / "faithfulness.json", {"n": len(picks), "requested": n, "seed": 0, "ig_steps": ig_steps,
+                                           "methods": scores})
     best_del = min(scores, key=lambda k: scores[k]["deletion_mean"])
     best_ins = max(scores, key=lambda k: scores[k]["insertion_mean"])
     print(f"faithfulness on {len(picks)} test images: lowest deletion AUC {best_del}, highest insertion AUC {best_ins}")

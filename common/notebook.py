@@ -86,9 +86,10 @@ def _chapters(rep: Report) -> list[list[tuple[str, str]]]:
     if scratch and scratch[0] is not baseline:
         scratch_cells.append(("code", f"show_run(study, {scratch[0]['name']!r}, 'best from-scratch run')"))
     cams = [("md", "Grad-CAM of the runs study.py explained (the best scratch and the best transfer run), their "
-                   "error analysis, and how they stand up to corrupted and out-of-distribution images.")]
+                   "error analysis, how faithful each explanation method is to what the model uses, and how the "
+                   "models stand up to corrupted and out-of-distribution images.")]
     cams += [("code", f"show_explanations(study, {r['name']!r})") for r in explained]
-    cams.append(("code", 'show(study, "robustness")'))
+    cams += [("code", 'show(study, "faithfulness")'), ("code", 'show(study, "robustness")')]
     final = [("code", 'show(study, "strategies")')] if "strategies" in (s.get("groups") or {}) else []
     final += [("code", 'show(study, "comparison")'), ("code", 'show(study, "efficiency")')]
     return [intro, data, base, hyper, scratch_cells, cams, final, [("md", _conclusions(rep, done))]]

@@ -3,7 +3,7 @@
 A plan is a dict (or a JSON file of the same shape, passed as `study.py --plan FILE.json`):
 
     {"name": "quick", "description": "...",
-     "robustness": {"severities": "1,3,5", "ood_count": 300},
+     "robustness": {"severities": "1,3,5", "ood_count": 300, "faithfulness": 20},
      "groups": {"scratch_grid": {"title": ..., "question": ..., "vars": ["lr", "batch_size"]}, ...},
      "runs": [{"name": "scratch-lr0.001-bs32", "script": "part1_scratch_cnn.py", "args": ["--lr", "0.001", ...],
                "groups": ["scratch_grid", "regularization"], "vars": {"lr": 0.001, "batch_size": 32, ...}}, ...]}
@@ -90,13 +90,14 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
               lr_model: str, lr_strategy: str, lr_args: list[str], transfer_lrs: list[float], base_transfer_lr: float,
               fractions: list[float], imbalance_ratio: float | None, severities: str, ood_count: int,
               notes: list[str] = (), strategy_extra: dict[tuple[str, str], list[str]] | None = None,
-              seeds: dict[str, list[int]] | None = None, regularization: bool = True) -> dict:
+              seeds: dict[str, list[int]] | None = None, regularization: bool = True, faithfulness: int = 0) -> dict:
     """Expand the experiments of the assignment into one list of runs sharing their common points.
 
     `data` goes to every run (split options: the first run draws runs/split.json, the others reuse it).
     `strategy_extra` adds arguments to one (model, strategy) run; `seeds` repeats the scratch baseline
     ("scratch") and the transfer baseline ("transfer") over those seeds. regularization=False leaves out the
     regularization runs, fractions of only 1.0 the data-fraction runs, and imbalance_ratio None the imbalance runs.
+    faithfulness is how many test images gradcam.py scores the explained runs' methods on (0: none).
     """
     strategy_extra, seeds = strategy_extra or {}, seeds or {}
     some = [f for f in fractions if f < 1]
@@ -142,7 +143,8 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
         r["args"] = [*data, *r["args"]]
     runs = expand_seeds(_merge(runs))  # a repeated baseline is often also a point of another group: merged first
     used = {g for r in runs for g in r["groups"]}
-    return {"name": name, "description": description, "robustness": {"severities": severities, "ood_count": ood_count},
+    robustness = {"severities": severities, "ood_count": ood_count, "faithfulness": faithfulness}
+    return {"name": name, "description": description, "robustness": robustness,
             "notes": list(notes), "groups": {k: v for k, v in GROUPS.items() if k in used}, "runs": runs}
 
 
@@ -178,7 +180,7 @@ def quick(resnet18: bool = True) -> dict:
         strategy_args=[*small, "--epochs", "3", "--unfreeze-every", "1"],
         lr_model="mobilenet_v2", lr_strategy="fc", lr_args=["--cache-features", "--epochs", "15"],
         transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
-        severities="1,3,5", ood_count=300, seeds={"transfer": [0, 1, 2]})
+        severities="1,3,5", ood_count=300, seeds={"transfer": [0, 1, 2]}, faithfulness=10)
 
 
 def full() -> dict:
@@ -196,7 +198,8 @@ def full() -> dict:
         strategy_args=["--epochs", "15"],
         lr_model="resnet18", lr_strategy="full", lr_args=["--epochs", "15"],
         transfer_lrs=[3e-5, 1e-4, 3e-4], base_transfer_lr=1e-4, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
-        severities="1,2,3,4,5", ood_count=1000, seeds={"scratch": [0, 1, 2], "transfer": [0, 1, 2]})
+        severities="1,2,3,4,5", ood_count=1000, seeds={"scratch": [0, 1, 2], "transfer": [0, 1, 2]},
+        faithfulness=200)
 
 
 def cpu(resnet18: bool = True) -> dict:
@@ -227,7 +230,7 @@ def cpu(resnet18: bool = True) -> dict:
         scratch_lrs=[3e-3, 1e-3, 3e-4], batch_sizes=[32], base_lr=1e-3, base_bs=32, strategies=strategies,
         strategy_extra=extra, strategy_args=[], lr_model="mobilenet_v2", lr_strategy="fc",
         lr_args=["--cache-features", "--epochs", "15"], transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3,
-        fractions=[1.0], imbalance_ratio=None, severities="3", ood_count=300, regularization=False)
+        fractions=[1.0], imbalance_ratio=None, severities="3", ood_count=300, regularization=False, faithfulness=20)
 
 
 PLANS = {"quick": quick, "cpu": cpu, "full": full}

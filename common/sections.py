@@ -425,12 +425,68 @@ class Robustness(Section):
         return out
 
 
+class Faithfulness(Section):
+    """Deletion and insertion AUC of each explanation method, for the runs gradcam.py scored (not a plan group)."""
+
+    key = "faithfulness"
+    title = "Faithfulness of the explanations"
+
+    def render(self, rep: Report, spec: dict) -> None:
+        """One table per scored run: every method's deletion and insertion AUC, mean ± std."""
+        runs = [r for r in rep.done if (r.get("faithfulness") or {}).get("methods")]
+        if not runs:
+            return
+        d = rep.doc
+        d.heading(2, self.title)
+        d.para("Pixels are deleted (set to the mean) or inserted (into a blurred copy) in the order of each "
+               "method's map for the predicted class, most important first, and the class probability followed "
+               "(`gradcam.py --faithfulness`). A faithful map makes it fall fast when deleting (a low AUC) and rise "
+               "fast when inserting (a high one); the random order is the bar every method must clear.")
+        for r in runs:
+            f = r["faithfulness"]
+            d.heading(3, f"Faithfulness: {r['label']}")
+            d.para(f"{f.get('n', '?')} test images drawn with seed {f.get('seed', '?')}; integrated gradients with "
+                   f"{f.get('ig_steps', '?')} steps; {rep.setting([r])}.")
+            d.table([("method", str, None), ("deletion AUC", f_acc, "min"), ("± std", f_acc, None),
+                     ("insertion AUC", f_acc, "max"), ("± std", f_acc, None)],
+                    [[k, v.get("deletion_mean"), v.get("deletion_std"), v.get("insertion_mean"),
+                      v.get("insertion_std")] for k, v in f["methods"].items()])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Per scored run: the most faithful method by each curve, and the methods no better than random."""
+        out = []
+        for r in (r for r in rep.done if (r.get("faithfulness") or {}).get("methods")):
+            m = r["faithfulness"]["methods"]
+            real = {k: v for k, v in m.items() if k != "random"}
+            if not real:
+                continue
+            best_del = min(real, key=lambda k: real[k]["deletion_mean"])
+            best_ins = max(real, key=lambda k: real[k]["insertion_mean"])
+            line = (f"**Faithfulness** ({r['label']}, {r['faithfulness'].get('n', '?')} test images): most faithful "
+                    f"by deletion {best_del} (AUC {f_acc(real[best_del]['deletion_mean'])}), by insertion "
+                    f"{best_ins} (AUC {f_acc(real[best_ins]['insertion_mean'])})")
+            rand = m.get("random")
+            if rand:
+                # within one standard error of the random order's mean: not shown to beat it
+                n = max(r["faithfulness"].get("n", 1), 1)
+                weak = [k for k, v in real.items() for kind, better in (("deletion", -1), ("insertion", 1))
+                        if better * (v[f"{kind}_mean"] - rand[f"{kind}_mean"]) <= rand[f"{kind}_std"] / n ** 0.5]
+                line += (f"; random order: deletion {f_acc(rand['deletion_mean'])}, insertion "
+                         f"{f_acc(rand['insertion_mean'])}")
+                if weak:
+                    line += f"; no better than random on at least one curve: {', '.join(dict.fromkeys(weak))}"
+            out.append(line + ".")
+        return out
+
+
 SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), TransferLr(), Fractions(),
-                                                     Regularization(), Imbalance(), Robustness())}
+                                                     Regularization(), Imbalance(), Robustness(),
+                                                     Faithfulness())}
 GROUPS = {key: s.spec() for key, s in SECTIONS.items() if isinstance(s, Group)}  # a plan's "groups", in this order
 # The summary answers the transfer questions first: the learning-rate sentences of the transfer model come before
 # the scratch grid's, whose section comes first in the report.
-SUMMARY_ORDER = ("strategies", "transfer_lr", "scratch_grid", "fractions", "regularization", "imbalance", "robustness")
+SUMMARY_ORDER = ("strategies", "transfer_lr", "scratch_grid", "fractions", "regularization", "imbalance", "robustness",
+                 "faithfulness")
 
 
 def section_for(key: str) -> Section:
