@@ -7,6 +7,7 @@ Examples:
     python gradcam.py --ckpt runs/best.pt --layer layer3            # another target layer
     python gradcam.py --ckpt runs/best.pt --layer list              # the layers to choose from, with their sizes
     python gradcam.py --ckpt runs/best.pt --faithfulness 50         # deletion/insertion AUC of every method
+    python gradcam.py --ckpt runs/best.pt --sanity 8                # cascading model-randomisation check
 
 On the test split it explains the most confidently misclassified images (at least 3 when there are
 that many) and some correct ones, and writes into <checkpoint folder>/gradcam/: gradcam_grid.png
@@ -14,7 +15,8 @@ that many) and some correct ones, and writes into <checkpoint folder>/gradcam/: 
 error_analysis.md (top-3 probabilities and what the heatmap attends to for every misclassified image
 shown, and the most confused class pairs of the whole test split). With --faithfulness N it also scores
 Grad-CAM, integrated gradients, occlusion and a random order by deletion and insertion AUC on N seeded test
-images (faithfulness.json, and a section of error_analysis.md).
+images (faithfulness.json, and a section of error_analysis.md); with --sanity N, the cascading
+model-randomisation check of Adebayo et al. (2018) on N seeded test images (sanity.json, and a section).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.architectures import ARCHS
 from common.cli import ArgumentParser, DataError, UserError, positive_int, run_main
 from common.data import display_name
 from common.decode import decode_image
@@ -45,6 +48,7 @@ from common.inference import Predictor, center_crop, load_test_split
 from common.markdown import markdown_table
 from common.plots import plot_image_grid
 from common.runs import load_checkpoint, write_json
+from common.sanity import STILL_SIMILAR, cascading_randomization, flagged
 
 
 def get_args_parser() -> ArgumentParser:
@@ -63,6 +67,9 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--faithfulness", type=int, default=0, metavar="N",
                         help="also score every method's faithfulness (deletion and insertion AUC) on N test "
                              "images drawn with a fixed seed (0: off)")
+    parser.add_argument("--sanity", type=int, default=0, metavar="N",
+                        help="also run the cascading model-randomisation sanity check on N seeded test images "
+                             "(0: off)")
     parser.add_argument("--num", type=int, default=8, help="test images to explain (at least 5)")
     parser.add_argument("--min-errors", type=int, default=3, help="misclassified images among them, when available")
     parser.add_argument("--out-dir", default=None, help="default: <checkpoint folder>/gradcam")
@@ -103,10 +110,39 @@ def second_map(method: str, model, x: torch.Tensor, target: torch.Tensor,
     return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0), notes
 
 
+def seeded_sample(idx: np.ndarray, n: int) -> np.ndarray:
+    """n of the test indices, the same for every run on the split (seed 0), in cache order."""
+    return np.sort(np.random.default_rng(0).choice(idx, min(n, len(idx)), replace=False))
+
+
+def sanity_section(predictor: Predictor, arch: str, layer_name: str, images, idx: np.ndarray, n: int,
+                   ig_steps: int, out: Path) -> list[str]:
+    """Cascading randomisation on n seeded test images; write sanity.json and return the Markdown section."""
+    x = predictor.prepare(images[seeded_sample(idx, n)])
+    with torch.no_grad():
+        target = predictor.model(x).argmax(1)
+    ig_steps = min(ig_steps, 32)  # a rank correlation needs the map's order, not a small completeness gap
+    rows = cascading_randomization(predictor.model, ARCHS[arch].blocks, layer_name, x, target, ig_steps)
+    weak = flagged(rows)
+    write_json(out / "sanity.json", {"n": len(x), "requested": n, "seed": 0, "ig_steps": ig_steps,
+                                     "cascade": rows, "flagged": weak, "threshold": STILL_SIMILAR})
+    print(f"sanity check on {len(x)} test images: " + (f"flagged {', '.join(weak)}" if weak else "nothing flagged"))
+    methods = [k for k in rows[0] if k != "randomized"]
+    return ["## Sanity check: cascading model randomisation\n",
+            f"The weights are re-initialised from the head down, one block at a time (cumulatively), and each "
+            f"method's map on {len(x)} test images compared with the trained model's by Spearman rank correlation "
+            f"(mean ± std). Maps of a method that explains the model should change; at {STILL_SIMILAR} or more "
+            "with every weight random, a method is flagged.\n",
+            markdown_table(["randomised up to", *methods],
+                           [[r["randomized"], *(f"{r[k]['mean']:.3f} ± {r[k]['std']:.3f}" for k in methods)]
+                            for r in rows], "l" + "r" * len(methods)), "",
+            (f"Flagged: {', '.join(weak)}." if weak else "No method flagged.") + "\n"]
+
+
 def faithfulness_section(predictor: Predictor, layer, images, idx: np.ndarray, n: int, ig_steps: int,
                          out: Path) -> list[str]:
     """Score each method on n seeded test images; write faithfulness.json and return the Markdown section."""
-    picks = np.sort(np.random.default_rng(0).choice(idx, min(n, len(idx)), replace=False))
+    picks = seeded_sample(idx, n)
     model = predictor.model
 
     def batches():
@@ -136,8 +172,8 @@ def faithfulness_section(predictor: Predictor, layer, images, idx: np.ndarray, n
 def main(args) -> None:
     if args.num < 5 and not args.image:
         raise UserError("--num must be at least 5")
-    if args.faithfulness and args.image:
-        raise UserError("--faithfulness scores test images; leave out --image")
+    if (args.faithfulness or args.sanity) and args.image:
+        raise UserError("--faithfulness and --sanity score test images; leave out --image")
     if args.image and not Path(args.image).is_file():  # before the slow model load
         raise DataError(f"--image {args.image}: no such file; pass a JPEG or PNG file")
     device = resolve_device(args.device)
@@ -230,6 +266,8 @@ def main(args) -> None:
     md += report or ["No misclassified images in the test split.\n"]
     if args.faithfulness:
         md += faithfulness_section(predictor, layer, images, idx, args.faithfulness, args.ig_steps, out)
+    if args.sanity:
+        md += sanity_section(predictor, ckpt["arch"], layer_name, images, idx, args.sanity, args.ig_steps, out)
     atomic_write_text(out / "error_analysis.md", "\n".join(md) + "\n")
     print(f"wrote {out / 'gradcam_grid.png'} and {out / 'error_analysis.md'}")
 

@@ -344,18 +344,21 @@ def main(args) -> int:
             code, message = execute(eval_cmd, report_dir / "logs" / f"{r['name']}-evaluate.log")
             if code:
                 r["error"] = f"evaluation failed: {message}"
-        faithful = robustness.get("faithfulness", 0)
-        if r["name"] in explained and (stale(folder / "gradcam" / "gradcam_grid.png", ckpt) or faithful and (
-                read_json(folder / "gradcam" / "faithfulness.json") or {}).get("requested") != faithful):
+        checks = {key: robustness.get(key, 0) for key in ("faithfulness", "sanity")}  # test images of each
+        if r["name"] in explained and (stale(folder / "gradcam" / "gradcam_grid.png", ckpt) or any(
+                n and (read_json(folder / "gradcam" / f"{key}.json") or {}).get("requested") != n
+                for key, n in checks.items())):
             code, message = execute([sys.executable, str(ROOT / "gradcam.py"), "--ckpt", str(ckpt),
-                                     "--device", args.device, "--faithfulness", str(faithful)],
+                                     "--device", args.device, "--faithfulness", str(checks["faithfulness"]),
+                                     "--sanity", str(checks["sanity"])],
                                     report_dir / "logs" / f"{r['name']}-gradcam.log")
             if code:
                 r["error"] = f"Grad-CAM failed: {message}"
         r.update(metrics=read_json(folder / "metrics.json"), config=read_json(folder / "config.json"),
                  eval=read_json(folder / "eval.json"), corruptions=read_json(folder / "corruptions.json"),
                  ood=read_json(folder / "ood.json"),
-                 faithfulness=read_json(folder / "gradcam" / "faithfulness.json") if r["name"] in explained else None)
+                 faithfulness=read_json(folder / "gradcam" / "faithfulness.json") if r["name"] in explained else None,
+                 sanity=read_json(folder / "gradcam" / "sanity.json") if r["name"] in explained else None)
         r["files"] = {key: str(folder / name) for key, name in (
             ("curves", "curves.png"), ("confusion_matrix", "confusion_matrix.png"),
             ("misclassified", "misclassified.png"), ("corruptions", "corruptions.png"), ("ood_hist", "ood_hist.png"),
@@ -363,7 +366,8 @@ def main(args) -> int:
             ("error_analysis", "gradcam/error_analysis.md")) if (folder / name).is_file()}
     for r in records:
         if r["status"] != "done":
-            r.update(metrics=None, config=None, eval=None, corruptions=None, ood=None, faithfulness=None, files={})
+            r.update(metrics=None, config=None, eval=None, corruptions=None, ood=None, faithfulness=None, sanity=None,
+                     files={})
 
     weights = {w for w in (args.mobilenet_weights, args.resnet_weights) if w not in ("imagenet", "none")}
     notes = [*data_notes(resolve_data_dir(args.data_dir)), *plan.get("notes", [])]

@@ -3,7 +3,7 @@
 A plan is a dict (or a JSON file of the same shape, passed as `study.py --plan FILE.json`):
 
     {"name": "quick", "description": "...",
-     "robustness": {"severities": "1,3,5", "ood_count": 300, "faithfulness": 20},
+     "robustness": {"severities": "1,3,5", "ood_count": 300, "faithfulness": 20, "sanity": 8},
      "groups": {"scratch_grid": {"title": ..., "question": ..., "vars": ["lr", "batch_size"]}, ...},
      "runs": [{"name": "scratch-lr0.001-bs32", "script": "part1_scratch_cnn.py", "args": ["--lr", "0.001", ...],
                "groups": ["scratch_grid", "regularization"], "vars": {"lr": 0.001, "batch_size": 32, ...}}, ...]}
@@ -90,14 +90,16 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
               lr_model: str, lr_strategy: str, lr_args: list[str], transfer_lrs: list[float], base_transfer_lr: float,
               fractions: list[float], imbalance_ratio: float | None, severities: str, ood_count: int,
               notes: list[str] = (), strategy_extra: dict[tuple[str, str], list[str]] | None = None,
-              seeds: dict[str, list[int]] | None = None, regularization: bool = True, faithfulness: int = 0) -> dict:
+              seeds: dict[str, list[int]] | None = None, regularization: bool = True, faithfulness: int = 0,
+              sanity: int = 0) -> dict:
     """Expand the experiments of the assignment into one list of runs sharing their common points.
 
     `data` goes to every run (split options: the first run draws runs/split.json, the others reuse it).
     `strategy_extra` adds arguments to one (model, strategy) run; `seeds` repeats the scratch baseline
     ("scratch") and the transfer baseline ("transfer") over those seeds. regularization=False leaves out the
     regularization runs, fractions of only 1.0 the data-fraction runs, and imbalance_ratio None the imbalance runs.
-    faithfulness is how many test images gradcam.py scores the explained runs' methods on (0: none).
+    faithfulness and sanity are how many test images gradcam.py scores the explained runs' methods on, by
+    deletion/insertion and by cascading randomisation (0: not at all).
     """
     strategy_extra, seeds = strategy_extra or {}, seeds or {}
     some = [f for f in fractions if f < 1]
@@ -143,7 +145,7 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
         r["args"] = [*data, *r["args"]]
     runs = expand_seeds(_merge(runs))  # a repeated baseline is often also a point of another group: merged first
     used = {g for r in runs for g in r["groups"]}
-    robustness = {"severities": severities, "ood_count": ood_count, "faithfulness": faithfulness}
+    robustness = {"severities": severities, "ood_count": ood_count, "faithfulness": faithfulness, "sanity": sanity}
     return {"name": name, "description": description, "robustness": robustness,
             "notes": list(notes), "groups": {k: v for k, v in GROUPS.items() if k in used}, "runs": runs}
 
@@ -180,7 +182,8 @@ def quick(resnet18: bool = True) -> dict:
         strategy_args=[*small, "--epochs", "3", "--unfreeze-every", "1"],
         lr_model="mobilenet_v2", lr_strategy="fc", lr_args=["--cache-features", "--epochs", "15"],
         transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
-        severities="1,3,5", ood_count=300, seeds={"transfer": [0, 1, 2]}, faithfulness=10)
+        severities="1,3,5", ood_count=300, seeds={"transfer": [0, 1, 2]}, faithfulness=5,
+        sanity=2)
 
 
 def full() -> dict:
@@ -199,7 +202,7 @@ def full() -> dict:
         lr_model="resnet18", lr_strategy="full", lr_args=["--epochs", "15"],
         transfer_lrs=[3e-5, 1e-4, 3e-4], base_transfer_lr=1e-4, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
         severities="1,2,3,4,5", ood_count=1000, seeds={"scratch": [0, 1, 2], "transfer": [0, 1, 2]},
-        faithfulness=200)
+        faithfulness=200, sanity=20)
 
 
 def cpu(resnet18: bool = True) -> dict:
@@ -230,7 +233,8 @@ def cpu(resnet18: bool = True) -> dict:
         scratch_lrs=[3e-3, 1e-3, 3e-4], batch_sizes=[32], base_lr=1e-3, base_bs=32, strategies=strategies,
         strategy_extra=extra, strategy_args=[], lr_model="mobilenet_v2", lr_strategy="fc",
         lr_args=["--cache-features", "--epochs", "15"], transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3,
-        fractions=[1.0], imbalance_ratio=None, severities="3", ood_count=300, regularization=False, faithfulness=20)
+        fractions=[1.0], imbalance_ratio=None, severities="3", ood_count=300, regularization=False, faithfulness=10,
+        sanity=4)
 
 
 PLANS = {"quick": quick, "cpu": cpu, "full": full}

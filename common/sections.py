@@ -426,14 +426,15 @@ class Robustness(Section):
 
 
 class Faithfulness(Section):
-    """Deletion and insertion AUC of each explanation method, for the runs gradcam.py scored (not a plan group)."""
+    """Whether to believe the explanations, for the runs gradcam.py scored (not a plan group): each method's
+    deletion and insertion AUC, and how its maps change under cascading model randomisation."""
 
     key = "faithfulness"
-    title = "Faithfulness of the explanations"
+    title = "Faithfulness and sanity of the explanations"
 
     def render(self, rep: Report, spec: dict) -> None:
-        """One table per scored run: every method's deletion and insertion AUC, mean ± std."""
-        runs = [r for r in rep.done if (r.get("faithfulness") or {}).get("methods")]
+        """Per scored run: the AUC table (mean ± std), then the randomisation table."""
+        runs = [r for r in rep.done if (r.get("faithfulness") or {}).get("methods") or (r.get("sanity") or {})]
         if not runs:
             return
         d = rep.doc
@@ -443,14 +444,32 @@ class Faithfulness(Section):
                "(`gradcam.py --faithfulness`). A faithful map makes it fall fast when deleting (a low AUC) and rise "
                "fast when inserting (a high one); the random order is the bar every method must clear.")
         for r in runs:
-            f = r["faithfulness"]
+            f = r.get("faithfulness") or {}
             d.heading(3, f"Faithfulness: {r['label']}")
-            d.para(f"{f.get('n', '?')} test images drawn with seed {f.get('seed', '?')}; integrated gradients with "
-                   f"{f.get('ig_steps', '?')} steps; {rep.setting([r])}.")
-            d.table([("method", str, None), ("deletion AUC", f_acc, "min"), ("± std", f_acc, None),
-                     ("insertion AUC", f_acc, "max"), ("± std", f_acc, None)],
-                    [[k, v.get("deletion_mean"), v.get("deletion_std"), v.get("insertion_mean"),
-                      v.get("insertion_std")] for k, v in f["methods"].items()])
+            if f.get("methods"):
+                d.para(f"{f.get('n', '?')} test images drawn with seed {f.get('seed', '?')}; integrated gradients "
+                       f"with {f.get('ig_steps', '?')} steps; {rep.setting([r])}.")
+                d.table([("method", str, None), ("deletion AUC", f_acc, "min"), ("± std", f_acc, None),
+                         ("insertion AUC", f_acc, "max"), ("± std", f_acc, None)],
+                        [[k, v.get("deletion_mean"), v.get("deletion_std"), v.get("insertion_mean"),
+                          v.get("insertion_std")] for k, v in f["methods"].items()])
+            self.sanity(rep, r)
+
+    @staticmethod
+    def sanity(rep: Report, r: dict) -> None:
+        """The cascading randomisation table of one run, and what it flags."""
+        s = r.get("sanity") or {}
+        rows = s.get("cascade") or []
+        if not rows:
+            return
+        methods = [k for k in rows[0] if k != "randomized"]
+        rep.doc.para(f"**Sanity check** (Adebayo et al., 2018): weights re-initialised from the head down, "
+                     f"cumulatively; Spearman rank correlation of each method's map with the trained model's on "
+                     f"{s.get('n', '?')} test images (mean). A method still at {s.get('threshold', '?')} or more "
+                     "with every weight random is flagged"
+                     + (f": **{', '.join(s['flagged'])}**." if s.get("flagged") else "; none is."))
+        rep.doc.table([("randomised up to", str, None)] + [(k, f_acc, None) for k in methods],
+                      [[row["randomized"]] + [row[k]["mean"] for k in methods] for row in rows])
 
     def answer(self, rep: Report) -> list[str]:
         """Per scored run: the most faithful method by each curve, and the methods no better than random."""
@@ -475,6 +494,9 @@ class Faithfulness(Section):
                          f"{f_acc(rand['insertion_mean'])}")
                 if weak:
                     line += f"; no better than random on at least one curve: {', '.join(dict.fromkeys(weak))}"
+            flags = (r.get("sanity") or {}).get("flagged")
+            if flags:
+                line += f"; its maps barely change with random weights (sanity check): {', '.join(flags)}"
             out.append(line + ".")
         return out
 

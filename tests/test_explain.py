@@ -149,11 +149,14 @@ def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path, capsys
     assert "# Error analysis: scratch_cnn/full" in md and ("top-3" in md or "No misclassified" in md)
     gradcam.main(gradcam.get_args_parser().parse_args(
         ["--ckpt", str(out / "best.pt"), "--num", "5", "--out-dir", str(tmp_path / "faith"), "--device", "cpu",
-         "--method", "none", "--faithfulness", "4", "--ig-steps", "8"]))
+         "--method", "none", "--faithfulness", "4", "--sanity", "2", "--ig-steps", "8"]))
     scores = json.loads((tmp_path / "faith" / "faithfulness.json").read_text())
     assert scores["n"] == 4 and set(scores["methods"]) == {"Grad-CAM", "integrated gradients", "occlusion", "random"}
     assert all(0 <= m["deletion_mean"] <= 1 and 0 <= m["insertion_mean"] <= 1 for m in scores["methods"].values())
     assert "## Faithfulness" in (tmp_path / "faith" / "error_analysis.md").read_text()
+    sanity = json.loads((tmp_path / "faith" / "sanity.json").read_text())
+    assert sanity["n"] == 2 and [r["randomized"] for r in sanity["cascade"]] == ["classifier", "everything else"]
+    assert "## Sanity check" in (tmp_path / "faith" / "error_analysis.md").read_text()
     gradcam.main(gradcam.get_args_parser().parse_args(["--ckpt", str(out / "best.pt"), "--layer", "list"]))
     listed = capsys.readouterr().out
     assert re.search(r"features\.0 +32 x 32 x 32", listed) and re.search(r"features\.18 +384 x \d+ x \d+", listed)
@@ -219,3 +222,26 @@ def test_every_method_is_more_faithful_than_random_on_a_model_whose_evidence_is_
     for method in ("Grad-CAM", "integrated gradients", "occlusion"):
         assert scores[method]["deletion_mean"] < scores["random"]["deletion_mean"] - 0.1, (method, scores)
         assert scores[method]["insertion_mean"] > scores["random"]["insertion_mean"] + 0.1, (method, scores)
+
+
+def test_cascading_randomization_goes_from_the_head_down_and_leaves_the_model_alone():
+    from common.architectures import ARCHS
+    from common.sanity import cascade, cascading_randomization, flagged
+    resnet, _ = build_model("resnet18", 10)
+    assert [name for name, _ in cascade(resnet, ARCHS["resnet18"].blocks)] == [
+        "fc", "layer4", "layer3", "layer2", "layer1", "everything else"]  # the stem: conv1 and bn1
+    torch.manual_seed(0)
+    model, _ = build_model("scratch_cnn", 10)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 64, 64)
+    rows = cascading_randomization(model, ARCHS["scratch_cnn"].blocks, "features.18", x, torch.tensor([1, 2]),
+                                   ig_steps=4)
+    assert [r["randomized"] for r in rows] == ["classifier", "everything else"]
+    assert set(rows[0]) == {"randomized", "Grad-CAM", "integrated gradients", "occlusion"}
+    assert all(-1 <= r[k]["mean"] <= 1 for r in rows for k in r if k != "randomized")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # every weight random: a map that still ranks the pixels as the trained model's did is flagged
+    last = {"randomized": "everything else", "Grad-CAM": {"mean": 0.1, "std": 0.1},
+            "integrated gradients": {"mean": 0.8, "std": 0.1}}
+    assert flagged([rows[0], last]) == ["integrated gradients"]

@@ -110,6 +110,10 @@ def study(tmp_path_factory) -> dict:
         "integrated gradients": {"deletion_mean": 0.1800, "deletion_std": 0.1, "insertion_mean": 0.6000,
                                  "insertion_std": 0.1},
         "random": {"deletion_mean": 0.3110, "deletion_std": 0.1, "insertion_mean": 0.5010, "insertion_std": 0.1}}}
+    best["sanity"] = {"n": 8, "threshold": 0.5, "flagged": ["occlusion"], "cascade": [
+        {"randomized": "classifier", "Grad-CAM": {"mean": 0.41, "std": 0.1}, "occlusion": {"mean": 0.93, "std": 0.1}},
+        {"randomized": "everything else", "Grad-CAM": {"mean": 0.05, "std": 0.1},
+         "occlusion": {"mean": 0.71, "std": 0.1}}]}
     (tmp / "mnv2-fc").mkdir(exist_ok=True)
     (tmp / "mnv2-fc" / "error_analysis.md").write_text(ERROR_MD)
     best["files"] = {k: png(tmp / "mnv2-fc" / f"{k}.png", 40 * i) for i, k in enumerate(
@@ -222,7 +226,9 @@ def test_faithfulness_section_and_answer(built):
     assert "Faithfulness: mnv2 fc" in md and "| Grad-CAM | 0.3100 |" in md
     # the measured figures the issue quotes: Grad-CAM deletes no better than random, inserts better
     assert ("most faithful by deletion integrated gradients (AUC 0.1800), by insertion Grad-CAM (AUC 0.7270)" in md
-            and "no better than random on at least one curve: Grad-CAM." in md)
+            and "no better than random on at least one curve: Grad-CAM; its maps barely change with random weights "
+                "(sanity check): occlusion." in md)
+    assert "| everything else | 0.0500 | 0.7100 |" in md and "is flagged: **occlusion**." in md
 
 
 def test_error_analysis_rendered_and_escaped(built):
