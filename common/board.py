@@ -38,11 +38,15 @@ class Board:
         self.purge_step = start_epoch + 1 if start_epoch else None
         self.writer, self.log = None, log
 
-    def add(self, run_dir: Path, row: dict) -> None:
-        """One epoch's history row."""
+    def open(self, run_dir: Path) -> None:
+        """Open the writer in the run folder, once (a run resumed after its last epoch opens it for the end)."""
         if self.writer is None:
             self.log(f"run folder {run_dir}")
             self.writer = SummaryWriter(str(run_dir), purge_step=self.purge_step)
+
+    def add(self, run_dir: Path, row: dict) -> None:
+        """One epoch's history row."""
+        self.open(run_dir)
         for key, tag in self.SCALARS:
             self.writer.add_scalar(tag, row[key], row["epoch"])
         self.writer.flush()

@@ -287,6 +287,7 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
     metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if cfg.resume else None,
                        extra_metrics or {})
     if board is not None:
+        board.open(run_dir)
         _picture_results(board, data, save_model, saver.config, metrics, test["confusion"], device, log)
         board.close()
     log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {test['acc']:.4f}; "

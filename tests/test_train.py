@@ -120,6 +120,11 @@ def test_resume_after_kill_matches_uninterrupted_run(dataset, tmp_path, monkeypa
         assert metrics["resumed_from_epoch"] == committed + 1
     run = max(p for p in out.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert_same_run(run, straight)
+    # the events too: every epoch once, the first batch's picture once, the end's hparams and pictures once
+    board, expected = read_board(run), read_board(straight)
+    for tag in ("accuracy/val", "loss/train", "final/test_acc"):
+        assert board["scalars"][tag] == expected["scalars"][tag], tag
+    assert board["images"] == expected["images"] and board["hparams"] == expected["hparams"]
     best = json.loads((out / "best.json").read_text())
     assert best["run_dir"] == str(run)
     assert best["val_acc"] == json.loads((run / "metrics.json").read_text())["best_val_acc"]
