@@ -28,7 +28,9 @@ def cascade(model: nn.Module, blocks: tuple[tuple[str, ...], ...]) -> list[tuple
         seen.update(names)
         modules = dict(model.named_modules())
         if names:
-            stages.append(("+".join(prefixes) if prefixes != ("",) else "everything else", [modules[n] for n in names]))
+            name = ("everything else" if prefixes == ("",) else
+                    "+".join(prefixes) if len(prefixes) < 3 else f"{prefixes[0]} to {prefixes[-1]}")
+            stages.append((name, [modules[n] for n in names]))
     return stages
 
 
