@@ -46,6 +46,7 @@ from common.faithfulness import faithfulness
 from common.files import atomic_write_text
 from common.inference import Predictor, center_crop, load_test_split
 from common.markdown import markdown_table
+from common.metrics import confusion
 from common.plots import plot_image_grid
 from common.runs import load_checkpoint, write_json
 from common.sanity import STILL_SIMILAR, cascading_randomization, flagged
@@ -215,8 +216,7 @@ def main(args) -> None:
                                            if len(right) else [])
         chosen = idx[np.array(picks[:args.num])]
         pixels, errors_idx = images, set(idx[wrong[:n_err]].tolist())
-        cm = np.zeros((len(classes), len(classes)), int)
-        np.add.at(cm, (truth, pred), 1)
+        cm = confusion(truth, pred, len(classes))
         cm_pairs = sorted(((cm[i, j] + cm[j, i], i, j) for i in range(len(classes)) for j in range(i + 1, len(classes))
                            if cm[i, j] + cm[j, i]), reverse=True)[:5]
         print(f"test split: {len(wrong)} of {len(idx)} misclassified; explaining {len(chosen)} images "

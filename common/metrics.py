@@ -22,8 +22,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
                                              output_dict=True, zero_division=0)
     out["report"] = classification_report(y_true, y_pred, labels=labels, target_names=class_names,
                                           digits=4, zero_division=0)
-    out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    out["confusion_matrix"] = confusion(y_true, y_pred, len(class_names)).tolist()
     return out
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """num_classes x num_classes counts, rows the true class, columns the predicted one."""
+    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:

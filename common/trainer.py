@@ -31,7 +31,7 @@ from common.engine import (
     train_one_epoch,
 )
 from common.loader import class_weights, mix_batch
-from common.metrics import macro_f1
+from common.metrics import confusion, macro_f1
 from common.models import count_parameters
 from common.plots import confusion_figure
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint, run_dir_name
@@ -365,9 +365,8 @@ def _test_best(model: nn.Module, save_model: nn.Module, data: TrainingData, save
     save_model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model_state"])
     logits, labels, seconds = predict(model, data.loaders["test"], data.eval_transform, device, amp, desc="test")
     preds = logits.argmax(1)
-    confusion = np.zeros((len(data.split.classes),) * 2, dtype=np.int64)
-    np.add.at(confusion, (labels.numpy(), preds.numpy()), 1)
-    return run_dir, {"acc": (preds == labels).float().mean().item(), "confusion": confusion,
+    return run_dir, {"acc": (preds == labels).float().mean().item(),
+                     "confusion": confusion(labels.numpy(), preds.numpy(), len(data.split.classes)),
                      "loss": nn.functional.cross_entropy(logits, labels).item(), "img_per_s": len(labels) / seconds,
                      "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(data.split.classes))}
 
@@ -384,17 +383,17 @@ def _picture_training_batch(board: Board, data: TrainingData, n: int = 16) -> No
 
 
 def _picture_results(board: Board, data: TrainingData, model: nn.Module, config: dict, metrics: dict,
-                     confusion: np.ndarray, device: torch.device, log=print, n: int = 8) -> None:
+                     cm: np.ndarray, device: torch.device, log=print, n: int = 8) -> None:
     """TensorBoard at the end: hyperparameters with the final metrics, the confusion matrix, a Grad-CAM grid."""
     step = metrics["epochs_run"]
     board.add_hparams(config, metrics, step)
     names = [display_name(c) for c in data.split.classes]
-    board.add_figure("images/confusion_matrix_test", confusion_figure(confusion, names, "test"), step)
+    board.add_figure("images/confusion_matrix_test", confusion_figure(cm, names, "test"), step)
     if data.pixels is None:
         return
-    idx = data.split.indices["test"][:n]
+    idx = data.split.indices["test"][:n]  # the first test images, in cache order
     try:
-        fig = gradcam_figure(model, data.arch, data.pixels[np.sort(idx)], data.split.labels[np.sort(idx)], names,
+        fig = gradcam_figure(model, data.arch, data.pixels[idx], data.split.labels[idx], names,
                              data.meta["crop_size"], data.meta["mean"], data.meta["std"], device)
     except ValueError as e:  # a model without the spec's Grad-CAM layer: the run is still good
         log(f"TensorBoard: no Grad-CAM grid ({e})")
