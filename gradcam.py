@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from common.architectures import ARCHS
-from common.cli import ArgumentParser, DataError, UserError, positive_int, run_main
+from common.cli import ArgumentParser, DataError, UserError, nonnegative_int, positive_int, run_main
 from common.data import display_name
 from common.decode import decode_image
 from common.engine import resolve_device
@@ -65,10 +65,10 @@ def get_args_parser() -> ArgumentParser:
                         help="second explanation shown beside Grad-CAM")
     parser.add_argument("--ig-steps", type=positive_int, default=IG_STEPS,
                         help="path steps of integrated gradients (each map's completeness gap is reported)")
-    parser.add_argument("--faithfulness", type=int, default=0, metavar="N",
+    parser.add_argument("--faithfulness", type=nonnegative_int, default=0, metavar="N",
                         help="also score every method's faithfulness (deletion and insertion AUC) on N test "
                              "images drawn with a fixed seed (0: off)")
-    parser.add_argument("--sanity", type=int, default=0, metavar="N",
+    parser.add_argument("--sanity", type=nonnegative_int, default=0, metavar="N",
                         help="also run the cascading model-randomisation sanity check on N seeded test images "
                              "(0: off)")
     parser.add_argument("--num", type=int, default=8, help="test images to explain (at least 5)")

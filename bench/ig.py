@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common.cli import ArgumentParser, run_main  # noqa: E402
+from common.cli import ArgumentParser, positive_int, run_main  # noqa: E402
 from common.engine import resolve_device  # noqa: E402
 from common.explain import completeness_gap, integrated_gradients  # noqa: E402
 from common.files import atomic_write_text  # noqa: E402
@@ -35,11 +35,11 @@ from common.runs import load_checkpoint  # noqa: E402
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Integrated gradients: speed and completeness gap.")
     parser.add_argument("--ckpt", default="runs/best.pt")
-    parser.add_argument("--num", type=int, default=10, help="test images (the first of the saved split)")
+    parser.add_argument("--num", type=positive_int, default=10, help="test images (the first of the saved split)")
     parser.add_argument("--steps", default="32,64,128,256", help="step counts for the completeness gap")
-    parser.add_argument("--speed-steps", type=int, default=32, help="steps of the timed passes")
-    parser.add_argument("--internal-batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--speed-steps", type=positive_int, default=32, help="steps of the timed passes")
+    parser.add_argument("--internal-batch", type=positive_int, default=16)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"))
     return parser

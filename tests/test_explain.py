@@ -245,3 +245,11 @@ def test_cascading_randomization_goes_from_the_head_down_and_leaves_the_model_al
     last = {"randomized": "everything else", "Grad-CAM": {"mean": 0.1, "std": 0.1},
             "integrated gradients": {"mean": 0.8, "std": 0.1}}
     assert flagged([rows[0], last]) == ["integrated gradients"]
+
+
+@pytest.mark.parametrize("option", ["--faithfulness", "--sanity"])
+def test_negative_image_counts_are_one_line_errors(option, capsys):
+    with pytest.raises(SystemExit) as e:
+        gradcam.get_args_parser().parse_args([option, "-2"])
+    assert e.value.code == 2
+    assert f"argument {option}: -2 is out of range; give an integer >= 0" in capsys.readouterr().err
