@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import UserError
+from common.data import display_name
 from common.files import atomic_write_text
+from common.markdown import markdown_table
 from common.report import PARTS, Report, answers, run_detail, run_explanations
 from common.sections import GROUPS, SECTIONS, section_for
 from common.study_runs import arch_key, best_val
@@ -241,11 +243,11 @@ def show_data(study: dict, per_class: int = 4) -> None:
         _display_markdown("No `split.json` beside the run folders.")
         return
     split = read_split(path)
-    names = [_english(c) for c in split.classes]
+    names = [display_name(c) for c in split.classes]
     counts = {part: np.bincount(split.labels[idx], minlength=len(names)) for part, idx in split.indices.items()}
-    rows = [f"| {n} | " + " | ".join(str(counts[p][i]) for p in counts) + " |" for i, n in enumerate(names)]
-    _display_markdown("| class | " + " | ".join(counts) + " |\n|---|" + "---:|" * len(counts) + "\n"
-                      + "\n".join(rows) + "\n\n" + f"{len(split.labels)} images in {len(names)} classes.")
+    table = markdown_table(["class", *counts], [[n, *(int(counts[p][i]) for p in counts)] for i, n in enumerate(names)],
+                           "l" + "r" * len(counts))
+    _display_markdown(f"{table}\n\n{len(split.labels)} images in {len(names)} classes.")
     fig, ax = plt.subplots(figsize=(8, 3))
     for k, (part, c) in enumerate(counts.items()):
         ax.bar(np.arange(len(names)) + 0.27 * (k - 1), c, 0.27, label=part)
@@ -279,11 +281,6 @@ def show_figure(fig) -> None:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     display(Image(data=buf.getvalue()))
-
-
-def _english(folder: str) -> str:
-    from common.data import display_name
-    return display_name(folder)
 
 
 def _display_markdown(text: str) -> None:
