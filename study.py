@@ -328,6 +328,7 @@ def main(args) -> int:
     val = lambda r: read_json(Path(r["run_dir"]) / "metrics.json")["best_val_acc"]  # noqa: E731
     explained = {max(rs, key=val)["name"] for rs in (scratch, transfer) if rs}
     robustness = plan.get("robustness", {"severities": "1,2,3,4,5", "ood_count": 500})
+    checks = {key: robustness.get(key, 0) for key in ("faithfulness", "sanity")}  # test images per explanation check
     for r in finished:
         folder = Path(r["run_dir"])
         ckpt = folder / "best.pt"
@@ -344,7 +345,6 @@ def main(args) -> int:
             code, message = execute(eval_cmd, report_dir / "logs" / f"{r['name']}-evaluate.log")
             if code:
                 r["error"] = f"evaluation failed: {message}"
-        checks = {key: robustness.get(key, 0) for key in ("faithfulness", "sanity")}  # test images of each
         if r["name"] in explained and (stale(folder / "gradcam" / "gradcam_grid.png", ckpt) or any(
                 n and (read_json(folder / "gradcam" / f"{key}.json") or {}).get("requested") != n
                 for key, n in checks.items())):

@@ -3,7 +3,7 @@
 A plan is a dict (or a JSON file of the same shape, passed as `study.py --plan FILE.json`):
 
     {"name": "quick", "description": "...",
-     "robustness": {"severities": "1,3,5", "ood_count": 300, "faithfulness": 20, "sanity": 8},
+     "robustness": {"severities": "1,3,5", "ood_count": 300, "faithfulness": 5, "sanity": 2},
      "groups": {"scratch_grid": {"title": ..., "question": ..., "vars": ["lr", "batch_size"]}, ...},
      "runs": [{"name": "scratch-lr0.001-bs32", "script": "part1_scratch_cnn.py", "args": ["--lr", "0.001", ...],
                "groups": ["scratch_grid", "regularization"], "vars": {"lr": 0.001, "batch_size": 32, ...}}, ...]}
