@@ -21,16 +21,14 @@ STILL_SIMILAR = 0.5  # mean rank correlation with every weight random at or abov
 def cascade(model: nn.Module, blocks: tuple[tuple[str, ...], ...]) -> list[tuple[str, list[nn.Module]]]:
     """The randomisation stages, head first: each block (parameter-name prefixes, as an ArchSpec's blocks), then
     all that comes before them."""
-    stages, seen = [], set()
+    resettable = {n: m for n, m in model.named_modules() if n and hasattr(m, "reset_parameters")}
+    stages = []
     for prefixes in [*blocks, ("",)]:
-        names = [n for n, m in model.named_modules() if n and n.startswith(prefixes) and n not in seen
-                 and hasattr(m, "reset_parameters")]
-        seen.update(names)
-        modules = dict(model.named_modules())
+        names = [n for n in resettable if n.startswith(prefixes)]
         if names:
             name = ("everything else" if prefixes == ("",) else
                     "+".join(prefixes) if len(prefixes) < 3 else f"{prefixes[0]} to {prefixes[-1]}")
-            stages.append((name, [modules[n] for n in names]))
+            stages.append((name, [resettable.pop(n) for n in names]))
     return stages
 
 
