@@ -16,10 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import torch
-
 from common.cli import UserError
-from common.runs import load_checkpoint, slim_checkpoint
+from common.runs import load_checkpoint, save_checkpoint, slim_checkpoint
 
 FINAL_MODELS = ("scratch_cnn", "resnet18", "mobilenet_v2")  # the architectures the course asks a final model of
 ZIP_NAME = "handin.zip"
@@ -73,7 +71,7 @@ def _save_model(run_dir: Path, out: Path) -> None:
     """A run's best.pt without its training state, and its TensorBoard events."""
     out.mkdir(parents=True)
     ckpt = load_checkpoint(run_dir / "best.pt")
-    torch.save(slim_checkpoint(ckpt), out / "best.pt")
+    save_checkpoint(slim_checkpoint(ckpt), out / "best.pt")
     for events in sorted(run_dir.glob("events.out.tfevents.*")):
         shutil.copy2(events, out / events.name)
 
