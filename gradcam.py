@@ -7,7 +7,8 @@ Examples:
     python gradcam.py --ckpt runs/best.pt --layer layer3            # another target layer
     python gradcam.py --ckpt runs/best.pt --layer list              # the layers to choose from, with their sizes
     python gradcam.py --ckpt runs/best.pt --faithfulness 50         # deletion/insertion AUC of every method
-    python gradcam.py --ckpt runs/best.pt --sanity 8                # cascading model-randomisation check
+    python gradcam.py --ckpt runs/best.pt --sanity 8                # model- and data-randomisation checks
+    python gradcam.py --ckpt runs/best.pt --compare-layer default   # Grad-CAM on a finer layer beside it
 
 On the test split it explains the most confidently misclassified images (at least 3 when there are
 that many) and some correct ones, and writes into <checkpoint folder>/gradcam/: gradcam_grid.png
@@ -15,8 +16,10 @@ that many) and some correct ones, and writes into <checkpoint folder>/gradcam/: 
 error_analysis.md (top-3 probabilities and what the heatmap attends to for every misclassified image
 shown, and the most confused class pairs of the whole test split). With --faithfulness N it also scores
 Grad-CAM, integrated gradients, occlusion and a random order by deletion and insertion AUC on N seeded test
-images (faithfulness.json, and a section of error_analysis.md); with --sanity N, the cascading
-model-randomisation check of Adebayo et al. (2018) on N seeded test images (sanity.json, and a section).
+images (faithfulness.json, and a section of error_analysis.md); with --sanity N, the sanity checks of
+Adebayo et al. (2018) on N seeded test images: cascading model randomisation, and data randomisation by a head
+refitted to shuffled labels of 1,000 training images (sanity.json, and two sections). With --compare-layer,
+Grad-CAM on a second layer gets a column of the grid, and layers.json and a section compare the two layers' maps.
 """
 from __future__ import annotations
 
@@ -42,14 +45,23 @@ from common.explain import (
     occlusion,
     overlay,
 )
-from common.faithfulness import faithfulness
+from common.faithfulness import deletion_insertion, faithfulness
 from common.files import atomic_write_text
-from common.inference import Predictor, center_crop, load_test_split
+from common.inference import LabelledImages, Predictor, center_crop, load_test_split
 from common.markdown import markdown_table
 from common.metrics import confusion
 from common.plots import plot_image_grid
 from common.runs import load_checkpoint, write_json
-from common.sanity import STILL_SIMILAR, cascading_randomization, flagged
+from common.sanity import (
+    HEAD_IMAGES,
+    STILL_SIMILAR,
+    cascading_randomization,
+    data_randomization,
+    flagged,
+    head_inputs,
+    rank_correlation,
+    reference_maps,
+)
 
 
 def get_args_parser() -> ArgumentParser:
@@ -61,6 +73,9 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--layer", default=None,
                         help="target layer: any module name of the model, 'list' to print them with their output "
                              "sizes (default: the architecture's last conv block)")
+    parser.add_argument("--compare-layer", default=None, metavar="LAYER",
+                        help="also draw Grad-CAM on this layer and compare the two layers' maps (rank correlation, "
+                             "deletion and insertion AUC); 'default': the architecture's finer map, e.g. layer3")
     parser.add_argument("--method", choices=("occlusion", "integrated-gradients", "none"), default="occlusion",
                         help="second explanation shown beside Grad-CAM")
     parser.add_argument("--ig-steps", type=positive_int, default=IG_STEPS,
@@ -111,23 +126,41 @@ def second_map(method: str, model, x: torch.Tensor, target: torch.Tensor,
     return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0), notes
 
 
+def gradcam_maps(model, layer, x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+    """N x H x W Grad-CAM maps in [0, 1] on one layer, for the target classes."""
+    with GradCAM(model, layer) as cam:
+        return cam(x, target)[0].cpu().numpy()
+
+
 def seeded_sample(idx: np.ndarray, n: int) -> np.ndarray:
     """n of the test indices, the same for every run on the split (seed 0), in cache order."""
     return np.sort(np.random.default_rng(0).choice(idx, min(n, len(idx)), replace=False))
 
 
-def sanity_section(predictor: Predictor, arch: str, layer_name: str, images, idx: np.ndarray, n: int,
-                   ig_steps: int, out: Path) -> list[str]:
-    """Cascading randomisation on n seeded test images; write sanity.json and return the Markdown section."""
-    x = predictor.prepare(images[seeded_sample(idx, n)])
+def sanity_section(predictor: Predictor, layer_name: str, test: LabelledImages, n: int, ig_steps: int,
+                   out: Path) -> list[str]:
+    """Both randomisation tests on n seeded test images; write sanity.json and return the Markdown sections."""
+    spec = ARCHS[predictor.ckpt["arch"]]
+    x = predictor.prepare(test.images[seeded_sample(test.indices, n)])
     with torch.no_grad():
         target = predictor.model(x).argmax(1)
     ig_steps = min(ig_steps, 32)  # a rank correlation needs the map's order, not a small completeness gap
-    rows = cascading_randomization(predictor.model, ARCHS[arch].blocks, layer_name, x, target, ig_steps)
+    reference = reference_maps(predictor.model, layer_name, x, target, ig_steps)
+    rows = cascading_randomization(predictor.model, spec.blocks, layer_name, x, target, ig_steps,
+                                   reference=reference)
+    train = seeded_sample(test.split.indices["train"], HEAD_IMAGES)
+    features = head_inputs(predictor.model, spec.head_child,
+                           (predictor.prepare(test.images[train[i:i + 64]]) for i in range(0, len(train), 64)))
+    data = data_randomization(predictor.model, spec.head_child, layer_name, x, target, features,
+                              torch.as_tensor(test.labels[train]), ig_steps, reference=reference)
+    data["head_only"] = spec.modes.get(predictor.ckpt["mode"]) == (spec.head_child,)
     weak = flagged(rows)
     write_json(out / "sanity.json", {"n": len(x), "requested": n, "seed": 0, "ig_steps": ig_steps,
-                                     "cascade": rows, "flagged": weak, "threshold": STILL_SIMILAR})
-    print(f"sanity check on {len(x)} test images: " + (f"flagged {', '.join(weak)}" if weak else "nothing flagged"))
+                                     "cascade": rows, "flagged": weak, "threshold": STILL_SIMILAR,
+                                     "data_randomization": data})
+    print(f"sanity check on {len(x)} test images: cascade " + (f"flags {', '.join(weak)}" if weak else "flags nothing")
+          + f"; shuffled-label head (fits {data['fit_acc']:.1%} of its labels) "
+          + (f"flags {', '.join(data['flagged'])}" if data["flagged"] else "flags nothing"))
     methods = [k for k in rows[0] if k != "randomized"]
     return ["## Sanity check: cascading model randomisation\n",
             f"The weights are re-initialised from the head down, one block at a time (cumulatively), and each "
@@ -137,7 +170,47 @@ def sanity_section(predictor: Predictor, arch: str, layer_name: str, images, idx
             markdown_table(["randomised up to", *methods],
                            [[r["randomized"], *(f"{r[k]['mean']:.3f} ± {r[k]['std']:.3f}" for k in methods)]
                             for r in rows], "l" + "r" * len(methods)), "",
-            (f"Flagged: {', '.join(weak)}." if weak else "No method flagged.") + "\n"]
+            (f"Flagged: {', '.join(weak)}." if weak else "No method flagged.") + "\n",
+            *data_randomization_section(data, spec.head_child, len(predictor.classes))]
+
+
+def data_randomization_section(data: dict, head: str, classes: int) -> list[str]:
+    """The Markdown section of the shuffled-label head test."""
+    scope = ("This run trained its head alone, so the copy is a model that learnt nothing true from these labels."
+             if data["head_only"] else "This run also trained layers below its head; they keep their trained "
+             "weights, so the test covers the head only.")
+    return ["## Sanity check: data randomisation\n",
+            f"A copy's head (`{head}`) is re-initialised and fitted for {data['epochs']} epochs to the features of "
+            f"{data['train_images']} training images with their labels shuffled; it fits {data['fit_acc']:.1%} of "
+            f"them (chance: {1 / classes:.0%}). {scope} Each method's map on the same test images, for the same "
+            "classes, is compared with the trained model's (Spearman rank correlation, mean ± std).\n",
+            markdown_table(["method", "rank correlation"],
+                           [[k, f"{v['mean']:.3f} ± {v['std']:.3f}"] for k, v in data["methods"].items()], "lr"), "",
+            (f"Flagged: {', '.join(data['flagged'])}." if data["flagged"] else "No method flagged.") + "\n"]
+
+
+def layer_comparison(model, x: torch.Tensor, target: torch.Tensor, layers: dict[str, np.ndarray],
+                     out: Path) -> list[str]:
+    """Two layers' Grad-CAM maps of the explained images side by side in numbers: their rank correlation and each
+    one's deletion and insertion AUC; write layers.json and return the Markdown section."""
+    (first, a), (second, b) = layers.items()
+    corr = rank_correlation(torch.from_numpy(a), torch.from_numpy(b))
+    sizes = dict(layer_sizes(model, x[:1]))
+    scores = {}
+    for name, maps in layers.items():
+        deletion, insertion = deletion_insertion(model, x, target, torch.from_numpy(maps).to(x.device))
+        scores[name] = {"size": list(sizes[name][1:]), "deletion_mean": float(deletion.mean()),
+                        "insertion_mean": float(insertion.mean())}
+    write_json(out / "layers.json", {"n": len(x), "layers": [first, second], "scores": scores,
+                                     "rank_correlation": {"mean": float(corr.mean()), "std": float(corr.std())}})
+    print(f"Grad-CAM on {first} against {second}: rank correlation {corr.mean():.3f} over {len(x)} images")
+    return ["## Grad-CAM on two layers\n",
+            f"The explained images' Grad-CAM maps on `{first}` and on `{second}` (for the same classes): Spearman "
+            f"rank correlation {corr.mean():.3f} ± {corr.std():.3f}. Deletion and insertion AUC of each layer's "
+            "maps, as in the faithfulness section (lower deletion, higher insertion: more faithful):\n",
+            markdown_table(["layer", "map size", "deletion AUC", "insertion AUC"],
+                           [[f"`{k}`", " x ".join(map(str, v["size"])), f"{v['deletion_mean']:.3f}",
+                             f"{v['insertion_mean']:.3f}"] for k, v in scores.items()], "llrr"), ""]
 
 
 def faithfulness_section(predictor: Predictor, layer, images, idx: np.ndarray, n: int, ig_steps: int,
@@ -187,10 +260,15 @@ def main(args) -> None:
             print(f"{name:40s} {' x '.join(map(str, size))}")
         return
     layer_name = args.layer or DEFAULT_LAYER[ckpt["arch"]]
+    compare_name = ARCHS[ckpt["arch"]].compare_layer if args.compare_layer == "default" else args.compare_layer
     try:
         layer = find_layer(model, layer_name)
+        if compare_name:
+            find_layer(model, compare_name)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if compare_name == layer_name:
+        raise UserError(f"--compare-layer {compare_name} is the Grad-CAM layer itself; name another layer")
     crop = ckpt["crop_size"]
     out = Path(args.out_dir) if args.out_dir else Path(args.ckpt).parent / "gradcam"
 
@@ -228,11 +306,12 @@ def main(args) -> None:
     target = pred_logits.argmax(1)
     if args.target_class:
         target = torch.full_like(target, class_index(args.target_class, classes))
-    with GradCAM(model, layer) as cam:
-        heat, _ = cam(x, target)
-    heat = heat.cpu().numpy()
+    columns = {f"Grad-CAM ({name})": (gradcam_maps(model, find_layer(model, name), x, target), [""] * len(x))
+               for name in filter(None, (layer_name, compare_name))}
     probs = pred_logits.softmax(1).cpu().numpy()
     other, notes = second_map(args.method, model, x, target, args.ig_steps)
+    if other is not None:
+        columns[args.method] = (other, notes)
 
     tiles, captions, report = [], [], []
     for k, i in enumerate(chosen):
@@ -240,21 +319,21 @@ def main(args) -> None:
         p = int(probs[k].argmax())
         truth_name = names[labels[i]] if labels[i] >= 0 else "?"
         explained = names[int(target[k])]
-        tiles += [raw, overlay(raw, heat[k])] + ([overlay(raw, other[k])] if other is not None else [])
-        head = f"true {truth_name} / pred {names[p]} ({probs[k, p]:.2f})"
-        captions += [head, f"Grad-CAM ({layer_name}) for {explained}"] + (
-            [f"{args.method} for {explained}" + (f"\n({notes[k]})" if notes[k] else "")] if other is not None else [])
+        tiles.append(raw)
+        captions.append(f"true {truth_name} / pred {names[p]} ({probs[k, p]:.2f})")
+        described = []
+        for title, (maps, note) in columns.items():
+            tiles.append(overlay(raw, maps[k]))
+            captions.append(f"{title} for {explained}" + (f"\n({note[k]})" if note[k] else ""))
+            described.append(f"- {title} for {explained}: {describe_heatmap(maps[k])}"
+                             + (f" ({note[k]})" if note[k] else "") + "\n")
         if i in errors_idx or args.image:
             top3 = np.argsort(-probs[k])[:3]
-            name = args.image or path_of[i]
-            report.append(f"### {name}\n\n- true: {truth_name}; predicted: {names[p]}\n"
-                          f"- top-3: " + ", ".join(f"{names[t]} {probs[k, t]:.3f}" for t in top3) +
-                          f"\n- Grad-CAM ({explained}): {describe_heatmap(heat[k])}\n" +
-                          (f"- {args.method}: {describe_heatmap(other[k])}" + (f" ({notes[k]})" if notes[k] else "")
-                           + "\n" if other is not None else ""))
-    cols = 3 if other is not None else 2
+            report.append(f"### {args.image or path_of[i]}\n\n- true: {truth_name}; predicted: {names[p]}\n"
+                          "- top-3: " + ", ".join(f"{names[t]} {probs[k, t]:.3f}" for t in top3) + "\n"
+                          + "".join(described))
     plot_image_grid(tiles, captions, out / "gradcam_grid.png",
-                    f"{ckpt['arch']}/{ckpt['mode']} on {descr}", cols=cols)
+                    f"{ckpt['arch']}/{ckpt['mode']} on {descr}", cols=1 + len(columns))
     md = [f"# Error analysis: {ckpt['arch']}/{ckpt['mode']}\n", f"Checkpoint `{args.ckpt}`, data: {descr}.\n",
           "Heatmap descriptions are measured from the maps (peak position, share of pixels above half the peak, "
           "share of heat in the central quarter), not judged by eye.\n"]
@@ -264,10 +343,13 @@ def main(args) -> None:
                               [[f"{names[i]} / {names[j]}", n] for n, i, j in cm_pairs], "lr"), ""]
     md.append("## Explained images\n" if args.image else "## Misclassified images\n")
     md += report or ["No misclassified images in the test split.\n"]
+    if compare_name:
+        md += layer_comparison(model, x, target, {n: columns[f"Grad-CAM ({n})"][0] for n in (layer_name, compare_name)},
+                               out)
     if args.faithfulness:
         md += faithfulness_section(predictor, layer, images, idx, args.faithfulness, args.ig_steps, out)
     if args.sanity:
-        md += sanity_section(predictor, ckpt["arch"], layer_name, images, idx, args.sanity, args.ig_steps, out)
+        md += sanity_section(predictor, layer_name, test, args.sanity, args.ig_steps, out)
     atomic_write_text(out / "error_analysis.md", "\n".join(md) + "\n")
     print(f"wrote {out / 'gradcam_grid.png'} and {out / 'error_analysis.md'}")
 

@@ -60,6 +60,7 @@ class ArchSpec:
     lr: Mapping[str, float]  # default learning rate of each mode
     blocks: tuple[tuple[str, ...], ...]  # parameter-name prefixes of each block from the head down; the rest: stem
     gradcam_layer: str  # the last convolutional feature map
+    compare_layer: str  # a finer map (stride 16, 14x14 at 224 px) the report compares Grad-CAM on
     min_crop: int  # the smallest input side the network's downsampling allows
     weights: str | None = None  # torchvision weights enum; None: trained from scratch
     dropout: str | None = None  # the head's dropout layer
@@ -92,6 +93,7 @@ ARCHS = {spec.name: spec for spec in (
         name="scratch_cnn", display="scratch CNN", script="part1_scratch_cnn.py", build=ScratchCNN,
         head="classifier.2", modes={"full": None}, lr={"full": 1e-3}, blocks=(("classifier",),),
         gradcam_layer="features.18",  # the ReLU of block 5, 7x7 at 224 px
+        compare_layer="features.14",  # block 4's ReLU
         min_crop=64,  # a stride-2 conv and five 2x2 poolings need 2**6 pixels
         dropout="classifier.1"),
     ArchSpec(
@@ -99,20 +101,21 @@ ARCHS = {spec.name: spec for spec in (
         head="fc", modes={"fc": ("fc",), "blocks34": ("layer3", "layer4", "fc"), "full": None, "bn": ("fc",),
                           "gradual": ("fc",)},
         lr=_TRANSFER_LR, blocks=(("fc",), ("layer4",), ("layer3",), ("layer2",), ("layer1",)),
-        gradcam_layer="layer4", min_crop=32, weights="ResNet18_Weights.IMAGENET1K_V1"),
+        gradcam_layer="layer4", compare_layer="layer3", min_crop=32, weights="ResNet18_Weights.IMAGENET1K_V1"),
     ArchSpec(  # blocks by output stride: 32 (features 14-18), 16, 8; the stem and stride 2-4 stages are the rest
         name="mobilenet_v2", display="MobileNetV2", script="part2_mobilenet.py", build=torchvision.models.mobilenet_v2,
         head="classifier.1", modes=_HEAD_MODES, lr={m: _TRANSFER_LR[m] for m in _HEAD_MODES},
         blocks=(("classifier",), _features(*range(14, 19)), _features(*range(7, 14)), _features(4, 5, 6)),
-        gradcam_layer="features.18", min_crop=32, weights="MobileNet_V2_Weights.IMAGENET1K_V1", dropout="classifier.0"),
+        gradcam_layer="features.18", compare_layer="features.13", min_crop=32,
+        weights="MobileNet_V2_Weights.IMAGENET1K_V1", dropout="classifier.0"),
     # Blocks by output stride: 32 (features 6-8), 16 (4-5), 8 (3); the stem and the stride 2-4 stages are the rest.
     ArchSpec(
         name="efficientnet_b0", display="EfficientNet-B0", script="part2_efficientnet.py",
         build=torchvision.models.efficientnet_b0, head="classifier.1", modes=_HEAD_MODES,
         lr={m: _TRANSFER_LR[m] for m in _HEAD_MODES},
         blocks=(("classifier",), _features(6, 7, 8), _features(4, 5), _features(3)),
-        gradcam_layer="features.8", min_crop=32, weights="EfficientNet_B0_Weights.IMAGENET1K_V1",
-        dropout="classifier.0"),
+        gradcam_layer="features.8", compare_layer="features.5", min_crop=32,
+        weights="EfficientNet_B0_Weights.IMAGENET1K_V1", dropout="classifier.0"),
 )}
 
 

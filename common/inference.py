@@ -20,7 +20,7 @@ from common.engine import predict
 from common.loader import BatchLoader
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
-from common.split import load_split
+from common.split import Split, load_split
 from common.transforms import eval_transform
 
 # Checkpoint entries that only training and --resume read; a Predictor drops them to keep loaded models small.
@@ -85,6 +85,7 @@ class LabelledImages:
     indices: np.ndarray  # which of the images are evaluated
     names: list[str]  # one per index: the image's path
     description: str  # e.g. "saved test split (runs/split.json)"
+    split: Split | None = None  # the saved split the images are (its other parts index them too); None: a folder
 
 
 def load_test_split(ckpt: dict, source_dir: str | Path | None = None, split_file: str | Path | None = None,
@@ -110,7 +111,7 @@ def load_test_split(ckpt: dict, source_dir: str | Path | None = None, split_file
     images = load_or_build_cache(source, split, output_dir / "cache", ckpt["img_size"], workers=workers, log=log)
     idx = split.indices["test"]
     return LabelledImages(images, split.labels, idx, [split.entries[i]["path"] for i in idx],
-                          f"saved test split ({split_file})")
+                          f"saved test split ({split_file})", split)
 
 
 def load_labelled_folder(ckpt: dict, folder: str | Path, workers: int = 2, log=print) -> LabelledImages:

@@ -14,6 +14,7 @@ from torch import nn
 
 import gradcam
 import part1_scratch_cnn as part1
+from common.cli import UserError
 from common.explain import GradCAM, completeness_gap, find_layer, integrated_gradients, occlusion
 from common.models import build_model
 from conftest import ROOT, tiny_args
@@ -149,14 +150,24 @@ def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path, capsys
     assert "# Error analysis: scratch_cnn/full" in md and ("top-3" in md or "No misclassified" in md)
     gradcam.main(gradcam.get_args_parser().parse_args(
         ["--ckpt", str(out / "best.pt"), "--num", "5", "--out-dir", str(tmp_path / "faith"), "--device", "cpu",
-         "--method", "none", "--faithfulness", "4", "--sanity", "2", "--ig-steps", "8"]))
+         "--method", "none", "--faithfulness", "4", "--sanity", "2", "--ig-steps", "8", "--compare-layer", "default"]))
+    layers = json.loads((tmp_path / "faith" / "layers.json").read_text())
+    assert layers["layers"] == ["features.18", "features.14"] and layers["n"] == 5
+    assert layers["scores"]["features.14"]["size"] == [4, 4] and layers["scores"]["features.18"]["size"] == [2, 2]
+    assert -1 <= layers["rank_correlation"]["mean"] <= 1
     scores = json.loads((tmp_path / "faith" / "faithfulness.json").read_text())
     assert scores["n"] == 4 and set(scores["methods"]) == {"Grad-CAM", "integrated gradients", "occlusion", "random"}
     assert all(0 <= m["deletion_mean"] <= 1 and 0 <= m["insertion_mean"] <= 1 for m in scores["methods"].values())
     assert "## Faithfulness" in (tmp_path / "faith" / "error_analysis.md").read_text()
     sanity = json.loads((tmp_path / "faith" / "sanity.json").read_text())
     assert sanity["n"] == 2 and [r["randomized"] for r in sanity["cascade"]] == ["classifier", "everything else"]
-    assert "## Sanity check" in (tmp_path / "faith" / "error_analysis.md").read_text()
+    shuffled = sanity["data_randomization"]
+    assert shuffled["train_images"] == 120 and shuffled["head_only"] is False  # the scratch CNN trains everything
+    assert set(shuffled["methods"]) == {"Grad-CAM", "integrated gradients", "occlusion"} and shuffled["fit_acc"] > 0.2
+    faith_md = (tmp_path / "faith" / "error_analysis.md").read_text()
+    assert "## Sanity check: cascading" in faith_md and "## Sanity check: data randomisation" in faith_md
+    assert "the test covers the head only" in faith_md and "## Grad-CAM on two layers" in faith_md
+    assert "- Grad-CAM (features.14) for " in faith_md or "No misclassified" in faith_md
     gradcam.main(gradcam.get_args_parser().parse_args(["--ckpt", str(out / "best.pt"), "--layer", "list"]))
     listed = capsys.readouterr().out
     assert re.search(r"features\.0 +32 x 32 x 32", listed) and re.search(r"features\.18 +384 x \d+ x \d+", listed)
@@ -166,11 +177,14 @@ def test_gradcam_script_writes_grid_and_error_analysis(dataset, tmp_path, capsys
          "--method", "integrated-gradients",
          "--out-dir", str(tmp_path / "one")]))
     explained = (tmp_path / "one" / "error_analysis.md").read_text()
-    assert "Grad-CAM (cat)" in explained
-    assert re.search(r"integrated-gradients: .*\(completeness gap \d+\.\d%\)", explained)
+    assert "Grad-CAM (features.18) for cat: " in explained
+    assert re.search(r"integrated-gradients for cat: .*\(completeness gap \d+\.\d%\)", explained)
     proc = subprocess.run([sys.executable, str(ROOT / "gradcam.py"), "--ckpt", str(out / "best.pt"),
                            "--layer", "nope"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "valid layers: " in proc.stderr and "features.18" in proc.stderr
+    with pytest.raises(UserError, match="is the Grad-CAM layer itself"):
+        gradcam.main(gradcam.get_args_parser().parse_args(["--ckpt", str(out / "best.pt"), "--compare-layer",
+                                                           "features.18"]))
 
 
 class PatchNet(nn.Module):
@@ -245,6 +259,25 @@ def test_cascading_randomization_goes_from_the_head_down_and_leaves_the_model_al
     last = {"randomized": "everything else", "Grad-CAM": {"mean": 0.1, "std": 0.1},
             "integrated gradients": {"mean": 0.8, "std": 0.1}}
     assert flagged([rows[0], last]) == ["integrated gradients"]
+
+
+def test_a_head_fitted_to_shuffled_labels_changes_the_maps_and_leaves_the_model_alone():
+    from common.sanity import data_randomization, head_inputs
+    torch.manual_seed(0)
+    model = GapNet().eval()
+    images = torch.randn(80, 3, 16, 16)
+    with torch.no_grad():
+        labels = model(images).argmax(1)  # labels the trained head predicts perfectly
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    features = head_inputs(model, "fc", images.split(32))
+    assert features.shape == (80, 6)
+    x, target = images[:4], labels[:4]
+    result = data_randomization(model, "fc", "last", x, target, features, labels, ig_steps=8)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert result["train_images"] == 80 and result["fit_acc"] > 0.4  # 4 classes: chance is 0.25
+    assert set(result["methods"]) == {"Grad-CAM", "integrated gradients", "occlusion"}
+    # the features are the same, the class evidence is not: the class-weighted maps move away from the trained ones
+    assert result["methods"]["Grad-CAM"]["mean"] < 0.9, result
 
 
 @pytest.mark.parametrize("option", ["--faithfulness", "--sanity"])
