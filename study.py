@@ -278,6 +278,19 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+# What gradcam.py writes beside its grid for the report, by the run-record key it is read into.
+EXPLANATION_FILES = ("faithfulness", "sanity", "layers")
+
+
+def explanations_stale(gradcam_dir: Path, ckpt: Path, checks: dict[str, int]) -> bool:
+    """Whether gradcam.py must run again: its grid is older than the checkpoint, a check was made on another
+    number of images, or an output of this version (the shuffled-label test, the layer comparison) is missing."""
+    found = {key: read_json(gradcam_dir / f"{key}.json") or {} for key in EXPLANATION_FILES}
+    return (stale(gradcam_dir / "gradcam_grid.png", ckpt) or not found["layers"]
+            or any(n and found[key].get("requested") != n for key, n in checks.items())
+            or bool(checks["sanity"] and "data_randomization" not in found["sanity"]))
+
+
 def main(args) -> int:
     plan, warnings = plan_and_warnings(args)
     for warning in warnings:
@@ -345,20 +358,18 @@ def main(args) -> int:
             code, message = execute(eval_cmd, report_dir / "logs" / f"{r['name']}-evaluate.log")
             if code:
                 r["error"] = f"evaluation failed: {message}"
-        if r["name"] in explained and (stale(folder / "gradcam" / "gradcam_grid.png", ckpt) or any(
-                n and (read_json(folder / "gradcam" / f"{key}.json") or {}).get("requested") != n
-                for key, n in checks.items())):
+        if r["name"] in explained and explanations_stale(folder / "gradcam", ckpt, checks):
             code, message = execute([sys.executable, str(ROOT / "gradcam.py"), "--ckpt", str(ckpt),
                                      "--device", args.device, "--faithfulness", str(checks["faithfulness"]),
-                                     "--sanity", str(checks["sanity"])],
+                                     "--sanity", str(checks["sanity"]), "--compare-layer", "default"],
                                     report_dir / "logs" / f"{r['name']}-gradcam.log")
             if code:
                 r["error"] = f"Grad-CAM failed: {message}"
         r.update(metrics=read_json(folder / "metrics.json"), config=read_json(folder / "config.json"),
                  eval=read_json(folder / "eval.json"), corruptions=read_json(folder / "corruptions.json"),
                  ood=read_json(folder / "ood.json"),
-                 faithfulness=read_json(folder / "gradcam" / "faithfulness.json") if r["name"] in explained else None,
-                 sanity=read_json(folder / "gradcam" / "sanity.json") if r["name"] in explained else None)
+                 **{key: read_json(folder / "gradcam" / f"{key}.json") if r["name"] in explained else None
+                    for key in EXPLANATION_FILES})
         r["files"] = {key: str(folder / name) for key, name in (
             ("curves", "curves.png"), ("confusion_matrix", "confusion_matrix.png"),
             ("misclassified", "misclassified.png"), ("corruptions", "corruptions.png"), ("ood_hist", "ood_hist.png"),
@@ -366,8 +377,8 @@ def main(args) -> int:
             ("error_analysis", "gradcam/error_analysis.md")) if (folder / name).is_file()}
     for r in records:
         if r["status"] != "done":
-            r.update(metrics=None, config=None, eval=None, corruptions=None, ood=None, faithfulness=None, sanity=None,
-                     files={})
+            r.update(metrics=None, config=None, eval=None, corruptions=None, ood=None, files={},
+                     **dict.fromkeys(EXPLANATION_FILES))
 
     weights = {w for w in (args.mobilenet_weights, args.resnet_weights) if w not in ("imagenet", "none")}
     notes = [*data_notes(resolve_data_dir(args.data_dir)), *plan.get("notes", [])]

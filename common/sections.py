@@ -434,7 +434,8 @@ class Faithfulness(Section):
 
     def render(self, rep: Report, spec: dict) -> None:
         """Per scored run: the AUC table (mean ± std), then the randomisation table."""
-        runs = [r for r in rep.done if (r.get("faithfulness") or {}).get("methods") or (r.get("sanity") or {})]
+        runs = [r for r in rep.done if (r.get("faithfulness") or {}).get("methods") or r.get("sanity")
+                or r.get("layers")]
         if not runs:
             return
         d = rep.doc
@@ -454,6 +455,39 @@ class Faithfulness(Section):
                         [[k, v.get("deletion_mean"), v.get("deletion_std"), v.get("insertion_mean"),
                           v.get("insertion_std")] for k, v in f["methods"].items()])
             self.sanity(rep, r)
+            self.data_randomization(rep, r)
+            self.layers(rep, r)
+
+    @staticmethod
+    def data_randomization(rep: Report, r: dict) -> None:
+        """The shuffled-label head test of one run: its scope, how well the head fitted, and the correlations."""
+        s = (r.get("sanity") or {}).get("data_randomization") or {}
+        if not s.get("methods"):
+            return
+        scope = ("the run trained its head alone, so this is the whole test" if s.get("head_only") else
+                 "the layers below the head keep their trained weights, so it tests the head only")
+        rep.doc.para(f"**Data randomisation**: the head refitted for {s.get('epochs', '?')} epochs to "
+                     f"{s.get('train_images', '?')} training images with shuffled labels (its accuracy on them "
+                     f"{f_acc(s.get('fit_acc'))}); {scope}. Rank correlation of each method's map with the "
+                     "trained model's, for the same classes; flagged at the same threshold"
+                     + (f": **{', '.join(s['flagged'])}**." if s.get("flagged") else "; none is."))
+        rep.doc.table([("method", str, None), ("rank correlation", f_acc, None), ("± std", f_acc, None)],
+                      [[k, v["mean"], v["std"]] for k, v in s["methods"].items()])
+
+    @staticmethod
+    def layers(rep: Report, r: dict) -> None:
+        """Grad-CAM on the network's last feature map against a finer one: agreement and faithfulness."""
+        s = r.get("layers") or {}
+        if not s.get("scores"):
+            return
+        first, second = s["layers"]
+        rep.doc.para(f"**Grad-CAM on two layers** (`{first}` and `{second}`, the {s.get('n', '?')} explained test "
+                     f"images): rank correlation {f_acc(s['rank_correlation']['mean'])} ± "
+                     f"{f_acc(s['rank_correlation']['std'])}. Its Grad-CAM grid in the per-model detail shows both.")
+        rep.doc.table([("layer", str, None), ("map size", str, None), ("deletion AUC", f_acc, "min"),
+                       ("insertion AUC", f_acc, "max")],
+                      [[k, " x ".join(map(str, v["size"])), v["deletion_mean"], v["insertion_mean"]]
+                       for k, v in s["scores"].items()])
 
     @staticmethod
     def sanity(rep: Report, r: dict) -> None:
@@ -494,11 +528,27 @@ class Faithfulness(Section):
                          f"{f_acc(rand['insertion_mean'])}")
                 if weak:
                     line += f"; no better than random on at least one curve: {', '.join(dict.fromkeys(weak))}"
-            flags = (r.get("sanity") or {}).get("flagged")
-            if flags:
-                line += f"; its maps barely change with random weights (sanity check): {', '.join(flags)}"
-            out.append(line + ".")
+            sanity = r.get("sanity") or {}
+            if sanity.get("flagged"):
+                line += f"; its maps barely change with random weights (sanity check): {', '.join(sanity['flagged'])}"
+            shuffled = (sanity.get("data_randomization") or {}).get("flagged")
+            if shuffled:
+                line += f"; nor when the head learnt shuffled labels: {', '.join(shuffled)}"
+            out.append(line + "." + self.layer_answer(r.get("layers") or {}))
         return out
+
+    @staticmethod
+    def layer_answer(s: dict) -> str:
+        """Which of the two Grad-CAM layers' maps is the more faithful by each curve, and how alike they are."""
+        scores = s.get("scores") or {}
+        if len(scores) != 2:
+            return ""
+        by_del = min(scores, key=lambda k: scores[k]["deletion_mean"])
+        by_ins = max(scores, key=lambda k: scores[k]["insertion_mean"])
+        verdict = (f"`{by_del}` is the more faithful by both curves" if by_del == by_ins else
+                   f"`{by_del}` by deletion, `{by_ins}` by insertion")
+        return (f" Grad-CAM on `{s['layers'][0]}` and `{s['layers'][1]}`: rank correlation "
+                f"{f_acc(s['rank_correlation']['mean'])}; {verdict}.")
 
 
 SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), TransferLr(), Fractions(),

@@ -113,7 +113,15 @@ def study(tmp_path_factory) -> dict:
     best["sanity"] = {"n": 8, "threshold": 0.5, "flagged": ["occlusion"], "cascade": [
         {"randomized": "classifier", "Grad-CAM": {"mean": 0.41, "std": 0.1}, "occlusion": {"mean": 0.93, "std": 0.1}},
         {"randomized": "everything else", "Grad-CAM": {"mean": 0.05, "std": 0.1},
-         "occlusion": {"mean": 0.71, "std": 0.1}}]}
+         "occlusion": {"mean": 0.71, "std": 0.1}}],
+        "data_randomization": {"train_images": 1000, "epochs": 100, "fit_acc": 0.886, "head_only": True,
+                               "flagged": ["integrated gradients"],
+                               "methods": {"Grad-CAM": {"mean": -0.141, "std": 0.409},
+                                           "integrated gradients": {"mean": 0.629, "std": 0.061}}}}
+    best["layers"] = {"n": 8, "layers": ["features.18", "features.13"],
+                      "rank_correlation": {"mean": 0.412, "std": 0.2},
+                      "scores": {"features.18": {"size": [7, 7], "deletion_mean": 0.30, "insertion_mean": 0.70},
+                                 "features.13": {"size": [14, 14], "deletion_mean": 0.25, "insertion_mean": 0.66}}}
     (tmp / "mnv2-fc").mkdir(exist_ok=True)
     (tmp / "mnv2-fc" / "error_analysis.md").write_text(ERROR_MD)
     best["files"] = {k: png(tmp / "mnv2-fc" / f"{k}.png", 40 * i) for i, k in enumerate(
@@ -227,8 +235,17 @@ def test_faithfulness_section_and_answer(built):
     # the measured figures the issue quotes: Grad-CAM deletes no better than random, inserts better
     assert ("most faithful by deletion integrated gradients (AUC 0.1800), by insertion Grad-CAM (AUC 0.7270)" in md
             and "no better than random on at least one curve: Grad-CAM; its maps barely change with random weights "
-                "(sanity check): occlusion." in md)
+                "(sanity check): occlusion; nor when" in md)
     assert "| everything else | 0.0500 | 0.7100 |" in md and "is flagged: **occlusion**." in md
+    # the shuffled-label head: its scope, its fit, its table and what it flags, in the section and the answer
+    assert "(its accuracy on them 0.8860); the run trained its head alone, so this is the whole test" in md
+    assert "| integrated gradients | 0.6290 | 0.0610 |" in md
+    assert "flagged at the same threshold: **integrated gradients**." in md
+    assert "; nor when the head learnt shuffled labels: integrated gradients." in md
+    # two Grad-CAM layers: sizes and AUCs in a table, the verdict drawn from the numbers
+    assert "| features.13 | 14 x 14 | **0.2500** | 0.6600 |" in md
+    assert ("Grad-CAM on `features.18` and `features.13`: rank correlation 0.4120; `features.13` by deletion, "
+            "`features.18` by insertion." in md)
 
 
 def test_error_analysis_rendered_and_escaped(built):

@@ -129,6 +129,7 @@ def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
     other = next(r for r in data["runs"] if r is not best)
     assert best["corruptions"]["severities"] == [1, 3] and best["ood"]["n_out"] == 20  # the best scratch run only
     assert other["corruptions"] is None and "gradcam_grid" in best["files"] and "gradcam_grid" not in other["files"]
+    assert best["layers"]["layers"] == ["features.18", "features.14"] and other["layers"] is None
     assert "--tag tiny-scratch-lr0.003" in data["runs"][0]["command"]
     assert not any("About the data" in n for n in data["notes"])  # no notes file describes the synthetic folder
     assert (out / "report" / "index.html").is_file() and (out / "report" / "report.md").is_file()
@@ -138,11 +139,11 @@ def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 8  # class counts, samples, curves, Grad-CAM...
     assert (out / "report" / "logs" / "scratch-lr0.003.log").read_text().count("epoch") >= 2
 
-    mtimes = {p: p.stat().st_mtime for p in out.glob("*-tiny-*/*.json")}
+    mtimes = {p: p.stat().st_mtime for p in out.glob("*-tiny-*/**/*.json")}  # gradcam/ too
     capsys.readouterr()
     assert run_study(plan, dataset, out) == 0
     assert run_folders(out) == folders  # nothing retrained
-    assert {p: p.stat().st_mtime for p in out.glob("*-tiny-*/*.json")} == mtimes  # nor re-evaluated
+    assert {p: p.stat().st_mtime for p in out.glob("*-tiny-*/**/*.json")} == mtimes  # nor re-evaluated
     assert capsys.readouterr().out.count(": done (") == 2
 
     handin = tmp_path / "handin"
@@ -438,3 +439,21 @@ def test_study_runs_from_another_folder(dataset, tmp_path):
     assert folder.parent == out and (folder / "gradcam" / "gradcam_grid.png").is_file()  # every child ran
     assert data["runs"][0]["command"].startswith(f"python {ROOT / 'part1_scratch_cnn.py'} ")
     assert (out / "report" / "index.html").is_file() and not (ROOT / "out").exists()
+
+
+def test_explanations_are_redone_when_a_check_is_missing_or_made_on_other_images(tmp_path):
+    ckpt, cam = tmp_path / "best.pt", tmp_path / "gradcam"
+    ckpt.write_bytes(b"weights")
+    cam.mkdir()
+    (cam / "gradcam_grid.png").write_bytes(b"png")
+    (cam / "layers.json").write_text(json.dumps({"layers": ["features.18", "features.14"]}))
+    (cam / "faithfulness.json").write_text(json.dumps({"requested": 10}))
+    (cam / "sanity.json").write_text(json.dumps({"requested": 4}))  # written before the shuffled-label test
+    checks = {"faithfulness": 10, "sanity": 4}
+    assert study.explanations_stale(cam, ckpt, checks)
+    (cam / "sanity.json").write_text(json.dumps({"requested": 4, "data_randomization": {}}))
+    assert not study.explanations_stale(cam, ckpt, checks)
+    assert study.explanations_stale(cam, ckpt, {"faithfulness": 20, "sanity": 4})
+    assert not study.explanations_stale(cam, ckpt, {"faithfulness": 0, "sanity": 0})
+    (cam / "layers.json").unlink()
+    assert study.explanations_stale(cam, ckpt, {"faithfulness": 0, "sanity": 0})
