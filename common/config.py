@@ -240,6 +240,7 @@ class TransferConfig(Options):
     probe_epochs: int  # linear probe on cached features before fine-tuning (0: off)
     lr_decay: float  # per-block rate factor (full and gradual modes)
     unfreeze_every: int  # gradual mode: epochs between unfreezing the next block
+    blocks: int  # top mode: blocks below the head that train from the start (0 in other modes)
     lr: float | None  # None: the architecture's default rate for the mode
     seed: int
     img_size: int
@@ -253,6 +254,9 @@ def check_mode_options(args) -> str | None:
         return "--lr-decay sets per-block rates for --mode full or gradual only"
     if args.cache_features and (args.mixup or args.cutmix or args.auto_augment != "none"):
         return "--mixup, --cutmix and --auto-augment change the images; drop --cache-features to use them"
+    if (args.mode == "top") != bool(args.blocks):
+        return ("--mode top trains the last --blocks L blocks and the head; give it --blocks L" if args.mode == "top"
+                else f"--blocks sets how many blocks --mode top trains; drop it with --mode {args.mode}")
     if args.probe_epochs and args.mode == "fc":
         return "--probe-epochs trains the head before fine-tuning; in fc mode use --cache-features instead"
     if args.cache_features and args.low_res_epochs:

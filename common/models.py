@@ -73,11 +73,13 @@ def block_depth(arch: str, name: str) -> int:
                  if any(name == p or name.startswith(p + ".") for p in prefixes)), len(blocks))
 
 
-def freeze(model: nn.Module, arch: str, mode: str) -> None:
-    """Set requires_grad so only the mode's trainable children (and, in bn mode, all BatchNorm layers) learn."""
+def freeze(model: nn.Module, arch: str, mode: str, blocks: int = 0) -> None:
+    """Set requires_grad so only the mode's trainable children (in bn mode also all BatchNorm layers; in top mode
+    the head and the `blocks` blocks below it) learn."""
     trainable = ARCHS[arch].modes[mode]
     for name, p in model.named_parameters():
-        p.requires_grad = trainable is None or name.split(".")[0] in trainable
+        p.requires_grad = (trainable is None or name.split(".")[0] in trainable
+                           or (mode == "top" and block_depth(arch, name) <= blocks))
     if mode == "bn":
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -93,8 +95,10 @@ def unfreeze_to_depth(model: nn.Module, arch: str, depth: int) -> bool:
     return changed
 
 
-def build_model(arch: str, num_classes: int, mode: str = "full", weights: str = "none") -> tuple[nn.Module, dict]:
-    """Build an architecture for num_classes, load its weights, freeze for the mode; returns (model, weights record)."""
+def build_model(arch: str, num_classes: int, mode: str = "full", weights: str = "none",
+                blocks: int = 0) -> tuple[nn.Module, dict]:
+    """Build an architecture for num_classes, load its weights, freeze for the mode (top mode: `blocks` below the
+    head train); returns (model, weights record)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     spec = ARCHS[arch]
@@ -106,7 +110,7 @@ def build_model(arch: str, num_classes: int, mode: str = "full", weights: str = 
         model = spec.build()
         record = load_pretrained(model, arch, weights)
         replace_head(model, arch, num_classes)
-    freeze(model, arch, mode)
+    freeze(model, arch, mode, blocks)
     return model, record
 
 

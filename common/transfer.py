@@ -56,7 +56,11 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
     parser = ArgumentParser(description=description)
     parser.add_argument("--mode", choices=modes, default=modes[0],
                         help=f"what is trained: {', '.join(modes)} (bn: BatchNorm layers + head; gradual: head "
-                             "first, then one block deeper every --unfreeze-every epochs)")
+                             "first, then one block deeper every --unfreeze-every epochs; top: the head and the "
+                             "--blocks blocks below it)")
+    parser.add_argument("--blocks", type=number(int, 1, spec.max_depth), default=0, metavar="L",
+                        help=f"top mode: blocks below the head that train, from the head down (1 to "
+                             f"{spec.max_depth}; {spec.max_depth} trains everything)")
     parser.add_argument("--weights", default="imagenet",
                         help="'imagenet' (torchvision weights API and its cache), a state-dict file, or 'none'")
     parser.add_argument("--cache-features", action="store_true",
@@ -234,7 +238,7 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
                         "DistributedDataParallel cannot follow; run it without torchrun")
     lr = ARCHS[arch].lr[recipe.mode] if recipe.lr is None else recipe.lr
     generators = seed_everything(recipe.seed)
-    model, weights = build_model(arch, len(split.classes), recipe.mode, recipe.weights)
+    model, weights = build_model(arch, len(split.classes), recipe.mode, recipe.weights, recipe.blocks)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
     model = model.to(device, memory_format=torch.channels_last)
     crop = augment.crop_size

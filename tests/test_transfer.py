@@ -38,6 +38,19 @@ def test_blocks34_trains_exactly_layer3_layer4_fc():
     assert frozen == {"conv1", "bn1", "layer1", "layer2"}
 
 
+def test_top_mode_trains_the_last_l_blocks_and_the_head_from_the_head_down():
+    resnet = lambda blocks: build_model("resnet18", 10, "top", blocks=blocks)[0]  # noqa: E731
+    trained = lambda model: {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}  # noqa: E731
+    assert trained(resnet(1)) == {"fc", "layer4"}
+    assert trained(resnet(2)) == trained(build_model("resnet18", 10, "blocks34")[0])  # the assignment's mode
+    assert trained(resnet(5)) == {"fc", "layer4", "layer3", "layer2", "layer1", "conv1", "bn1"}
+    counts = [count_parameters(build_model("mobilenet_v2", 10, "top", blocks=b)[0])[0] for b in range(1, 5)]
+    assert counts == sorted(counts) and counts[-1] == 2_236_682  # every block: the whole network
+    mnv2 = build_model("mobilenet_v2", 10, "top", blocks=1)[0]
+    assert all(p.requires_grad == (n.startswith("classifier") or int(n.split(".")[1]) >= 14)
+               for n, p in mnv2.named_parameters())  # features 14-18: the stride-32 stage
+
+
 @pytest.mark.parametrize("arch, mode", [("resnet18", "blocks34"), ("resnet18", "fc"), ("mobilenet_v2", "fc")])
 def test_training_step_moves_only_trainable_state(arch, mode):
     torch.manual_seed(0)
@@ -139,6 +152,10 @@ def test_feature_cache_matches_uncached_head_training(dataset, tmp_path):
     (["--mode", "blocks34"], "invalid choice: 'blocks34'"),
     (["--weights", "/nonexistent.pth"], "no such file"),
     (["--mode", "full", "--cache-features", "--weights", "none"], "--cache-features needs a frozen backbone"),
+    (["--mode", "top", "--weights", "none"], "--mode top trains the last --blocks L blocks and the head; give it"),
+    (["--mode", "full", "--blocks", "2", "--weights", "none"], "--blocks sets how many blocks --mode top trains"),
+    (["--mode", "top", "--blocks", "5", "--weights", "none"], "argument --blocks: 5 is out of range; give an "
+                                                              "integer in [1, 4]"),
 ])
 def test_part2_cli_errors(dataset, tmp_path, argv, message):
     proc = subprocess.run([sys.executable, str(ROOT / "part2_mobilenet.py"),
