@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from common.formatting import f_acc, f_g, f_int, f_pp, f_time, is_num
-from common.study_plots import plot_bars, plot_grouped, plot_heatmap, plot_lines, plot_severity
+from common.study_plots import plot_bars, plot_depth, plot_grouped, plot_heatmap, plot_lines, plot_severity
 from common.study_runs import (
     best_val,
     delta,
@@ -190,6 +190,62 @@ class Strategies(Group):
                        f"{mode_name(top)} is best on validation, {rep.spread.noisy(delta(a, b), a=a, b=b)} test vs "
                        f"{mode_name(first)}" + (f" at {ratio:.1f}× its training time" if ratio else ""))
             out.append(f"**Unfreezing depth** ({model}, {rep.setting(rs)}): {parts}. On this run {verdict}.")
+        return out
+
+
+class Depth(Group):
+    """Strategy 1 of the course text as a curve: the last L blocks and the head trained from the start (top mode),
+    for L = 1 up to every block, beside gradual unfreezing of the same blocks."""
+
+    key = "depth"
+    title = "Depth of fine-tuning"
+    question = ("How many of the pretrained network's blocks should be fine-tuned, and where does adding blocks "
+                "stop paying?")
+    vars = ("model", "strategy", "blocks")
+
+    def order(self, runs: list[dict], names: list[str]) -> list[dict]:
+        """Per model, by the blocks trained; its gradual run last."""
+        return sorted(runs, key=lambda r: (model_name(r), r["vars"].get("strategy") == "gradual",
+                                           r["vars"].get("blocks") or 0))
+
+    def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
+        """The trainable parameters, what each depth costs."""
+        return [(("trainable params", f_int, None), lambda r: metric(r, "trainable_params"))]
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """Accuracy and training time against the blocks trained."""
+        rep.doc.figures([(rep.plot(self.key, plot_depth, runs),
+                          f"Accuracy and training time against the blocks trained, {rep.setting(runs)}; dotted: "
+                          "gradual unfreezing.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Per model: the fewest blocks whose validation accuracy is within the noise of the best depth's, at
+        what share of its training time, and the gradual run beside them."""
+        out = []
+        runs = rep.group(self.key)
+        for model in sorted({model_name(r) for r in runs}):
+            mine = [r for r in runs if model_name(r) == model]
+            top = sorted((r for r in mine if is_num(r["vars"].get("blocks")) and is_num(metric(r, "best_val_acc"))),
+                         key=lambda r: r["vars"]["blocks"])
+            if len(top) < 2:
+                continue
+            best = max(top, key=best_val)
+            enough = next(r for r in top if r is best or rep.spread.within(best_val(best) - best_val(r)))
+            text = lambda r: (f"test {f_acc(metric(r, 'test_acc'))}, val {f_acc(metric(r, 'best_val_acc'))} in "  # noqa: E731
+                              f"{f_time(train_time(r))}")
+            line = (f"**Depth of fine-tuning** ({model}, {rep.setting(mine)}): the best depth on validation is "
+                    f"{best['vars']['blocks']} block(s) ({text(best)})")
+            if enough is not best:
+                t, t_best = train_time(enough), train_time(best)
+                share = f", {t / t_best:.0%} of its training time" if is_num(t) and is_num(t_best) and t_best else ""
+                line += (f"; {enough['vars']['blocks']} block(s) are within the noise of it ({text(enough)}{share}), "
+                         f"so adding blocks stops paying after {enough['vars']['blocks']}")
+            else:
+                line += "; no shallower depth comes within the noise of it"
+            gradual = next((r for r in mine if r["vars"].get("strategy") == "gradual"), None)
+            if gradual and is_num(metric(gradual, "test_acc")):
+                line += f". Gradual unfreezing of the same blocks: {text(gradual)}"
+            out.append(line + ".")
         return out
 
 
@@ -551,14 +607,14 @@ class Faithfulness(Section):
                 f"{f_acc(s['rank_correlation']['mean'])}; {verdict}.")
 
 
-SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), TransferLr(), Fractions(),
+SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), Depth(), TransferLr(), Fractions(),
                                                      Regularization(), Imbalance(), Robustness(),
                                                      Faithfulness())}
 GROUPS = {key: s.spec() for key, s in SECTIONS.items() if isinstance(s, Group)}  # a plan's "groups", in this order
 # The summary answers the transfer questions first: the learning-rate sentences of the transfer model come before
 # the scratch grid's, whose section comes first in the report.
-SUMMARY_ORDER = ("strategies", "transfer_lr", "scratch_grid", "fractions", "regularization", "imbalance", "robustness",
-                 "faithfulness")
+SUMMARY_ORDER = ("strategies", "depth", "transfer_lr", "scratch_grid", "fractions", "regularization", "imbalance",
+                 "robustness", "faithfulness")
 
 
 def section_for(key: str) -> Section:

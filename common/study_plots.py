@@ -113,6 +113,34 @@ def plot_lines(series: dict[str, list[tuple[float, float, float]]], path: Path, 
     save_figure(fig, path)
 
 
+def plot_depth(runs: list[dict], path: Path) -> None:
+    """Accuracy (test solid, best val dashed) and training time against the blocks trained (top mode), one colour
+    per model; a model's gradual-unfreezing run is a dotted line across both panels."""
+    fig, (acc, secs) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, model in enumerate(sorted({model_name(r) for r in runs})):
+        mine = [r for r in runs if model_name(r) == model]
+        top = sorted((r for r in mine if is_num(r["vars"].get("blocks"))), key=lambda r: r["vars"]["blocks"])
+        xs = [r["vars"]["blocks"] for r in top]
+        acc.plot(xs, [metric(r, "test_acc") for r in top], marker="o", color=f"C{i}", label=f"{model} test")
+        acc.plot(xs, [metric(r, "best_val_acc") for r in top], marker=".", ls="--", color=f"C{i}", alpha=0.6,
+                 label=f"{model} best val")
+        secs.plot(xs, [train_time(r) for r in top], marker="o", color=f"C{i}", label=model)
+        for r in (r for r in mine if r["vars"].get("strategy") == "gradual"):
+            if is_num(metric(r, "test_acc")):
+                acc.axhline(metric(r, "test_acc"), ls=":", color=f"C{i}", label=f"{model} gradual, test")
+            if is_num(train_time(r)):
+                secs.axhline(train_time(r), ls=":", color=f"C{i}", label=f"{model} gradual")
+    for ax, ylabel in ((acc, "accuracy"), (secs, "training time (s)")):
+        ax.set(xlabel="blocks below the head that train (top mode)", ylabel=ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    acc.set_title("accuracy vs depth of fine-tuning")
+    secs.set_title("training time vs depth")
+    secs.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    acc.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)
+
+
 def plot_grouped(groups: list[str], series: dict[str, list], path: Path, ylabel: str, title: str,
                   band: float = 0.0, horizontal: bool = False) -> None:
     """Grouped bars (one bar per series within each group); band shades +-band around zero as noise."""

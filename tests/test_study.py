@@ -68,6 +68,11 @@ def test_builtin_plans_are_consistent_and_parse(name, options):
                        for r in plan["runs"] if "imbalance" in r["groups"])
     assert imbalance == [(1, "none", 0), (1, "none", 1), (1, "none", 2), (10, "none", 0), (10, "oversample", 0),
                          (10, "weights", 0)]  # the transfer baseline is repeated over three seeds
+    depth = [(r["vars"]["strategy"], r["vars"]["blocks"], "strategies" in r["groups"]) for r in plan["runs"]
+             if "depth" in r["groups"] and r["vars"]["model"] == "mobilenet_v2"]
+    # L = 1 up to (in the full plan) every block, beside the strategies' own gradual run, trained once
+    assert sorted(depth, key=str) == sorted([("gradual", None, True)] + [
+        ("top", b, False) for b in range(1, 4 if name == "quick" else 5)], key=str)
     resnet = {r["vars"]["strategy"]: r for r in plan["runs"]
               if r["vars"]["model"] == "resnet18" and "strategies" in r["groups"]}
     if name == "quick":

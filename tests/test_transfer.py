@@ -7,6 +7,7 @@ import sys
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -49,6 +50,21 @@ def test_top_mode_trains_the_last_l_blocks_and_the_head_from_the_head_down():
     mnv2 = build_model("mobilenet_v2", 10, "top", blocks=1)[0]
     assert all(p.requires_grad == (n.startswith("classifier") or int(n.split(".")[1]) >= 14)
                for n, p in mnv2.named_parameters())  # features 14-18: the stride-32 stage
+
+
+def test_top_mode_run_records_its_depth_and_its_checkpoint_evaluates(dataset, tmp_path):
+    from common.inference import Predictor
+    out = tmp_path / "runs"
+    run = transfer.main(part2_mobilenet.get_args_parser().parse_args(tiny_args(
+        dataset, out, "--mode", "top", "--blocks", "1", "--weights", "none", "--epochs", "1", "--batch-size", "16")),
+        "mobilenet_v2")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["mode"] == "top" and metrics["trainable_params"] == 1_694_154  # the stride-32 stage and the head
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["mode"] == "top" and ckpt["config"]["blocks"] == 1 and ckpt["config"]["lr"] == ARCHS[
+        "mobilenet_v2"].lr["top"]
+    logits = Predictor(ckpt).logits(np.zeros((2, 72, 72, 3), np.uint8))
+    assert logits.shape == (2, 10)
 
 
 @pytest.mark.parametrize("arch, mode", [("resnet18", "blocks34"), ("resnet18", "fc"), ("mobilenet_v2", "fc")])
