@@ -22,7 +22,7 @@ CKPT_FORMAT = "animals10-ckpt/1"
 MODEL_KEYS = ("arch", "mode", "classes", "model_state", "img_size", "crop_size", "mean", "std")
 RESUME_KEYS = ("split_fingerprint", "epoch", "best_epoch", "best_val_acc", "optimizer_state", "scheduler_state", "rng",
                "history", "config")
-TRAINING_STATE = ("optimizer_state", "scheduler_state", "scaler_state", "rng", "callbacks")  # only --resume reads
+TRAINING_STATE = ("optimizer_state", "scheduler_state", "scaler_state", "rng", "callbacks", "prelude")  # --resume
 
 
 class CheckpointError(UserError):

@@ -142,6 +142,9 @@ class TrainState:
     scaler: torch.amp.GradScaler | None
     generators: dict[str, torch.Generator]
     callbacks: list[Callback] = field(default_factory=list)
+    # Figures of what ran before the first epoch (feature extraction, linear probe), which a resumed run skips:
+    # kept in every checkpoint so its metrics still report them.
+    prelude: dict = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         """The checkpoint's training state; every process takes part (it gathers their RNG states)."""
@@ -149,11 +152,13 @@ class TrainState:
                 "scheduler_state": self.scheduler.state_dict(),
                 "scaler_state": self.scaler.state_dict() if self.scaler is not None else None,
                 "rng": _rng_state(self.generators),
-                "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks}}
+                "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+                "prelude": dict(self.prelude)}
 
     def load_state_dict(self, ckpt: dict) -> None:
         """Continue from a checkpoint's training state."""
         self.model.load_state_dict(ckpt["model_state"])
+        self.prelude = {**self.prelude, **ckpt.get("prelude", {})}
         for cb in self.callbacks:  # first: a callback may add the parameter groups the optimizer's state has
             cb.load_state_dict(ckpt.get("callbacks", {}).get(type(cb).__name__, {}), self.optimizer)
         try:
@@ -255,7 +260,7 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
     fp16 = amp.train and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if fp16 else None
     scheduler = make_scheduler(optimizer, cfg.sched, cfg.warmup_epochs, cfg.epochs)
-    state = TrainState(save_model, optimizer, scheduler, scaler, generators, list(callbacks))
+    state = TrainState(save_model, optimizer, scheduler, scaler, generators, list(callbacks), dict(extra_metrics or {}))
     options = {**(options or {}), **asdict(cfg)}  # what this run was given, the config's fields as it ran them
     config = _run_config(options, data, lr, save_model, device, amp)
     saver = _open_run(cfg, options, data, state, config, log)
@@ -285,7 +290,7 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
             f"{' *' if improved else '  '}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
     run_dir, test = _test_best(model, save_model, data, saver, device, amp.test)
     metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if cfg.resume else None,
-                       extra_metrics or {})
+                       state.prelude)
     if board is not None:
         board.open(run_dir)
         _picture_results(board, data, save_model, saver.config, metrics, test["confusion"], device, log)

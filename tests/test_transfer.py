@@ -237,6 +237,10 @@ def test_linear_probe_trains_the_head_first_and_fine_tuning_starts_from_it(datas
         torch.testing.assert_close(final[f"classifier.{name}"], value, atol=1e-6, rtol=1e-5)
     assert figures["probe_epochs"] == 4 and 0 <= figures["probe_val_acc"] <= 1
     assert list((out / "cache").glob("features-mobilenet_v2-*.pt"))  # the fc runs' feature cache, shared
+    # the resumed run skipped the probe, yet its metrics report the probe it started from, and its time
+    metrics = json.loads(next(out.glob("*/metrics.json")).read_text())
+    assert {k: metrics[k] for k in figures} == figures and metrics["resumed_from_epoch"] == 1
+    assert "feature_extraction_seconds" in metrics
 
 
 def test_probe_in_fc_mode_is_refused(dataset, tmp_path, capsys):
