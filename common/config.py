@@ -24,6 +24,8 @@ from common.cli import nonnegative_float, nonnegative_int, number, positive_floa
 from common.data import DEFAULT_DATA_DIR, resolve_data_dir
 from common.decode import DEFAULT_MAX_PIXELS
 from common.duplicates import NEAR_THRESHOLD
+from common.lora import ALPHA as LORA_ALPHA
+from common.lora import RANK as LORA_RANK
 from common.split import DEFAULT_IMG_SIZE, DEFAULT_PER_CLASS, DEFAULT_SIZES, parse_split_sizes
 from common.transforms import AUTO_AUGMENT
 
@@ -241,9 +243,19 @@ class TransferConfig(Options):
     lr_decay: float  # per-block rate factor (full and gradual modes)
     unfreeze_every: int  # gradual mode: epochs between unfreezing the next block
     blocks: int  # top mode: blocks below the head that train from the start (0 in other modes)
+    lora_rank: int | None  # lora mode: the adapters' rank and scale numerator (None: common/lora.py's defaults)
+    lora_alpha: float | None
     lr: float | None  # None: the architecture's default rate for the mode
     seed: int
     img_size: int
+
+    @property
+    def lora(self) -> tuple[int, float] | None:
+        """lora mode's (rank, alpha), the defaults filled in; None in other modes."""
+        if self.mode != "lora":
+            return None
+        return (LORA_RANK if self.lora_rank is None else self.lora_rank,
+                LORA_ALPHA if self.lora_alpha is None else float(self.lora_alpha))
 
 
 def check_mode_options(args) -> str | None:
@@ -257,6 +269,8 @@ def check_mode_options(args) -> str | None:
     if (args.mode == "top") != bool(args.blocks):
         return ("--mode top trains the last --blocks L blocks and the head; give it --blocks L" if args.mode == "top"
                 else f"--blocks sets how many blocks --mode top trains; drop it with --mode {args.mode}")
+    if args.mode != "lora" and (args.lora_rank is not None or args.lora_alpha is not None):
+        return f"--lora-rank and --lora-alpha shape the adapters of --mode lora; drop them with --mode {args.mode}"
     if args.probe_epochs and args.mode == "fc":
         return "--probe-epochs trains the head before fine-tuning; in fc mode use --cache-features instead"
     if args.cache_features and args.low_res_epochs:

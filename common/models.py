@@ -10,6 +10,7 @@ from torch import nn
 from common.architectures import ARCHS, ScratchCNN  # noqa: F401  (ScratchCNN: callers import it from here)
 from common.cli import UserError
 from common.files import file_sha256
+from common.lora import add_lora, merge_lora
 
 
 class WeightsError(UserError):
@@ -96,14 +97,16 @@ def unfreeze_to_depth(model: nn.Module, arch: str, depth: int) -> bool:
 
 
 def build_model(arch: str, num_classes: int, mode: str = "full", weights: str = "none",
-                blocks: int = 0) -> tuple[nn.Module, dict]:
+                blocks: int = 0, lora: tuple[int, float] | None = None) -> tuple[nn.Module, dict]:
     """Build an architecture for num_classes, load its weights, freeze for the mode (top mode: `blocks` below the
-    head train); returns (model, weights record)."""
+    head train; lora mode: adapters of (rank, alpha) = `lora`); returns (model, weights record)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     spec = ARCHS[arch]
     if mode not in spec.modes:
         raise ValueError(f"unknown mode {mode!r} for {arch}; choose one of {', '.join(spec.modes)}")
+    if (mode == "lora") != (lora is not None):
+        raise ValueError("lora mode needs its (rank, alpha), and only lora mode takes them")
     if spec.weights is None:
         model, record = spec.build(num_classes=num_classes), {"source": "none (trained from scratch)", "sha256": None}
     else:
@@ -111,6 +114,8 @@ def build_model(arch: str, num_classes: int, mode: str = "full", weights: str = 
         record = load_pretrained(model, arch, weights)
         replace_head(model, arch, num_classes)
     freeze(model, arch, mode, blocks)
+    if lora is not None:
+        add_lora(model, *lora, skip=spec.head_child)
     return model, record
 
 
@@ -143,15 +148,20 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
-    """Rebuild an eval-mode model from a checkpoint dict alone (no weights download)."""
+    """Rebuild an eval-mode model from a checkpoint dict alone (no weights download); LoRA adapters merged."""
     if ckpt["arch"] not in ARCHS or ckpt["mode"] not in ARCHS[ckpt["arch"]].modes:
         raise WeightsError(f"the checkpoint is a {ckpt['arch']}/{ckpt['mode']} model, which this version cannot "
                            "build; use a checkpoint written by this project's training scripts")
-    model, _ = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["mode"], weights="none")
+    lora = ckpt.get("lora")
+    if (ckpt["mode"] == "lora") != isinstance(lora, dict):
+        raise WeightsError(f"the checkpoint is a {ckpt['arch']}/{ckpt['mode']} model with lora {lora!r}: it was "
+                           "edited; use another checkpoint")
     try:
+        model, _ = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["mode"], weights="none",
+                               lora=(lora["rank"], lora["alpha"]) if lora else None)
         model.load_state_dict(ckpt["model_state"])
-    except (RuntimeError, TypeError, AttributeError) as e:
+    except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"the checkpoint's weights do not fit {ckpt['arch']}/{ckpt['mode']} with "
                            f"{len(ckpt['classes'])} classes ({first}); it was edited: use another checkpoint") from None
-    return model.eval()
+    return merge_lora(model).eval()

@@ -41,6 +41,8 @@ from common.engine import (
     train_one_epoch,
 )
 from common.loader import BatchLoader, make_loaders, to_device
+from common.lora import ALPHA as LORA_ALPHA
+from common.lora import RANK as LORA_RANK
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import save_checkpoint
 from common.split import Split
@@ -57,10 +59,15 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
     parser.add_argument("--mode", choices=modes, default=modes[0],
                         help=f"what is trained: {', '.join(modes)} (bn: BatchNorm layers + head; gradual: head "
                              "first, then one block deeper every --unfreeze-every epochs; top: the head and the "
-                             "--blocks blocks below it)")
+                             "--blocks blocks below it; lora: the head and low-rank adapters, merged into the "
+                             "weights for evaluation)")
     parser.add_argument("--blocks", type=number(int, 1, spec.max_depth), default=0, metavar="L",
                         help=f"top mode: blocks below the head that train, from the head down (1 to "
                              f"{spec.max_depth}; {spec.max_depth} trains everything)")
+    parser.add_argument("--lora-rank", type=positive_int, default=None, metavar="R",
+                        help=f"lora mode: the rank of each adapter (default {LORA_RANK})")
+    parser.add_argument("--lora-alpha", type=number(float, 0, low_open=True), default=None, metavar="A",
+                        help=f"lora mode: adapters are scaled by A/R (default {LORA_ALPHA:g})")
     parser.add_argument("--weights", default="imagenet",
                         help="'imagenet' (torchvision weights API and its cache), a state-dict file, or 'none'")
     parser.add_argument("--cache-features", action="store_true",
@@ -238,13 +245,15 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
                         "DistributedDataParallel cannot follow; run it without torchrun")
     lr = ARCHS[arch].lr[recipe.mode] if recipe.lr is None else recipe.lr
     generators = seed_everything(recipe.seed)
-    model, weights = build_model(arch, len(split.classes), recipe.mode, recipe.weights, recipe.blocks)
+    model, weights = build_model(arch, len(split.classes), recipe.mode, recipe.weights, recipe.blocks, recipe.lora)
     log(f"weights: {weights['source']}" + (f" (sha256 {weights['sha256'][:12]}...)" if weights["sha256"] else ""))
     model = model.to(device, memory_format=torch.channels_last)
     crop = augment.crop_size
     train_tf, eval_tf = make_transforms(augment, generators["augment"])
     meta = {"img_size": recipe.img_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "weights": weights}
+    if recipe.lora:
+        meta["lora"] = dict(zip(("rank", "alpha"), recipe.lora))  # model_from_checkpoint rebuilds the adapters
     extra = {}
     trained, save_model, pixels = model, None, images
     if recipe.probe_epochs and not cfg.resume:  # a resumed run's checkpoint holds the probed head and what followed

@@ -172,6 +172,9 @@ def test_feature_cache_matches_uncached_head_training(dataset, tmp_path):
     (["--mode", "full", "--blocks", "2", "--weights", "none"], "--blocks sets how many blocks --mode top trains"),
     (["--mode", "top", "--blocks", "5", "--weights", "none"], "argument --blocks: 5 is out of range; give an "
                                                               "integer in [1, 4]"),
+    (["--mode", "fc", "--lora-rank", "4", "--weights", "none"], "--lora-rank and --lora-alpha shape the adapters of "
+                                                                "--mode lora; drop them with --mode fc"),
+    (["--mode", "lora", "--lora-alpha", "0", "--weights", "none"], "argument --lora-alpha: 0 is out of range"),
 ])
 def test_part2_cli_errors(dataset, tmp_path, argv, message):
     proc = subprocess.run([sys.executable, str(ROOT / "part2_mobilenet.py"),

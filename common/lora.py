@@ -1,0 +1,94 @@
+"""Low-rank adapters (LoRA, Hu et al. 2021) for convolutions and linear layers, written here, and their merge.
+
+An adapted layer keeps its pretrained weight W frozen and learns W + (alpha / rank) * B A, with A a rank-R
+"down" projection and B an "up" projection that starts at zero, so training starts from the pretrained network.
+For a k x k convolution A is a k x k convolution to R channels (with the layer's stride, padding and dilation) and
+B a 1 x 1 convolution back; B A is then itself a k x k kernel, so the adapter merges into W exactly.
+Grouped (depthwise) convolutions are left frozen: a per-channel filter has no channel dimension to factor.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class LoRAConv2d(nn.Module):
+    """A frozen Conv2d plus a trainable rank-R update (down: k x k to R channels, up: 1 x 1, zero at the start)."""
+
+    def __init__(self, base: nn.Conv2d, rank: int, alpha: float):
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, base.dilation,
+                              bias=False, padding_mode=base.padding_mode)
+        self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+        base.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * self.up(self.down(x))
+
+    def delta(self) -> torch.Tensor:
+        """The update the adapter adds to the base kernel: scale * B A, out x in x k x k."""
+        return self.scale * torch.einsum("or,rikl->oikl", self.up.weight[:, :, 0, 0], self.down.weight)
+
+
+class LoRALinear(nn.Module):
+    """A frozen Linear plus a trainable rank-R update (down to R features, up from them, zero at the start)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base, self.scale = base, alpha / rank
+        self.down = nn.Linear(base.in_features, rank, bias=False)
+        self.up = nn.Linear(rank, base.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+        base.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * self.up(self.down(x))
+
+    def delta(self) -> torch.Tensor:
+        """The update the adapter adds to the base weight: scale * B A, out x in."""
+        return self.scale * self.up.weight @ self.down.weight
+
+
+ADAPTERS = (LoRAConv2d, LoRALinear)
+RANK, ALPHA = 8, 8.0  # the defaults of --lora-rank and --lora-alpha (scale 1, as Hugging Face PEFT's)
+
+
+def _adaptable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float, skip: str) -> int:
+    """Wrap every linear and ungrouped conv layer outside the `skip` child in an adapter; returns how many.
+
+    The wrapped layers' own weights are frozen; the adapters' are new and trainable.
+    """
+    if rank < 1 or alpha <= 0:
+        raise ValueError(f"LoRA needs rank >= 1 and alpha > 0, not rank {rank}, alpha {alpha}")
+    if any(isinstance(m, ADAPTERS) for m in model.modules()):
+        raise ValueError("the model already has LoRA adapters")
+    targets = [(name, m) for name, m in model.named_modules() if _adaptable(m) and name.split(".")[0] != skip]
+    for name, m in targets:
+        parent, _, leaf = name.rpartition(".")
+        wrapper = LoRAConv2d if isinstance(m, nn.Conv2d) else LoRALinear
+        setattr(model.get_submodule(parent) if parent else model, leaf, wrapper(m, rank, alpha))
+    return len(targets)
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base layer (W += scale * B A) and put the plain layer back; returns the model.
+
+    The merged network has the architecture's own layers and state-dict names, and computes the same function.
+    """
+    for name, m in list(model.named_modules()):
+        if isinstance(m, ADAPTERS):
+            m.base.weight += m.delta().to(m.base.weight.dtype)
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, m.base)
+    return model
