@@ -50,7 +50,8 @@ class ArchSpec:
     num_classes directly. Every parameter outside a mode's trainable children is frozen; "bn" mode also trains every
     BatchNorm layer, "gradual" starts as "fc" and unfreezes one block deeper at a time (common/transfer.py), and
     "top" trains the head and the --blocks blocks below it from the start (its children: (), freeze sets them),
-    "lora" trains the head and low-rank adapters on every other linear and ungrouped conv layer (common/lora.py).
+    "lora" trains the head and low-rank adapters on every other linear and ungrouped conv layer (common/lora.py),
+    "masked" the head and a chosen fraction of the other parameters' entries (common/masking.py).
     """
 
     name: str  # checkpoints, run folders and plans name the architecture by this key
@@ -87,10 +88,12 @@ def _features(*indices: int) -> tuple[str, ...]:
 
 
 # Part 2's modes and their default rates, which fall as more of the network is unfrozen.
-# LoRA's adapters start at zero and are small, so they take the head's rate.
-_TRANSFER_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4, "bn": 1e-3, "gradual": 3e-4, "top": 3e-4, "lora": 1e-3}
+# LoRA's adapters start at zero and are small, so they take the head's rate; masked fine-tuning, a chosen part
+# of the network, takes top mode's.
+_TRANSFER_LR = {"fc": 1e-3, "blocks34": 3e-4, "full": 1e-4, "bn": 1e-3, "gradual": 3e-4, "top": 3e-4, "lora": 1e-3,
+                "masked": 3e-4}
 _HEAD_MODES = {"fc": ("classifier",), "full": None, "bn": ("classifier",), "gradual": ("classifier",), "top": (),
-               "lora": ("classifier",)}
+               "lora": ("classifier",), "masked": None}
 
 ARCHS = {spec.name: spec for spec in (
     ArchSpec(
@@ -103,7 +106,7 @@ ARCHS = {spec.name: spec for spec in (
     ArchSpec(
         name="resnet18", display="ResNet-18", script="part2_resnet18.py", build=torchvision.models.resnet18,
         head="fc", modes={"fc": ("fc",), "blocks34": ("layer3", "layer4", "fc"), "full": None, "bn": ("fc",),
-                          "gradual": ("fc",), "top": (), "lora": ("fc",)},
+                          "gradual": ("fc",), "top": (), "lora": ("fc",), "masked": None},
         lr=_TRANSFER_LR, blocks=(("fc",), ("layer4",), ("layer3",), ("layer2",), ("layer1",)),
         gradcam_layer="layer4", compare_layer="layer3", min_crop=32, weights="ResNet18_Weights.IMAGENET1K_V1"),
     ArchSpec(  # blocks by output stride: 32 (features 14-18), 16, 8; the stem and stride 2-4 stages are the rest

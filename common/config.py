@@ -26,6 +26,8 @@ from common.decode import DEFAULT_MAX_PIXELS
 from common.duplicates import NEAR_THRESHOLD
 from common.lora import ALPHA as LORA_ALPHA
 from common.lora import RANK as LORA_RANK
+from common.masking import FRACTION as MASK_FRACTION
+from common.masking import SELECTIONS as MASK_SELECTIONS
 from common.split import DEFAULT_IMG_SIZE, DEFAULT_PER_CLASS, DEFAULT_SIZES, parse_split_sizes
 from common.transforms import AUTO_AUGMENT
 
@@ -245,6 +247,8 @@ class TransferConfig(Options):
     blocks: int  # top mode: blocks below the head that train from the start (0 in other modes)
     lora_rank: int | None  # lora mode: the adapters' rank and scale numerator (None: common/lora.py's defaults)
     lora_alpha: float | None
+    mask_fraction: float | None  # masked mode: the share of pretrained entries that train (None: the default)
+    mask_select: str | None  # masked mode: how they are chosen (None: the default)
     lr: float | None  # None: the architecture's default rate for the mode
     seed: int
     img_size: int
@@ -256,6 +260,14 @@ class TransferConfig(Options):
             return None
         return (LORA_RANK if self.lora_rank is None else self.lora_rank,
                 LORA_ALPHA if self.lora_alpha is None else float(self.lora_alpha))
+
+    @property
+    def mask(self) -> tuple[float, str] | None:
+        """masked mode's (fraction, selection), the defaults filled in; None in other modes."""
+        if self.mode != "masked":
+            return None
+        return (MASK_FRACTION if self.mask_fraction is None else self.mask_fraction,
+                self.mask_select or MASK_SELECTIONS[0])
 
 
 def check_mode_options(args) -> str | None:
@@ -271,6 +283,8 @@ def check_mode_options(args) -> str | None:
                 else f"--blocks sets how many blocks --mode top trains; drop it with --mode {args.mode}")
     if args.mode != "lora" and (args.lora_rank is not None or args.lora_alpha is not None):
         return f"--lora-rank and --lora-alpha shape the adapters of --mode lora; drop them with --mode {args.mode}"
+    if args.mode != "masked" and (args.mask_fraction is not None or args.mask_select is not None):
+        return f"--mask-fraction and --mask-select choose what --mode masked trains; drop them with --mode {args.mode}"
     if args.probe_epochs and args.mode == "fc":
         return "--probe-epochs trains the head before fine-tuning; in fc mode use --cache-features instead"
     if args.cache_features and args.low_res_epochs:

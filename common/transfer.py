@@ -43,8 +43,18 @@ from common.engine import (
 from common.loader import BatchLoader, make_loaders, to_device
 from common.lora import ALPHA as LORA_ALPHA
 from common.lora import RANK as LORA_RANK
+from common.masking import FRACTION as MASK_FRACTION
+from common.masking import (
+    SCORE_IMAGES,
+    SELECTIONS,
+    MaskedUpdates,
+    backbone_parameters,
+    gradient_scores,
+    masks_from_checkpoint,
+    select_masks,
+)
 from common.models import block_depth, build_model, unfreeze_to_depth
-from common.runs import save_checkpoint
+from common.runs import load_checkpoint, save_checkpoint
 from common.split import Split
 from common.trainer import Callback, TrainingData, fit, make_objective, progressive_resize
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, eval_transform, make_transforms
@@ -60,7 +70,8 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
                         help=f"what is trained: {', '.join(modes)} (bn: BatchNorm layers + head; gradual: head "
                              "first, then one block deeper every --unfreeze-every epochs; top: the head and the "
                              "--blocks blocks below it; lora: the head and low-rank adapters, merged into the "
-                             "weights for evaluation)")
+                             "weights for evaluation; masked: the head and a chosen --mask-fraction of the other "
+                             "parameters' entries)")
     parser.add_argument("--blocks", type=number(int, 1, spec.max_depth), default=0, metavar="L",
                         help=f"top mode: blocks below the head that train, from the head down (1 to "
                              f"{spec.max_depth}; {spec.max_depth} trains everything)")
@@ -68,6 +79,13 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
                         help=f"lora mode: the rank of each adapter (default {LORA_RANK})")
     parser.add_argument("--lora-alpha", type=number(float, 0, low_open=True), default=None, metavar="A",
                         help=f"lora mode: adapters are scaled by A/R (default {LORA_ALPHA:g})")
+    parser.add_argument("--mask-fraction", type=number(float, 0, 1, low_open=True), default=None, metavar="F",
+                        help=f"masked mode: the share of the pretrained parameters' entries that train (default "
+                             f"{MASK_FRACTION:g}); the head trains whole")
+    parser.add_argument("--mask-select", choices=SELECTIONS, default=None,
+                        help=f"masked mode: how the entries are chosen (default {SELECTIONS[0]}): by gradient "
+                             f"magnitude on {SCORE_IMAGES} training images (after --probe-epochs, if given), at "
+                             "random, or the last ones from the head down")
     parser.add_argument("--weights", default="imagenet",
                         help="'imagenet' (torchvision weights API and its cache), a state-dict file, or 'none'")
     parser.add_argument("--cache-features", action="store_true",
@@ -234,6 +252,27 @@ class GradualUnfreeze(Callback):
         return changed
 
 
+def choose_masks(model: nn.Module, arch: str, fraction: float, how: str, seed: int, images, split: Split,
+                 train_indices: np.ndarray, eval_tf, device: torch.device, resume: str | None,
+                 log=print) -> dict[str, torch.Tensor]:
+    """masked mode's masks: the ones a resumed run's checkpoint saved, else chosen now from the training images."""
+    if resume:
+        return masks_from_checkpoint(load_checkpoint(resume, keys=("callbacks",)))
+    head = ARCHS[arch].head_child
+    params = backbone_parameters(model, head)
+    scores = None
+    if how == "grad":
+        pick = torch.randperm(len(train_indices), generator=torch.Generator().manual_seed(seed))[:SCORE_IMAGES]
+        loader = BatchLoader(images, split.labels, train_indices[pick.numpy()], 64, device, rank=0, world_size=1)
+        batches = ((eval_tf(x).contiguous(memory_format=torch.channels_last), y) for x, y in loader)
+        scores = gradient_scores(model, head, batches, nn.CrossEntropyLoss())
+    masks = select_masks(params, fraction, how, scores, torch.Generator().manual_seed(seed))
+    chosen, tensors = sum(int(m.sum()) for m in masks.values()), sum(bool(m.any()) for m in masks.values())
+    log(f"masked fine-tuning: {chosen:,} of {sum(p.numel() for p in params.values()):,} pretrained parameters "
+        f"train, chosen by {how}, in {tensors} of {len(masks)} tensors; the head trains whole")
+    return masks
+
+
 def train(arch: str, split: Split, images, device: torch.device, recipe: TransferConfig, cfg: TrainConfig,
           objective_cfg: ObjectiveConfig, *, augment, loading, options: dict, log=print) -> Path:
     """Build, freeze and fine-tune one model; returns its run folder.
@@ -254,6 +293,8 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
             "weights": weights}
     if recipe.lora:
         meta["lora"] = dict(zip(("rank", "alpha"), recipe.lora))  # model_from_checkpoint rebuilds the adapters
+    if recipe.mask:
+        meta["mask"] = dict(zip(("fraction", "select"), recipe.mask))
     extra = {}
     trained, save_model, pixels = model, None, images
     if recipe.probe_epochs and not cfg.resume:  # a resumed run's checkpoint holds the probed head and what followed
@@ -269,6 +310,13 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
         images, trained, save_model = feats.to(device), getattr(model, ARCHS[arch].head_child), model
         train_tf = eval_tf = nn.Identity()
     loaders = make_loaders(images, split, loading, device, generators["data"], log)
+    masked = None
+    if recipe.mask:  # chosen before the optimizer is built, so it holds only tensors with chosen entries
+        masks = choose_masks(model, arch, *recipe.mask, recipe.seed, images, split, loaders["train"].indices.numpy(),
+                             eval_tf, device, cfg.resume, log)
+        masked = MaskedUpdates(model, masks)
+        head = sum(p.numel() for p in getattr(model, ARCHS[arch].head_child).parameters())
+        extra["trainable_params"] = head + masked.updated  # entries that can change, not whole tensors
     lr_of = None
     if recipe.lr_decay != 1.0:
         lr_of = lambda name: lr * recipe.lr_decay ** block_depth(arch, name)  # noqa: E731
@@ -277,6 +325,9 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
     callbacks = progressive_resize(train_tf, augment)
     if recipe.mode == "gradual":
         callbacks.append(GradualUnfreeze(model, arch, recipe.unfreeze_every, groups, log))
+    if masked:
+        masked.attach(optimizer)
+        callbacks.append(masked)
     data = TrainingData(split, loaders, train_tf, eval_tf, arch, recipe.mode, meta, pixels)
     o = objective_cfg
     objective = make_objective(data.train_labels, len(split.classes), o.label_smoothing, o.balance, o.mixup,

@@ -175,6 +175,10 @@ def test_feature_cache_matches_uncached_head_training(dataset, tmp_path):
     (["--mode", "fc", "--lora-rank", "4", "--weights", "none"], "--lora-rank and --lora-alpha shape the adapters of "
                                                                 "--mode lora; drop them with --mode fc"),
     (["--mode", "lora", "--lora-alpha", "0", "--weights", "none"], "argument --lora-alpha: 0 is out of range"),
+    (["--mode", "full", "--mask-select", "random", "--weights", "none"], "--mask-fraction and --mask-select choose "
+                                                                         "what --mode masked trains"),
+    (["--mode", "masked", "--mask-fraction", "1.5", "--weights", "none"], "argument --mask-fraction: 1.5 is out of "
+                                                                          "range"),
 ])
 def test_part2_cli_errors(dataset, tmp_path, argv, message):
     proc = subprocess.run([sys.executable, str(ROOT / "part2_mobilenet.py"),
