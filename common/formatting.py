@@ -51,6 +51,11 @@ def f_int(x) -> str:
     return f"{round(x):,}" if is_num(x) else DASH
 
 
+def f_mib(x) -> str:
+    """A size in MiB, 2 decimals."""
+    return f"{x:.2f}" if is_num(x) else DASH
+
+
 def f_rate(x) -> str:
     """Throughput: no decimals unless small."""
     return (f"{x:,.0f}" if x >= 100 else f"{x:.1f}") if is_num(x) else DASH

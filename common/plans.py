@@ -25,6 +25,9 @@ import itertools
 
 from common.architectures import ARCHS
 from common.cli import DataError
+from common.lora import RANK as LORA_RANK
+from common.masking import FRACTION as MASK_FRACTION
+from common.masking import SELECTIONS as MASK_SELECTIONS
 from common.sections import GROUPS
 
 STRATEGY_ARGS = {  # strategy -> --mode and extra arguments of the part 2 scripts
@@ -91,7 +94,7 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
               fractions: list[float], imbalance_ratio: float | None, severities: str, ood_count: int,
               notes: list[str] = (), strategy_extra: dict[tuple[str, str], list[str]] | None = None,
               seeds: dict[str, list[int]] | None = None, regularization: bool = True, faithfulness: int = 0,
-              sanity: int = 0, depth: dict[str, list[int]] | None = None) -> dict:
+              sanity: int = 0, depth: dict[str, list[int]] | None = None, peft: list[str] = ()) -> dict:
     """Expand the experiments of the assignment into one list of runs sharing their common points.
 
     `data` goes to every run (split options: the first run draws runs/split.json, the others reuse it).
@@ -101,6 +104,8 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     faithfulness and sanity are how many test images gradcam.py scores the explained runs' methods on, by
     deletion/insertion and by cascading randomisation (0: not at all). depth gives, per model, the block counts L
     its top-mode runs train (the depth curve), each beside that model's gradual run, all with strategy_args.
+    peft names the models whose parameter-efficient runs (LoRA, and masked fine-tuning by each selection) are
+    compared with their fc, bn and full runs, all like the strategies.
     """
     strategy_extra, seeds = strategy_extra or {}, seeds or {}
     some = [f for f in fractions if f < 1]
@@ -130,6 +135,16 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
                              ["depth"], f"top {blocks} block(s)", strategy="top", blocks=blocks))
         gradual = [*STRATEGY_ARGS["gradual"], *strategy_extra.get((model, "gradual"), []), *strategy_args]
         runs.append(_run(f"{model}-gradual", model, gradual, ["depth"], "gradual", strategy="gradual", blocks=None))
+    for model in peft:
+        for s in ("fc", "bn", "full"):  # the same runs as the strategies': trained once
+            runs.append(_run(f"{model}-{s}", model, [*STRATEGY_ARGS[s], *strategy_extra.get((model, s), []),
+                                                     *strategy_args], ["peft"], s, strategy=s))
+        runs.append(_run(f"{model}-lora", model, ["--mode", "lora", *strategy_args], ["peft"],
+                         f"LoRA rank {LORA_RANK}", strategy="lora"))
+        for how in MASK_SELECTIONS:
+            runs.append(_run(f"{model}-masked-{how}", model, ["--mode", "masked", "--mask-select", how,
+                                                              *strategy_args], ["peft"],
+                             f"masked {MASK_FRACTION:.0%}, by {how}", strategy=f"masked-{how}"))
     lr_base = [*STRATEGY_ARGS[lr_strategy], *lr_args]
     for lr in transfer_lrs:
         runs.append(_run(f"{lr_model}-{lr_strategy}-lr{lr:g}", lr_model, [*lr_base, "--lr", lr], ["transfer_lr"],
@@ -180,7 +195,8 @@ def quick(resnet18: bool = True) -> dict:
         f"({' and '.join(ARCHS[m].display for m in strategies)}) train for 5 and "
         "3 epochs on 112x112 crops of 128x128 images; the learning-rate, data-fraction and imbalance experiments "
         "train a MobileNetV2 head for 15 epochs on cached 224x224 ImageNet features, its baseline repeated over "
-        "3 seeds; the depth curve trains MobileNetV2's last 1 to 3 blocks like the strategies. Read the numbers "
+        "3 seeds; the depth curve trains MobileNetV2's last 1 to 3 blocks, and LoRA and masked fine-tuning train it, "
+        "like the strategies. Read the numbers "
         "for their ranking, not their level: every model here is far from converged.",
         data=SPLIT, scratch=[*small, "--epochs", "5"],
         notes=[SPLIT_NOTE, "The cached-feature runs of one network and size share one feature extraction, paid (and "
@@ -191,7 +207,7 @@ def quick(resnet18: bool = True) -> dict:
         lr_model="mobilenet_v2", lr_strategy="fc", lr_args=["--cache-features", "--epochs", "15"],
         transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
         severities="1,3,5", ood_count=300, seeds={"transfer": [0, 1, 2]}, faithfulness=5,
-        sanity=2, depth={"mobilenet_v2": [1, 2, 3]})
+        sanity=2, depth={"mobilenet_v2": [1, 2, 3]}, peft=["mobilenet_v2"])
 
 
 def full() -> dict:
@@ -200,7 +216,8 @@ def full() -> dict:
         "full",
         "The complete study at the assignment's resolution (224x224 crops of 256x256 images): a 3x3 learning-rate x "
         "batch-size grid for the scratch CNN (40 epochs), every fine-tuning strategy for ResNet-18 and MobileNetV2 "
-        "(15 epochs), the depth of fine-tuning as a curve (the last 1 block up to every block of both), a "
+        "(15 epochs), the depth of fine-tuning as a curve (the last 1 block up to every block of both), LoRA and "
+        "masked fine-tuning of both against their fc, bn and full runs, a "
         "learning-rate study of fully fine-tuned ResNet-18, data fractions, regularization and class imbalance; "
         "the scratch and the ResNet-18 baselines are repeated over 3 seeds.",
         data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "40"], scratch_lrs=[1e-2, 1e-3, 1e-4],
@@ -211,7 +228,8 @@ def full() -> dict:
         lr_model="resnet18", lr_strategy="full", lr_args=["--epochs", "15"],
         transfer_lrs=[3e-5, 1e-4, 3e-4], base_transfer_lr=1e-4, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
         severities="1,2,3,4,5", ood_count=1000, seeds={"scratch": [0, 1, 2], "transfer": [0, 1, 2]},
-        faithfulness=200, sanity=20, depth={"resnet18": [1, 2, 3, 4, 5], "mobilenet_v2": [1, 2, 3, 4]})
+        faithfulness=200, sanity=20, depth={"resnet18": [1, 2, 3, 4, 5], "mobilenet_v2": [1, 2, 3, 4]},
+        peft=["resnet18", "mobilenet_v2"])
 
 
 def cpu(resnet18: bool = True) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from common.formatting import f_acc, f_g, f_int, f_pp, f_time, is_num
+from common.formatting import f_acc, f_g, f_int, f_mib, f_pp, f_time, is_num
 from common.study_plots import plot_bars, plot_depth, plot_grouped, plot_heatmap, plot_lines, plot_severity
 from common.study_runs import (
     best_val,
@@ -247,6 +247,67 @@ class Depth(Group):
                 line += f". Gradual unfreezing of the same blocks: {text(gradual)}"
             out.append(line + ".")
         return out
+
+
+class Peft(Group):
+    """Parameter-efficient fine-tuning: LoRA adapters and masked updates beside the head, BatchNorm and everything."""
+
+    key = "peft"
+    title = "Parameter-efficient fine-tuning"
+    question = ("Do LoRA adapters or masked updates of a few percent of the parameters come close to full "
+                "fine-tuning, and what do they cost in time and storage?")
+    vars = ("model", "strategy")
+
+    def order(self, runs: list[dict], names: list[str]) -> list[dict]:
+        """Per model, from the fewest trainable parameters to the most."""
+        return sorted(runs, key=lambda r: (model_name(r), metric(r, "trainable_params") or 0))
+
+    def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
+        """What each stores: the entries it trains (float32, what a task needs beside the shared pretrained
+        weights) and its checkpoint file (the whole network and its optimizer state)."""
+        return [(("trainable params", f_int, None), lambda r: metric(r, "trainable_params")),
+                (("trained MiB (fp32)", f_mib, "min"), lambda r: _mib(metric(r, "trainable_params"))),
+                (("checkpoint MiB", f_mib, None), lambda r: metric(r, "checkpoint_mb"))]
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """Bar chart of test accuracy per strategy."""
+        rep.doc.figures([(rep.plot(self.key, plot_bars, runs, title="test accuracy, parameter-efficient or not"),
+                          f"Test accuracy (training time on each bar), {rep.setting(runs)}.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Per model: each parameter-efficient run against full fine-tuning, and the masked selections' ranking."""
+        out = []
+        runs = rep.group(self.key)
+        for model in sorted({model_name(r) for r in runs}):
+            mine = {mode_name(r): r for r in runs if model_name(r) == model}
+            full = mine.get("full")
+            cheap = [r for name, r in mine.items() if name == "lora" or name.startswith("masked")]
+            if full is None or not cheap or not is_num(metric(full, "test_acc")):
+                continue
+            line = (f"**Parameter-efficient fine-tuning** ({model}, {rep.setting(list(mine.values()))}): full "
+                    f"fine-tuning test {f_acc(metric(full, 'test_acc'))}; "
+                    + "; ".join(_against(rep, r, full) for r in cheap))
+            masked = [r for r in cheap if mode_name(r).startswith("masked")]
+            if len(masked) > 1:
+                line += f". Of the masked selections, {mode_name(max(masked, key=best_val))} is best on validation"
+            out.append(line + ".")
+        return out
+
+
+def _against(rep: Report, r: dict, full: dict) -> str:
+    """A run's test accuracy against full fine-tuning's, and its share of full's trainable parameters and time."""
+    a, b = metric(r, "test_acc"), metric(full, "test_acc")
+    return (f"{mode_name(r)} test {f_acc(a)} ({rep.spread.noisy(delta(a, b), a=a, b=b)} vs full) with "
+            f"{_share(metric(r, 'trainable_params'), metric(full, 'trainable_params'))} of its trainable parameters "
+            f"in {_share(train_time(r), train_time(full))} of its time")
+
+
+def _mib(params) -> float | None:
+    return params * 4 / 2**20 if is_num(params) else None
+
+
+def _share(a, b) -> str:
+    return f"{a / b:.0%}" if is_num(a) and is_num(b) and b else "n/a"
 
 
 class TransferLr(Group):
@@ -607,14 +668,15 @@ class Faithfulness(Section):
                 f"{f_acc(s['rank_correlation']['mean'])}; {verdict}.")
 
 
-SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), Depth(), TransferLr(), Fractions(),
+SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), Depth(), Peft(), TransferLr(),
+                                                     Fractions(),
                                                      Regularization(), Imbalance(), Robustness(),
                                                      Faithfulness())}
 GROUPS = {key: s.spec() for key, s in SECTIONS.items() if isinstance(s, Group)}  # a plan's "groups", in this order
 # The summary answers the transfer questions first: the learning-rate sentences of the transfer model come before
 # the scratch grid's, whose section comes first in the report.
-SUMMARY_ORDER = ("strategies", "depth", "transfer_lr", "scratch_grid", "fractions", "regularization", "imbalance",
-                 "robustness", "faithfulness")
+SUMMARY_ORDER = ("strategies", "depth", "peft", "transfer_lr", "scratch_grid", "fractions", "regularization",
+                 "imbalance", "robustness", "faithfulness")
 
 
 def section_for(key: str) -> Section:
