@@ -7,11 +7,14 @@ Examples:
     python part2_mobilenet.py --mode fc --weights ../shared/weights/mobilenet_v2-4972ace1.pth
     python part2_mobilenet.py --mode bn                     # BatchNorm layers + head only
     python part2_mobilenet.py --mode gradual --unfreeze-every 2 # head first, one block deeper every 2 epochs
+    python part2_mobilenet.py --mode top --blocks 2          # the head and the 2 blocks below it from the start
+    python part2_mobilenet.py --mode lora --lora-rank 8      # low-rank adapters + head, merged for evaluation
+    python part2_mobilenet.py --mode masked --mask-fraction 0.05  # the head + 5% of the entries, by gradient magnitude
 
 Weights come from torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1` (downloaded once into $TORCH_HOME);
 offline, pass --weights with a state-dict file. Frozen parameters get requires_grad=False, are left out
 of the optimizer, and their BatchNorm layers stay in eval mode. Trainable parameters: fc 12,810,
-full 2,236,682.
+top 1 1,694,154, lora (rank 8) 161,506, masked (5%) 124,004, full 2,236,682.
 """
 from __future__ import annotations
 

@@ -10,11 +10,14 @@ Examples:
     python part2_resnet18.py --mode full --weights none     # random initialisation (not transfer learning)
     python part2_resnet18.py --mode bn                      # BatchNorm layers + head only
     python part2_resnet18.py --mode gradual --unfreeze-every 2 # head first, one block deeper every 2 epochs
+    python part2_resnet18.py --mode top --blocks 2          # the head and the 2 blocks below it from the start
+    python part2_resnet18.py --mode lora --lora-rank 8      # low-rank adapters + head, merged for evaluation
+    python part2_resnet18.py --mode masked --mask-fraction 0.05  # the head + 5% of the entries, by gradient magnitude
 
 Weights come from torchvision's `ResNet18_Weights.IMAGENET1K_V1` (downloaded once into $TORCH_HOME);
 offline, pass --weights with a state-dict file. Frozen parameters get requires_grad=False, are left out
 of the optimizer, and their BatchNorm layers stay in eval mode. Trainable parameters: fc 5,130,
-blocks34 10,498,570, full 11,181,642.
+lora (rank 8) 292,514, masked (5%) 563,956, blocks34 10,498,570, full 11,181,642.
 """
 from __future__ import annotations
 

@@ -427,3 +427,28 @@ def test_depth_curve_section_says_where_adding_blocks_stops_paying(study, tmp_pa
     assert "; 2 block(s) are within the noise of it (test 0.9600, val 0.9653 in" in answer
     assert "62% of its training time), so adding blocks stops paying after 2" in answer
     assert answer.endswith(f"Gradual unfreezing of the same blocks: test 0.9570, val 0.9620 in {f_time(300.0)}.")
+
+
+def test_peft_section_weighs_each_parameter_efficient_run_against_full_fine_tuning(study, tmp_path):
+    peft = copy.deepcopy(study)
+    rows = (("fc", "fc", 0.90, 0.89, 60.0, 12_810), ("full", "full", 0.96, 0.95, 400.0, 2_236_682),
+            ("lora", "lora", 0.955, 0.948, 300.0, 161_506), ("masked-grad", "masked", 0.95, 0.94, 380.0, 123_998),
+            ("masked-random", "masked", 0.93, 0.92, 380.0, 123_998))
+    for strategy, mode, val, test, secs, params in rows:
+        r = run(tmp_path, f"peft-{strategy}", ["peft"], {"model": "mobilenet_v2", "strategy": strategy},
+                "mobilenet_v2", mode, val, test, secs)
+        r["metrics"]["trainable_params"] = params
+        peft["runs"].append(r)
+    peft["groups"]["peft"] = {"title": "Parameter-efficient fine-tuning", "question": "LoRA?",
+                              "vars": ["model", "strategy"]}
+    out = tmp_path / "report"
+    build_report(peft, out)
+    md = (out / "report.md").read_text()
+    table = md[md.index("## Parameter-efficient fine-tuning"):]
+    # by trainable parameters, each with what it must store: 161,506 float32 entries are 0.62 MiB
+    assert table.index("| fc |") < table.index("| masked-grad |") < table.index("| lora |") < table.index("| full |")
+    assert "| 161,506 | 0.62 | 9.00 |" in table and (out / "img" / "peft.png").is_file()
+    answer = next(line for line in md.splitlines() if line.startswith("- **Parameter-efficient fine-tuning**"))
+    assert "full fine-tuning test 0.9500; lora test 0.9480 (-0.2 pp" in answer
+    assert "vs full) with 7% of its trainable parameters in 75% of its time" in answer
+    assert answer.endswith("Of the masked selections, masked-grad is best on validation.")

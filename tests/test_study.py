@@ -73,6 +73,13 @@ def test_builtin_plans_are_consistent_and_parse(name, options):
     # L = 1 up to (in the full plan) every block, beside the strategies' own gradual run, trained once
     assert sorted(depth, key=str) == sorted([("gradual", None, True)] + [
         ("top", b, False) for b in range(1, 4 if name == "quick" else 5)], key=str)
+    peft = {r["vars"]["strategy"]: r for r in plan["runs"] if "peft" in r["groups"] and r["vars"]["model"] ==
+            "mobilenet_v2"}
+    # LoRA and each masked selection, beside the strategies' own fc, bn and full runs (trained once)
+    assert set(peft) == {"fc", "bn", "full", "lora", "masked-grad", "masked-random", "masked-last"}
+    assert all("strategies" in peft[s]["groups"] for s in ("fc", "bn", "full"))
+    after = lambda r, word: r["args"][r["args"].index(word) + 1:]  # noqa: E731  (the arguments after the mode's)
+    assert after(peft["masked-random"], "random") == after(peft["lora"], "lora") == after(peft["full"], "full")
     resnet = {r["vars"]["strategy"]: r for r in plan["runs"]
               if r["vars"]["model"] == "resnet18" and "strategies" in r["groups"]}
     if name == "quick":
