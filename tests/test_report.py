@@ -396,8 +396,9 @@ def test_notebook_is_the_report_in_the_course_structure_executed_without_errors(
     assert pngs >= 12, pngs
     text = "".join(c.source for c in nb.cells if c.cell_type == "markdown")
     # every group the study planned ran; the one it did not plan is future work
-    assert "mnv2 fc" in text and text.count("Not measured by this plan") == 1
+    assert "mnv2 fc" in text and text.count("Not measured by this plan") == 2
     assert "Not measured by this plan: depth of fine-tuning (`study.py --plan full` runs it)." in text
+    assert "Not measured by this plan: parameter-efficient fine-tuning (`study.py --plan full` runs it)." in text
     shown = "".join(o.get("data", {}).get("text/markdown", "") for c in code for o in c.outputs)
     assert "0.9680" in shown and "Scratch CNN: learning rate x batch size" in shown
 
