@@ -98,3 +98,12 @@ def read_board(run_dir: Path) -> dict:
     return {"scalars": {t: [(e.step, e.value) for e in events.Scalars(t)] for t in tags["scalars"]},
             "images": {t: [(e.step, e.width, e.height) for e in events.Images(t)] for t in tags["images"]},
             "hparams": hparams}
+
+
+def refusal(script, argv: list[str], capsys) -> str:
+    """What a script prints when it refuses argv: the stderr of its exit, in this process (no interpreter start)."""
+    from common.cli import run_main
+    with pytest.raises(SystemExit) as e:
+        run_main(script.main, script.get_args_parser().parse_args(argv))
+    assert e.value.code not in (0, None)
+    return capsys.readouterr().err + (e.value.code if isinstance(e.value.code, str) else "")

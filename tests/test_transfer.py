@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from common.architectures import ARCHS
 from common.engine import param_groups
 from common.models import WeightsError, build_model, count_parameters, load_pretrained, set_train_mode
 from common.runs import load_checkpoint
-from conftest import ROOT, read_board, tiny_args
+from conftest import read_board, refusal, tiny_args
 
 
 @pytest.mark.parametrize("arch, mode, expected", [
@@ -180,11 +178,9 @@ def test_feature_cache_matches_uncached_head_training(dataset, tmp_path):
     (["--mode", "masked", "--mask-fraction", "1.5", "--weights", "none"], "argument --mask-fraction: 1.5 is out of "
                                                                           "range"),
 ])
-def test_part2_cli_errors(dataset, tmp_path, argv, message):
-    proc = subprocess.run([sys.executable, str(ROOT / "part2_mobilenet.py"),
-                           *tiny_args(dataset, tmp_path / "runs", "--epochs", "1"), *argv],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+def test_part2_cli_errors(dataset, tmp_path, capsys, argv, message):
+    err = refusal(part2_mobilenet, [*tiny_args(dataset, tmp_path / "runs", "--epochs", "1"), *argv], capsys)
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_lr_decay_gives_deeper_blocks_smaller_rates():
