@@ -14,48 +14,44 @@ import torch
 from torch import nn
 
 
-class LoRAConv2d(nn.Module):
-    """A frozen Conv2d plus a trainable rank-R update (down: k x k to R channels, up: 1 x 1, zero at the start)."""
+class Adapter(nn.Module):
+    """A frozen base layer plus scale * up(down(x)); up starts at zero, so the adapter starts as its layer."""
 
-    def __init__(self, base: nn.Conv2d, rank: int, alpha: float):
+    def __init__(self, base: nn.Module, down: nn.Module, up: nn.Module, rank: int, alpha: float):
         super().__init__()
-        self.base, self.scale = base, alpha / rank
-        self.down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, base.dilation,
-                              bias=False, padding_mode=base.padding_mode)
-        self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        self.base, self.down, self.up, self.scale = base, down, up, alpha / rank
         nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.up.weight)
         base.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scale * self.up(self.down(x))
+
+
+class LoRAConv2d(Adapter):
+    """A frozen Conv2d plus a trainable rank-R update (down: k x k to R channels, up: 1 x 1, zero at the start)."""
+
+    def __init__(self, base: nn.Conv2d, rank: int, alpha: float):
+        down = nn.Conv2d(base.in_channels, rank, base.kernel_size, base.stride, base.padding, base.dilation,
+                         bias=False, padding_mode=base.padding_mode)
+        super().__init__(base, down, nn.Conv2d(rank, base.out_channels, 1, bias=False), rank, alpha)
 
     def delta(self) -> torch.Tensor:
         """The update the adapter adds to the base kernel: scale * B A, out x in x k x k."""
         return self.scale * torch.einsum("or,rikl->oikl", self.up.weight[:, :, 0, 0], self.down.weight)
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(Adapter):
     """A frozen Linear plus a trainable rank-R update (down to R features, up from them, zero at the start)."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.base, self.scale = base, alpha / rank
-        self.down = nn.Linear(base.in_features, rank, bias=False)
-        self.up = nn.Linear(rank, base.out_features, bias=False)
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.up.weight)
-        base.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * self.up(self.down(x))
+        super().__init__(base, nn.Linear(base.in_features, rank, bias=False),
+                         nn.Linear(rank, base.out_features, bias=False), rank, alpha)
 
     def delta(self) -> torch.Tensor:
         """The update the adapter adds to the base weight: scale * B A, out x in."""
         return self.scale * self.up.weight @ self.down.weight
 
-
-ADAPTERS = (LoRAConv2d, LoRALinear)
 RANK, ALPHA = 8, 8.0  # the defaults of --lora-rank and --lora-alpha (scale 1, as Hugging Face PEFT's)
 
 
@@ -70,7 +66,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float, skip: str) -> int:
     """
     if rank < 1 or alpha <= 0:
         raise ValueError(f"LoRA needs rank >= 1 and alpha > 0, not rank {rank}, alpha {alpha}")
-    if any(isinstance(m, ADAPTERS) for m in model.modules()):
+    if any(isinstance(m, Adapter) for m in model.modules()):
         raise ValueError("the model already has LoRA adapters")
     targets = [(name, m) for name, m in model.named_modules() if _adaptable(m) and name.split(".")[0] != skip]
     for name, m in targets:
@@ -87,7 +83,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     The merged network has the architecture's own layers and state-dict names, and computes the same function.
     """
     for name, m in list(model.named_modules()):
-        if isinstance(m, ADAPTERS):
+        if isinstance(m, Adapter):
             m.base.weight += m.delta().to(m.base.weight.dtype)
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, m.base)

@@ -12,7 +12,7 @@ from torch import nn
 import part2_mobilenet
 from common import transfer
 from common.inference import Predictor
-from common.lora import ADAPTERS, LoRAConv2d, LoRALinear, add_lora, merge_lora
+from common.lora import Adapter, LoRAConv2d, LoRALinear, add_lora, merge_lora
 from common.models import WeightsError, build_model, count_parameters, model_from_checkpoint, set_train_mode
 from common.runs import load_checkpoint
 from conftest import tiny_args
@@ -22,7 +22,7 @@ def _perturb_up(model: nn.Module) -> None:
     """The up projections start at zero (the adapter adds nothing); give them values, as training would."""
     torch.manual_seed(1)
     for m in model.modules():
-        if isinstance(m, ADAPTERS):
+        if isinstance(m, Adapter):
             nn.init.normal_(m.up.weight, std=0.05)
 
 
@@ -83,7 +83,7 @@ def test_merged_network_is_the_plain_architecture_computing_the_same_function():
         adapted = model(x)
         merged = merge_lora(copy.deepcopy(model))
         assert torch.allclose(merged(x), adapted, atol=1e-4)
-    assert not any(isinstance(m, ADAPTERS) for m in merged.modules())
+    assert not any(isinstance(m, Adapter) for m in merged.modules())
     assert merged.state_dict().keys() == build_model("resnet18", 10, "full")[0].state_dict().keys()
 
 
@@ -100,7 +100,7 @@ def test_lora_run_records_its_adapters_and_its_checkpoint_evaluates_merged(datas
     unmerged.load_state_dict(ckpt["model_state"])
     assert any(unmerged.state_dict()[k].abs().sum() > 0 for k in ckpt["model_state"] if ".up." in k)  # it trained
     predictor = Predictor(ckpt)
-    assert not any(isinstance(m, ADAPTERS) for m in predictor.model.modules())
+    assert not any(isinstance(m, Adapter) for m in predictor.model.modules())
     images = np.random.default_rng(0).integers(0, 256, (3, 72, 72, 3), dtype=np.uint8)
     with torch.no_grad():
         expected = unmerged.eval()(predictor.prepare(images))
@@ -111,7 +111,7 @@ def test_an_edited_lora_checkpoint_is_refused_in_one_line(dataset, tmp_path):
     model, _ = build_model("mobilenet_v2", 10, "lora", lora=(4, 8.0))
     ckpt = {"arch": "mobilenet_v2", "mode": "lora", "classes": [str(i) for i in range(10)],
             "model_state": model.state_dict(), "lora": {"rank": 4, "alpha": 8.0}}
-    assert not any(isinstance(m, ADAPTERS) for m in model_from_checkpoint(ckpt).modules())
+    assert not any(isinstance(m, Adapter) for m in model_from_checkpoint(ckpt).modules())
     for edit in ({"lora": None}, {"lora": {"rank": 8, "alpha": 8.0}}, {"mode": "fc"}):
         with pytest.raises(WeightsError, match="it was edited") as e:
             model_from_checkpoint({**ckpt, **edit})
