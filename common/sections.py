@@ -45,6 +45,15 @@ class Section:
         return []
 
 
+TRAINABLE: tuple[Column, Callable[[dict], object]] = (("trainable params", f_int, None),
+                                                     lambda r: metric(r, "trainable_params"))
+
+
+def _by_trainable(runs: list[dict]) -> list[dict]:
+    """Per model, from the fewest trainable parameters to the most."""
+    return sorted(runs, key=lambda r: (model_name(r), metric(r, "trainable_params") or 0))
+
+
 class Group(Section):
     """An experiment of the plan: runs that vary `vars`, shown as one table (group variables first) and a figure."""
 
@@ -163,11 +172,11 @@ class Strategies(Group):
 
     def order(self, runs: list[dict], names: list[str]) -> list[dict]:
         """Per model, from the fewest trainable parameters to the most."""
-        return sorted(runs, key=lambda r: (model_name(r), metric(r, "trainable_params") or 0))
+        return _by_trainable(runs)
 
     def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
         """The trainable parameters, the cost of each strategy."""
-        return [(("trainable params", f_int, None), lambda r: metric(r, "trainable_params"))]
+        return [TRAINABLE]
 
     def figure(self, rep: Report, runs: list[dict]) -> None:
         """Bar chart of test accuracy per strategy."""
@@ -179,7 +188,7 @@ class Strategies(Group):
         out = []
         strat = rep.group(self.key)
         for model in sorted({model_name(r) for r in strat}):
-            rs = sorted((r for r in strat if model_name(r) == model), key=lambda r: metric(r, "trainable_params") or 0)
+            rs = _by_trainable([r for r in strat if model_name(r) == model])
             top, first = max(rs, key=best_val), rs[0]
             parts = "; ".join(f"{mode_name(r)} ({f_int(metric(r, 'trainable_params'))} trainable) test "
                               f"{f_acc(metric(r, 'test_acc'))} in {f_time(train_time(r))}" for r in rs)
@@ -210,7 +219,7 @@ class Depth(Group):
 
     def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
         """The trainable parameters, what each depth costs."""
-        return [(("trainable params", f_int, None), lambda r: metric(r, "trainable_params"))]
+        return [TRAINABLE]
 
     def figure(self, rep: Report, runs: list[dict]) -> None:
         """Accuracy and training time against the blocks trained."""
@@ -260,12 +269,12 @@ class Peft(Group):
 
     def order(self, runs: list[dict], names: list[str]) -> list[dict]:
         """Per model, from the fewest trainable parameters to the most."""
-        return sorted(runs, key=lambda r: (model_name(r), metric(r, "trainable_params") or 0))
+        return _by_trainable(runs)
 
     def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
         """What each stores: the entries it trains (float32, what a task needs beside the shared pretrained
         weights) and its checkpoint file (the whole network and its optimizer state)."""
-        return [(("trainable params", f_int, None), lambda r: metric(r, "trainable_params")),
+        return [TRAINABLE,
                 (("trained MiB (fp32)", f_mib, "min"), lambda r: _mib(metric(r, "trainable_params"))),
                 (("checkpoint MiB", f_mib, None), lambda r: metric(r, "checkpoint_mb"))]
 
