@@ -124,21 +124,21 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     for option, extra in REGULARIZATION_ARGS.items() if regularization else ():
         runs.append(_run(f"scratch-{option}", "scratch_cnn", [*base, *extra], ["regularization"],
                          option.replace("_", " "), option=option))
+    def strategy_run(model: str, s: str, groups: list[str], **vars_) -> dict:
+        """The strategies' run of (model, s); another group listing it shares it (merged below)."""
+        more = strategy_extra.get((model, s), [])
+        return _run(f"{model}-{s}", model, [*STRATEGY_ARGS[s], *more, *strategy_args], groups,
+                    s + (", cached features" if "--cache-features" in more else ""), strategy=s, **vars_)
+
     for model, names in strategies.items():
-        for s in names:
-            more = strategy_extra.get((model, s), [])
-            runs.append(_run(f"{model}-{s}", model, [*STRATEGY_ARGS[s], *more, *strategy_args], ["strategies"],
-                             s + (", cached features" if "--cache-features" in more else ""), strategy=s))
+        runs += [strategy_run(model, s, ["strategies"]) for s in names]
     for model, depths in (depth or {}).items():
         for blocks in depths:
             runs.append(_run(f"{model}-top{blocks}", model, ["--mode", "top", "--blocks", blocks, *strategy_args],
                              ["depth"], f"top {blocks} block(s)", strategy="top", blocks=blocks))
-        gradual = [*STRATEGY_ARGS["gradual"], *strategy_extra.get((model, "gradual"), []), *strategy_args]
-        runs.append(_run(f"{model}-gradual", model, gradual, ["depth"], "gradual", strategy="gradual", blocks=None))
+        runs.append(strategy_run(model, "gradual", ["depth"], blocks=None))
     for model in peft:
-        for s in ("fc", "bn", "full"):  # the same runs as the strategies': trained once
-            runs.append(_run(f"{model}-{s}", model, [*STRATEGY_ARGS[s], *strategy_extra.get((model, s), []),
-                                                     *strategy_args], ["peft"], s, strategy=s))
+        runs += [strategy_run(model, s, ["peft"]) for s in ("fc", "bn", "full")]
         runs.append(_run(f"{model}-lora", model, ["--mode", "lora", *strategy_args], ["peft"],
                          f"LoRA rank {LORA_RANK}", strategy="lora"))
         for how in MASK_SELECTIONS:
