@@ -325,7 +325,7 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
     callbacks = progressive_resize(train_tf, augment)
     if recipe.mode == "gradual":
         callbacks.append(GradualUnfreeze(model, arch, recipe.unfreeze_every, groups, log))
-    if masked:
+    if masked is not None:
         masked.attach(optimizer)
         callbacks.append(masked)
     data = TrainingData(split, loaders, train_tf, eval_tf, arch, recipe.mode, meta, pixels)
