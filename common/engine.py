@@ -60,6 +60,21 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
+def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler | None = None) -> None:
+    """One optimizer step on a training loss (through the fp16 loss scaler if any); DivergedError if not finite."""
+    if not torch.isfinite(loss):
+        raise DivergedError(f"the training loss became {loss.item()}; lower --lr")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device, amp: bool = False,
                     scaler: torch.amp.GradScaler | None = None, desc: str = "train",
@@ -77,16 +92,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, cr
         with autocast(device, amp):
             logits = model(x)
             loss = criterion(logits, target)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"the training loss became {loss.item()}; lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_step(loss, optimizer, scaler)
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
