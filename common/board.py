@@ -22,7 +22,8 @@ from common.transforms import TrainTransform, eval_transform
 # config.json keys shown in the HParams dashboard (those a run has, with a scalar value)
 HPARAMS = ("arch", "mode", "lr", "batch_size", "epochs", "opt", "weight_decay", "sched", "warmup_epochs",
            "label_smoothing", "dropout", "scale_min", "jitter", "auto_augment", "mixup", "cutmix", "balance",
-           "fraction", "imbalance", "probe_epochs", "low_res_epochs", "cache_features", "seed", "amp", "tag")
+           "fraction", "labelled_fraction", "imbalance", "probe_epochs", "low_res_epochs", "cache_features", "seed",
+           "amp", "tag")
 FINAL = ("best_val_acc", "test_acc", "test_macro_f1", "train_seconds")  # metrics.json keys, as final/<key>
 
 
@@ -32,6 +33,7 @@ class Board:
     SCALARS = (("train_loss", "loss/train"), ("val_loss", "loss/val"), ("train_acc", "accuracy/train"),
                ("val_acc", "accuracy/val"), ("lr", "lr"), ("epoch_seconds", "time/epoch_seconds"),
                ("train_img_per_s", "throughput/train_img_per_s"), ("eval_img_per_s", "throughput/eval_img_per_s"))
+    OPTIONAL = (("pseudo_coverage", "pseudo/coverage"), ("pseudo_accuracy", "pseudo/accuracy"))  # semi-supervised
 
     def __init__(self, start_epoch: int, log=print):
         # Events of steps after the last committed epoch are from a killed attempt: drop them.
@@ -49,6 +51,9 @@ class Board:
         self.open(run_dir)
         for key, tag in self.SCALARS:
             self.writer.add_scalar(tag, row[key], row["epoch"])
+        for key, tag in self.OPTIONAL:
+            if row.get(key) is not None:
+                self.writer.add_scalar(tag, row[key], row["epoch"])
         self.writer.flush()
 
     def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:

@@ -28,6 +28,9 @@ from common.lora import ALPHA as LORA_ALPHA
 from common.lora import RANK as LORA_RANK
 from common.masking import FRACTION as MASK_FRACTION
 from common.masking import SELECTIONS as MASK_SELECTIONS
+from common.semi import RATIO as SEMI_RATIO
+from common.semi import THRESHOLD as SEMI_THRESHOLD
+from common.semi import WEIGHT as SEMI_WEIGHT
 from common.split import DEFAULT_IMG_SIZE, DEFAULT_PER_CLASS, DEFAULT_SIZES, parse_split_sizes
 from common.transforms import AUTO_AUGMENT
 
@@ -110,6 +113,22 @@ def add_augment_args(parser, scale_min: float, jitter: float) -> None:
                    help="MixUp with Beta(ALPHA, ALPHA) (0 = off)")
     g.add_argument("--cutmix", type=nonnegative_float, default=0.0, metavar="ALPHA",
                    help="CutMix with Beta(ALPHA, ALPHA) (0 = off); with --mixup too, each batch uses one of them")
+
+
+def add_semi_args(parser) -> None:
+    """The semi-supervised options of the part 2 scripts (common/semi.py)."""
+    g = parser.add_argument_group("semi-supervised (pseudo-labelling)")
+    g.add_argument("--labelled-fraction", type=number(float, 0, 1, low_open=True, high_open=True), default=None,
+                   metavar="F", help="keep the labels of this stratified part of each class's training images (the "
+                                     "images --fraction F trains on) and pseudo-label the rest, FixMatch-style")
+    g.add_argument("--pseudo-threshold", type=number(float, 0, 1, low_open=True), default=None, metavar="T",
+                   help=f"confidence on the weak view that makes a pseudo-label (default {SEMI_THRESHOLD:g} times "
+                        "the confidence the label-smoothed targets ask for: 0.86 with --label-smoothing 0.1)")
+    g.add_argument("--unlabelled-ratio", type=positive_int, default=SEMI_RATIO, metavar="MU",
+                   help="unlabelled images per labelled image in each step")
+    g.add_argument("--unlabelled-weight", type=nonnegative_float, default=SEMI_WEIGHT, metavar="LAMBDA",
+                   help="weight of the pseudo-label loss (0: the labelled images alone, on the same steps: the "
+                        "supervised baseline of a pseudo-labelling run)")
 
 
 def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) -> None:
@@ -235,6 +254,16 @@ class ObjectiveConfig(Options):
 
 
 @dataclass(frozen=True)
+class SemiConfig(Options):
+    """What common/semi.py's pseudo-labelling reads; labelled_fraction None: a supervised run."""
+
+    labelled_fraction: float | None
+    pseudo_threshold: float | None  # None: common/semi.py's default_threshold for the run's label smoothing
+    unlabelled_ratio: int
+    unlabelled_weight: float
+
+
+@dataclass(frozen=True)
 class TransferConfig(Options):
     """What common/transfer.py's train reads of the part 2 options (and --seed and --img-size)."""
 
@@ -289,4 +318,22 @@ def check_mode_options(args) -> str | None:
         return "--probe-epochs trains the head before fine-tuning; in fc mode use --cache-features instead"
     if args.cache_features and args.low_res_epochs:
         return "--low-res-epochs changes the training images; drop --cache-features to use it"
+    return check_semi_options(args)
+
+
+def check_semi_options(args) -> str | None:
+    """Options that pseudo-labelling cannot be combined with, or that only it uses."""
+    if getattr(args, "labelled_fraction", None) is None:  # also a Namespace of an older script's options
+        defaults = {"pseudo_threshold": None, "unlabelled_ratio": SEMI_RATIO, "unlabelled_weight": SEMI_WEIGHT}
+        if any(getattr(args, k, v) != v for k, v in defaults.items()):
+            return ("--pseudo-threshold, --unlabelled-ratio and --unlabelled-weight shape pseudo-labelling; give "
+                    "--labelled-fraction F too, or drop them")
+        return None
+    if args.fraction != 1.0 or args.imbalance != 1.0:
+        return ("--labelled-fraction chooses the labelled images itself; drop --fraction and --imbalance (the "
+                "supervised baseline of --labelled-fraction F is --fraction F)")
+    if args.mixup or args.cutmix:
+        return "--mixup and --cutmix mix labelled batches only; drop them with --labelled-fraction"
+    if args.low_res_epochs:
+        return "--low-res-epochs resizes the weak view but not the strong one; drop it with --labelled-fraction"
     return None

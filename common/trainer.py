@@ -35,6 +35,7 @@ from common.metrics import confusion, macro_f1
 from common.models import count_parameters
 from common.plots import confusion_figure
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint, run_dir_name
+from common.semi import PseudoLabelling
 from common.split import Split
 from common.transforms import TrainTransform, eval_transform
 
@@ -75,6 +76,7 @@ class Objective:
     train: nn.Module
     val: nn.Module
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None  # -> (x, soft y)
+    semi: PseudoLabelling | None = None  # semi-supervised runs: the pseudo-label term and its unlabelled images
 
 
 def make_objective(train_labels: np.ndarray, num_classes: int, label_smoothing: float, balance: str,
@@ -287,7 +289,8 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
         stopper.update(improved)
         log(f"epoch {epoch + 1:3d}/{cfg.epochs}  lr {row['lr']:.2e}  train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
-            f"{' *' if improved else '  '}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
+            f"{' *' if improved else '  '}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s"
+            + _pseudo_note(row))
     run_dir, test = _test_best(model, save_model, data, saver, device, amp.test)
     metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if cfg.resume else None,
                        state.prelude)
@@ -301,6 +304,14 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
         saver.finish(metrics, log)
     barrier()
     return run_dir
+
+
+def _pseudo_note(row: dict) -> str:
+    """A semi-supervised epoch's share of unlabelled images with a pseudo-label, and how many of those were right."""
+    if "pseudo_coverage" not in row:
+        return ""
+    right = "" if row["pseudo_accuracy"] is None else f" ({row['pseudo_accuracy']:.0%} right)"
+    return f"  pseudo-labels {row['pseudo_coverage']:.0%}{right}"
 
 
 def _parallel(model: nn.Module, device: torch.device, sync_bn: bool) -> tuple[nn.Module, nn.Module]:
@@ -353,13 +364,15 @@ def _train_epoch(train_model: nn.Module, model: nn.Module, data: TrainingData, o
         cb.on_epoch_start(epoch, state.optimizer)
     lr = state.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
-    tr = train_one_epoch(train_model, data.loaders["train"], data.train_transform, objective.train, state.optimizer,
-                         device, amp.train, state.scaler, desc=f"epoch {epoch + 1}/{epochs}", mix=objective.mix)
+    epoch_fn = objective.semi.train_epoch if objective.semi else partial(train_one_epoch, mix=objective.mix)
+    tr = epoch_fn(train_model, data.loaders["train"], data.train_transform, objective.train, state.optimizer,
+                  device, amp.train, state.scaler, desc=f"epoch {epoch + 1}/{epochs}")
     va = evaluate(model, data.loaders["val"], data.eval_transform, objective.val, device, amp.validate, desc="val")
     state.step_schedule(va["acc"])
     return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
             "val_acc": va["acc"], "epoch_seconds": time.perf_counter() - t0, "train_img_per_s": tr["img_per_s"],
-            "eval_img_per_s": va["img_per_s"], "peak_memory_mb": peak_memory_mb(device)}
+            "eval_img_per_s": va["img_per_s"], "peak_memory_mb": peak_memory_mb(device),
+            **{k: v for k, v in tr.items() if k.startswith("pseudo_")}}
 
 
 def _test_best(model: nn.Module, save_model: nn.Module, data: TrainingData, saver: CheckpointSaver,

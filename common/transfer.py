@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -20,11 +21,13 @@ from common.config import (
     DataConfig,
     LoaderConfig,
     ObjectiveConfig,
+    SemiConfig,
     TrainConfig,
     TransferConfig,
     add_augment_args,
     add_crop_check,
     add_data_args,
+    add_semi_args,
     add_train_args,
     check_mode_options,
 )
@@ -40,7 +43,7 @@ from common.engine import (
     seed_everything,
     train_one_epoch,
 )
-from common.loader import BatchLoader, make_loaders, to_device
+from common.loader import BatchLoader, make_loaders, to_device, train_subset
 from common.lora import ALPHA as LORA_ALPHA
 from common.lora import RANK as LORA_RANK
 from common.masking import FRACTION as MASK_FRACTION
@@ -55,6 +58,14 @@ from common.masking import (
 )
 from common.models import block_depth, build_model, unfreeze_to_depth
 from common.runs import load_checkpoint, save_checkpoint
+from common.semi import (
+    FEATURE_DROPOUT,
+    PseudoLabelling,
+    default_threshold,
+    feature_dropout,
+    strong_transform,
+    unlabelled_loader,
+)
 from common.split import Split
 from common.trainer import Callback, TrainingData, fit, make_objective, progressive_resize
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, eval_transform, make_transforms
@@ -104,6 +115,7 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
     add_data_args(parser)
     add_crop_check(parser, min_crop=spec.min_crop)
     add_train_args(parser, lr=None, epochs=20, batch_size=32)
+    add_semi_args(parser)
     parser.set_defaults(weight_decay=1e-4, lr=None)
     parser.description += f" Default learning rates fall as more is unfrozen: {lrs}; --lr overrides."
     parser.add_check(check_mode_options)
@@ -273,15 +285,44 @@ def choose_masks(model: nn.Module, arch: str, fraction: float, how: str, seed: i
     return masks
 
 
+def pseudo_labelling(semi: SemiConfig, images, split: Split, labelled: BatchLoader, augment: AugmentConfig,
+                     cached: bool, label_smoothing: float, generators: dict[str, torch.Generator],
+                     device: torch.device, log=print) -> tuple[PseudoLabelling, dict]:
+    """A semi-supervised run's pseudo-label term over the training images outside `labelled`; (it, its record)."""
+    unlabelled = unlabelled_loader(images, split.labels, split.indices["train"], labelled.indices.numpy(),
+                                   semi.unlabelled_ratio * labelled.batch_size, device, generators["data"])
+    if cached:
+        strong, how = feature_dropout(FEATURE_DROPOUT, generators["augment"]), f"feature dropout {FEATURE_DROPOUT:g}"
+    else:
+        strong = strong_transform(augment.crop_size, IMAGENET_MEAN, IMAGENET_STD, generators["augment"],
+                                  augment.crop_resize)
+        how = "RandAugment, random-resized crop, colour jitter, Cutout"
+    threshold = semi.pseudo_threshold or default_threshold(label_smoothing, len(split.classes))
+    record = {"labelled_fraction": semi.labelled_fraction, "labelled_images": len(labelled.indices),
+              "unlabelled_images": len(unlabelled.indices), "threshold": threshold, "ratio": semi.unlabelled_ratio,
+              "weight": semi.unlabelled_weight, "strong_view": how}
+    if semi.unlabelled_weight:
+        log(f"pseudo-labelling: {record['labelled_images']} labelled and {record['unlabelled_images']} unlabelled "
+            f"training images; steps of {labelled.batch_size} labelled and {unlabelled.batch_size} unlabelled; "
+            f"threshold {threshold:.3f}; strong view: {how}")
+    else:
+        log(f"labelled-only baseline (--unlabelled-weight 0): {record['labelled_images']} labelled images in batches "
+            f"of {labelled.batch_size}, {max(len(labelled), len(unlabelled))} steps an epoch, as pseudo-labelling")
+    return PseudoLabelling(unlabelled, strong, threshold, semi.unlabelled_weight), record
+
+
 def train(arch: str, split: Split, images, device: torch.device, recipe: TransferConfig, cfg: TrainConfig,
-          objective_cfg: ObjectiveConfig, *, augment, loading, options: dict, log=print) -> Path:
+          objective_cfg: ObjectiveConfig, *, augment, loading, options: dict, semi: SemiConfig | None = None,
+          log=print) -> Path:
     """Build, freeze and fine-tune one model; returns its run folder.
 
-    augment and loading are what make_transforms and make_loaders take; options go to fit (config.json, resume).
+    augment and loading are what make_transforms and make_loaders take; options go to fit (config.json, resume);
+    semi with a labelled fraction makes the run semi-supervised (common/semi.py).
     """
-    if recipe.mode == "gradual" and is_distributed():
-        raise UserError("--mode gradual changes the trainable parameters during training, which "
-                        "DistributedDataParallel cannot follow; run it without torchrun")
+    semi = semi if semi is not None and semi.labelled_fraction is not None else None
+    if is_distributed() and (recipe.mode == "gradual" or semi):
+        raise UserError("--mode gradual and --labelled-fraction are not made for torchrun (gradual changes the "
+                        "trainable parameters, which DistributedDataParallel cannot follow); run without torchrun")
     lr = ARCHS[arch].lr[recipe.mode] if recipe.lr is None else recipe.lr
     generators = seed_everything(recipe.seed)
     model, weights = build_model(arch, len(split.classes), recipe.mode, recipe.weights, recipe.blocks, recipe.lora)
@@ -295,6 +336,9 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
         meta["lora"] = dict(zip(("rank", "alpha"), recipe.lora))  # model_from_checkpoint rebuilds the adapters
     if recipe.mask:
         meta["mask"] = dict(zip(("fraction", "select"), recipe.mask))
+    if semi:  # the labelled part, in batches no larger than it; before the probe, which must not see other labels
+        labelled = train_subset(split.labels, split.indices["train"], semi.labelled_fraction, seed=split.split_seed)
+        loading = replace(loading, fraction=semi.labelled_fraction, batch_size=min(loading.batch_size, len(labelled)))
     extra = {}
     trained, save_model, pixels = model, None, images
     if recipe.probe_epochs and not cfg.resume:  # a resumed run's checkpoint holds the probed head and what followed
@@ -332,6 +376,11 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
     o = objective_cfg
     objective = make_objective(data.train_labels, len(split.classes), o.label_smoothing, o.balance, o.mixup,
                                o.cutmix, generators["augment"], device)
+    if semi:
+        term, meta["semi"] = pseudo_labelling(semi, images, split, loaders["train"], augment, recipe.cache_features,
+                                              o.label_smoothing, generators, device, log)
+        objective = replace(objective, semi=term)
+        extra.update({f"semi_{k}": v for k, v in meta["semi"].items()})
     return fit(trained, data, cfg, generators, device, lr=lr, objective=objective, options=options,
                optimizer=optimizer, callbacks=callbacks, save_model=save_model, extra_metrics=extra, log=log)
 
@@ -350,6 +399,7 @@ def main(args, arch: str) -> Path:
         check_crop_fits(images, augment.crop_size)
         return train(arch, split, to_device(images, device), device, TransferConfig.from_args(args),
                      TrainConfig.from_args(args), ObjectiveConfig.from_args(args), augment=augment,
-                     loading=LoaderConfig.from_args(args), options=vars(args), log=log)
+                     loading=LoaderConfig.from_args(args), options=vars(args), semi=SemiConfig.from_args(args),
+                     log=log)
     finally:
         cleanup()
