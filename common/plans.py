@@ -87,6 +87,19 @@ def expand_seeds(runs: list[dict]) -> list[dict]:
     return out
 
 
+def _semi_runs(model: str, args: list[str], fractions: list[float]) -> list[dict]:
+    """The semi-supervised curve: pseudo-labels and labelled images only at each labelled fraction, and all labels."""
+    runs = [_run(f"{model}-semi-all", model, args, ["semi"], "all labels", labels="all labels",
+                 labelled_fraction=1.0)]
+    for f in fractions:
+        only = ["--labelled-fraction", f, "--unlabelled-weight", "0"]
+        runs.append(_run(f"{model}-semi{f:g}-labelled", model, [*args, *only], ["semi"],
+                         f"{f:.0%} labelled, labelled images only", labels="labelled only", labelled_fraction=f))
+        runs.append(_run(f"{model}-semi{f:g}-pseudo", model, [*args, "--labelled-fraction", f], ["semi"],
+                         f"{f:.0%} labelled, pseudo-labels", labels="pseudo-labels", labelled_fraction=f))
+    return runs
+
+
 def make_plan(name: str, description: str, *, data: list[str], scratch: list[str], scratch_lrs: list[float],
               batch_sizes: list[int],
               base_lr: float, base_bs: int, strategies: dict[str, list[str]], strategy_args: list[str],
@@ -94,7 +107,8 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
               fractions: list[float], imbalance_ratio: float | None, severities: str, ood_count: int,
               notes: list[str] = (), strategy_extra: dict[tuple[str, str], list[str]] | None = None,
               seeds: dict[str, list[int]] | None = None, regularization: bool = True, faithfulness: int = 0,
-              sanity: int = 0, depth: dict[str, list[int]] | None = None, peft: list[str] = ()) -> dict:
+              sanity: int = 0, depth: dict[str, list[int]] | None = None, peft: list[str] = (),
+              semi: tuple[str, list[str], list[float]] | None = None) -> dict:
     """Expand the experiments of the assignment into one list of runs sharing their common points.
 
     `data` goes to every run (split options: the first run draws runs/split.json, the others reuse it).
@@ -105,7 +119,9 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     deletion/insertion and by cascading randomisation (0: not at all). depth gives, per model, the block counts L
     its top-mode runs train (the depth curve), each beside that model's gradual run, all with strategy_args.
     peft names the models whose parameter-efficient runs (LoRA, and masked fine-tuning by each selection) are
-    compared with their fc, bn and full runs, all like the strategies.
+    compared with their fc, bn and full runs, all like the strategies. semi = (model, args, labelled fractions): at
+    each fraction that model trains with pseudo-labels and on the labelled images alone (the same steps), and once
+    with all labels, all with args.
     """
     strategy_extra, seeds = strategy_extra or {}, seeds or {}
     some = [f for f in fractions if f < 1]
@@ -145,6 +161,8 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
             runs.append(_run(f"{model}-masked-{how}", model, ["--mode", "masked", "--mask-select", how,
                                                               *strategy_args], ["peft"],
                              f"masked {MASK_FRACTION:.0%}, by {how}", strategy=f"masked-{how}"))
+    if semi:
+        runs += _semi_runs(*semi)
     lr_base = [*STRATEGY_ARGS[lr_strategy], *lr_args]
     for lr in transfer_lrs:
         runs.append(_run(f"{lr_model}-{lr_strategy}-lr{lr:g}", lr_model, [*lr_base, "--lr", lr], ["transfer_lr"],
@@ -179,6 +197,9 @@ SPLIT_NOTE = ("The split is 300/75/75 images per class. Byte-identical copies ar
               "straddles the split.")
 
 
+SEMI_FRACTIONS = [0.01, 0.1, 0.5]  # the labelled fractions of the semi-supervised curve (1%: 3 images a class)
+
+
 def quick(resnet18: bool = True) -> dict:
     """Minutes on a 2-core CPU: few epochs, 112 px crops for trained backbones, 224 px cached features for the head.
 
@@ -196,7 +217,8 @@ def quick(resnet18: bool = True) -> dict:
         "3 epochs on 112x112 crops of 128x128 images; the learning-rate, data-fraction and imbalance experiments "
         "train a MobileNetV2 head for 15 epochs on cached 224x224 ImageNet features, its baseline repeated over "
         "3 seeds; the depth curve trains MobileNetV2's last 1 to 3 blocks, and LoRA and masked fine-tuning train it, "
-        "like the strategies. Read the numbers "
+        "like the strategies; with 1%, 10% and 50% of the labels its head trains on cached features with "
+        "pseudo-labels (FixMatch-style) and on the labelled images alone, beside all labels. Read the numbers "
         "for their ranking, not their level: every model here is far from converged.",
         data=SPLIT, scratch=[*small, "--epochs", "5"],
         notes=[SPLIT_NOTE, "The cached-feature runs of one network and size share one feature extraction, paid (and "
@@ -207,7 +229,9 @@ def quick(resnet18: bool = True) -> dict:
         lr_model="mobilenet_v2", lr_strategy="fc", lr_args=["--cache-features", "--epochs", "15"],
         transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
         severities="1,3,5", ood_count=300, seeds={"transfer": [0, 1, 2]}, faithfulness=5,
-        sanity=2, depth={"mobilenet_v2": [1, 2, 3]}, peft=["mobilenet_v2"])
+        sanity=2, depth={"mobilenet_v2": [1, 2, 3]}, peft=["mobilenet_v2"],
+        semi=("mobilenet_v2", ["--mode", "fc", "--cache-features", "--epochs", "15", "--batch-size", "16"],
+              SEMI_FRACTIONS))
 
 
 def full() -> dict:
@@ -217,7 +241,8 @@ def full() -> dict:
         "The complete study at the assignment's resolution (224x224 crops of 256x256 images): a 3x3 learning-rate x "
         "batch-size grid for the scratch CNN (40 epochs), every fine-tuning strategy for ResNet-18 and MobileNetV2 "
         "(15 epochs), the depth of fine-tuning as a curve (the last 1 block up to every block of both), LoRA and "
-        "masked fine-tuning of both against their fc, bn and full runs, a "
+        "masked fine-tuning of both against their fc, bn and full runs, MobileNetV2 fine-tuned with 1%, 10% and "
+        "50% of the labels with FixMatch-style pseudo-labels and on the labelled images alone, a "
         "learning-rate study of fully fine-tuned ResNet-18, data fractions, regularization and class imbalance; "
         "the scratch and the ResNet-18 baselines are repeated over 3 seeds.",
         data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "40"], scratch_lrs=[1e-2, 1e-3, 1e-4],
@@ -229,7 +254,9 @@ def full() -> dict:
         transfer_lrs=[3e-5, 1e-4, 3e-4], base_transfer_lr=1e-4, fractions=[0.2, 0.5, 1.0], imbalance_ratio=10,
         severities="1,2,3,4,5", ood_count=1000, seeds={"scratch": [0, 1, 2], "transfer": [0, 1, 2]},
         faithfulness=200, sanity=20, depth={"resnet18": [1, 2, 3, 4, 5], "mobilenet_v2": [1, 2, 3, 4]},
-        peft=["resnet18", "mobilenet_v2"])
+        peft=["resnet18", "mobilenet_v2"],
+        semi=("mobilenet_v2", ["--mode", "full", "--probe-epochs", "15", "--epochs", "15", "--batch-size", "16"],
+              SEMI_FRACTIONS))
 
 
 def cpu(resnet18: bool = True) -> dict:

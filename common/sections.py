@@ -368,6 +368,57 @@ class Fractions(Group):
         return [f"**Data fractions** ({rep.setting(frac)}): " + "; ".join(parts) + "."] if parts else []
 
 
+class Semi(Group):
+    """Semi-supervised learning: pseudo-labels against the labelled images alone, over the share of labels kept."""
+
+    key = "semi"
+    title = "Semi-supervised learning with few labels"
+    question = ("With only a few labels, how much do pseudo-labels of the unlabelled training images add, against "
+                "training on the labelled images alone and against all labels?")
+    vars = ("model", "labelled_fraction", "labels")
+
+    def columns(self, runs: list[dict]) -> list[tuple[Column, Callable[[dict], object]]]:
+        """The labelled images, and in the last epoch the share of unlabelled images with a pseudo-label and how
+        many of those were right (scored against the withheld labels)."""
+        return [(("labelled images", f_int, None), lambda r: metric(r, "semi_labelled_images")),
+                (("pseudo-labelled (last epoch)", f_acc, None), lambda r: _last_epoch(r, "pseudo_coverage")),
+                (("pseudo-labels right", f_acc, None), lambda r: _last_epoch(r, "pseudo_accuracy"))]
+
+    def figure(self, rep: Report, runs: list[dict]) -> None:
+        """Accuracy against the labelled fraction: one curve with pseudo-labels, one without; all labels at 100%."""
+        rep.doc.figures([(rep.plot(self.key, plot_lines, _series(runs, "labelled_fraction", ("labels",)),
+                                   xlabel="share of the training labels kept (log scale)",
+                                   title="accuracy vs labelled fraction",
+                                   xfmt=lambda f: var_text("labelled_fraction", f)),
+                          f"Accuracy against the share of labels kept, {rep.setting(runs)}.")])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Per labelled fraction: pseudo-labels against the labelled images alone, and the gap to all labels."""
+        runs = rep.group(self.key)
+        by = {(r["vars"].get("labels"), r["vars"].get("labelled_fraction")): r for r in runs}
+        every = by.get(("all labels", 1.0))
+        parts = []
+        for f in sorted({f for kind, f in by if kind == "pseudo-labels"}):
+            semi, alone = by[("pseudo-labels", f)], by.get(("labelled only", f))
+            a = metric(semi, "test_acc")
+            if alone is None or not is_num(a):
+                continue
+            b = metric(alone, "test_acc")
+            part = (f"with {var_text('labelled_fraction', f)} of the labels, pseudo-labels reach test {f_acc(a)} "
+                    f"against {f_acc(b)} on the labelled images alone ({rep.spread.noisy(delta(a, b), a=a, b=b)})")
+            if every is not None and is_num(metric(every, "test_acc")):
+                c = metric(every, "test_acc")
+                part += f", {rep.spread.noisy(delta(a, c), a=a, b=c)} against all labels"
+            parts.append(part)
+        return [f"**Semi-supervised learning** ({rep.setting(runs)}): " + "; ".join(parts) + "."] if parts else []
+
+
+def _last_epoch(r: dict, key: str):
+    """A field of the run's last history row (semi-supervised runs record their pseudo-labels there), or None."""
+    history = metric(r, "history") or [{}]
+    return history[-1].get(key)
+
+
 def _baseline(runs: list[dict]) -> dict | None:
     """The regularization group's reference run (option "baseline"), if it finished."""
     return next((r for r in runs if r["vars"].get("option") == "baseline"), None)
@@ -678,13 +729,13 @@ class Faithfulness(Section):
 
 
 SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), Depth(), Peft(), TransferLr(),
-                                                     Fractions(),
+                                                     Fractions(), Semi(),
                                                      Regularization(), Imbalance(), Robustness(),
                                                      Faithfulness())}
 GROUPS = {key: s.spec() for key, s in SECTIONS.items() if isinstance(s, Group)}  # a plan's "groups", in this order
 # The summary answers the transfer questions first: the learning-rate sentences of the transfer model come before
 # the scratch grid's, whose section comes first in the report.
-SUMMARY_ORDER = ("strategies", "depth", "peft", "transfer_lr", "scratch_grid", "fractions", "regularization",
+SUMMARY_ORDER = ("strategies", "depth", "peft", "transfer_lr", "scratch_grid", "fractions", "semi", "regularization",
                  "imbalance", "robustness", "faithfulness")
 
 

@@ -57,7 +57,7 @@ def var_text(key: str, v) -> str:
     """A group variable's value as shown to readers."""
     if key == "model":
         return MODEL_NAMES.get(v, str(v))
-    if key == "fraction" and is_num(v):
+    if key in ("fraction", "labelled_fraction") and is_num(v):
         return f"{v * 100:g}%"
     return f_g(v)
 

@@ -453,3 +453,29 @@ def test_peft_section_weighs_each_parameter_efficient_run_against_full_fine_tuni
     assert "full fine-tuning test 0.9500; lora test 0.9480 (-0.2 pp" in answer
     assert "vs full) with 7% of its trainable parameters in 75% of its time" in answer
     assert answer.endswith("Of the masked selections, masked-grad is best on validation.")
+
+
+def test_semi_section_draws_both_curves_and_weighs_pseudo_labels_against_the_labelled_images_alone(study, tmp_path):
+    semi = copy.deepcopy(study)
+    rows = (("all labels", 1.0, 0.98, 0.967), ("labelled only", 0.01, 0.83, 0.828), ("pseudo-labels", 0.01, 0.85, 0.86),
+            ("labelled only", 0.1, 0.95, 0.935), ("pseudo-labels", 0.1, 0.953, 0.938))
+    for labels, f, val, test in rows:
+        values = {"model": "mobilenet_v2", "labels": labels, "labelled_fraction": f}
+        r = run(tmp_path, f"semi-{labels}-{f}", ["semi"], values, "mobilenet_v2", "fc", val, test, 30.0)
+        r["metrics"]["semi_labelled_images"] = round(3000 * f)
+        if labels == "pseudo-labels":
+            r["metrics"]["history"][-1].update(pseudo_coverage=0.25, pseudo_accuracy=0.99)
+        semi["runs"].append(r)
+    semi["groups"]["semi"] = {"title": "Semi-supervised learning with few labels", "question": "Few labels?",
+                              "vars": ["model", "labelled_fraction", "labels"]}
+    out = tmp_path / "report"
+    build_report(semi, out)
+    md = (out / "report.md").read_text()
+    table = md[md.index("## Semi-supervised learning with few labels"):]
+    assert "| 1% | pseudo-labels |" in table and "| 30 | 0.2500 | 0.9900 |" in table
+    assert (out / "img" / "semi.png").is_file()
+    answer = next(line for line in md.splitlines() if line.startswith("- **Semi-supervised learning**"))
+    assert ("with 1% of the labels, pseudo-labels reach test 0.8600 against 0.8280 on the labelled images alone "
+            "(+3.2 pp") in answer
+    assert "with 10% of the labels, pseudo-labels reach test 0.9380 against 0.9350" in answer
+    assert "-2.9 pp" in answer  # 0.938 against all labels' 0.967

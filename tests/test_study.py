@@ -80,6 +80,12 @@ def test_builtin_plans_are_consistent_and_parse(name, options):
     assert all("strategies" in peft[s]["groups"] for s in ("fc", "bn", "full"))
     after = lambda r, word: r["args"][r["args"].index(word) + 1:]  # noqa: E731  (the arguments after the mode's)
     assert after(peft["masked-random"], "random") == after(peft["lora"], "lora") == after(peft["full"], "full")
+    semi = {(r["vars"]["labels"], r["vars"]["labelled_fraction"]): r for r in plan["runs"] if "semi" in r["groups"]}
+    # pseudo-labels and the labelled images alone at 1%, 10% and 50% of the labels, on the same steps; all labels
+    assert set(semi) == {("all labels", 1.0)} | {(k, f) for k in ("labelled only", "pseudo-labels")
+                                                  for f in (0.01, 0.1, 0.5)}
+    assert after(semi[("labelled only", 0.1)], "0.1") == ["--unlabelled-weight", "0"]
+    assert after(semi[("pseudo-labels", 0.1)], "0.1") == [] and "--labelled-fraction" not in semi[("all labels", 1.0)]
     resnet = {r["vars"]["strategy"]: r for r in plan["runs"]
               if r["vars"]["model"] == "resnet18" and "strategies" in r["groups"]}
     if name == "quick":
