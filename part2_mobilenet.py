@@ -10,6 +10,7 @@ Examples:
     python part2_mobilenet.py --mode top --blocks 2          # the head and the 2 blocks below it from the start
     python part2_mobilenet.py --mode lora --lora-rank 8      # low-rank adapters + head, merged for evaluation
     python part2_mobilenet.py --mode masked --mask-fraction 0.05  # the head + 5% of the entries, by gradient magnitude
+    python part2_mobilenet.py --mode fc --cache-features --labelled-fraction 0.1  # 10% of the labels + pseudo-labels
 
 Weights come from torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1` (downloaded once into $TORCH_HOME);
 offline, pass --weights with a state-dict file. Frozen parameters get requires_grad=False, are left out
