@@ -285,6 +285,17 @@ def choose_masks(model: nn.Module, arch: str, fraction: float, how: str, seed: i
     return masks
 
 
+def checkpoint_meta(recipe: TransferConfig, crop: int, weights: dict) -> dict:
+    """What a part 2 checkpoint records besides the weights, for any script to rebuild and run the model."""
+    meta = {"img_size": recipe.img_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "weights": weights}
+    if recipe.lora:
+        meta["lora"] = dict(zip(("rank", "alpha"), recipe.lora))  # model_from_checkpoint rebuilds the adapters
+    if recipe.mask:
+        meta["mask"] = dict(zip(("fraction", "select"), recipe.mask))
+    return meta
+
+
 def pseudo_labelling(semi: SemiConfig, images, split: Split, labelled: BatchLoader, augment: AugmentConfig,
                      cached: bool, label_smoothing: float, generators: dict[str, torch.Generator],
                      device: torch.device, log=print) -> tuple[PseudoLabelling, dict]:
@@ -330,12 +341,7 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
     model = model.to(device, memory_format=torch.channels_last)
     crop = augment.crop_size
     train_tf, eval_tf = make_transforms(augment, generators["augment"])
-    meta = {"img_size": recipe.img_size, "crop_size": crop, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "weights": weights}
-    if recipe.lora:
-        meta["lora"] = dict(zip(("rank", "alpha"), recipe.lora))  # model_from_checkpoint rebuilds the adapters
-    if recipe.mask:
-        meta["mask"] = dict(zip(("fraction", "select"), recipe.mask))
+    meta = checkpoint_meta(recipe, crop, weights)
     if semi:  # the labelled part, in batches no larger than it; before the probe, which must not see other labels
         labelled = train_subset(split.labels, split.indices["train"], semi.labelled_fraction, seed=split.split_seed)
         loading = replace(loading, fraction=semi.labelled_fraction, batch_size=min(loading.batch_size, len(labelled)))
