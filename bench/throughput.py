@@ -35,7 +35,11 @@ from common.data import prepare_data  # noqa: E402
 from common.engine import autocast, resolve_device  # noqa: E402
 from common.files import atomic_write_text  # noqa: E402
 from common.loader import BatchLoader, to_device  # noqa: E402
+from common.lora import ALPHA as LORA_ALPHA  # noqa: E402
+from common.lora import RANK as LORA_RANK  # noqa: E402
 from common.markdown import markdown_table  # noqa: E402
+from common.masking import FRACTION as MASK_FRACTION  # noqa: E402
+from common.masking import MaskedUpdates, backbone_parameters, select_masks  # noqa: E402
 from common.models import build_model, set_train_mode  # noqa: E402
 from common.trainer import Precision  # noqa: E402
 from common.transfer import extract_features  # noqa: E402
@@ -141,11 +145,19 @@ def model_speed(arch: str, mode: str, device: torch.device, batch_size: int, ste
                 compile_model: bool = False) -> dict:
     """Training and inference img/s (synthetic batches, warmed up) and peak memory for one model and mode."""
     torch.manual_seed(0)
-    model, _ = build_model(arch, 10, mode)
+    model, _ = build_model(arch, 10, mode, blocks=int(mode == "top"),  # top: the head and the block below it
+                           lora=(LORA_RANK, LORA_ALPHA) if mode == "lora" else None)
     model = model.to(device, memory_format=torch.channels_last)
+    masked = None
+    if mode == "masked":  # a random selection: gradient scores of random weights would mean nothing
+        masks = select_masks(backbone_parameters(model, ARCHS[arch].head_child), MASK_FRACTION, "random", None,
+                             torch.Generator().manual_seed(0))
+        masked = MaskedUpdates(model, masks)
     run = torch.compile(model) if compile_model else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
+    if masked is not None:
+        masked.attach(opt)
     x = torch.randn(batch_size, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
     amp = Precision.choose("auto", device)  # as training runs it (bf16 steps and validation on a CPU with AMX)

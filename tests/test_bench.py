@@ -82,3 +82,11 @@ def test_ig_benchmark_agrees_with_the_earlier_path_and_gaps_shrink(dataset, tmp_
     coarse, fine = result["completeness_gap"]
     assert (coarse["steps"], fine["steps"]) == (2, 64) and fine["mean"] < coarse["mean"]
     assert "| steps | mean | max |" in next((tmp_path / "results").glob("ig-cpu-*.md")).read_text()
+
+
+@pytest.mark.parametrize("mode", ["lora", "masked", "top", "full"])
+def test_the_model_benchmark_times_every_mode_of_the_default_model_list(mode):
+    """The default --models is every mode of every spec; lora and masked need their adapters and masks built."""
+    assert ("mobilenet_v2", mode) in throughput.ALL_MODELS
+    speed = throughput.model_speed("mobilenet_v2", mode, torch.device("cpu"), batch_size=2, steps=1, crop=32)
+    assert speed["train_img_per_s"] > 0 and speed["infer_img_per_s"] > 0
