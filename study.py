@@ -120,6 +120,10 @@ def load_plan(name: str, resnet18: bool = True) -> dict:
         raise DataError(f"plan file {path} is not a valid plan ({type(e).__name__}: {e}); "
                         "see common/plans.py") from None
     check_scripts(plan, f"plan file {path}")
+    missing = set(COMPRESSION_KEYS) - set(plan.get("compression") or dict.fromkeys(COMPRESSION_KEYS))
+    if missing:
+        raise DataError(f"plan file {path}: its \"compression\" entry lacks {', '.join(sorted(missing))}; give "
+                        f"{', '.join(COMPRESSION_KEYS)} (see common/plans.py), or drop the entry")
     try:
         plan["runs"] = expand_seeds(plan["runs"])
     except DataError as e:
@@ -291,6 +295,27 @@ def explanations_stale(gradcam_dir: Path, ckpt: Path, checks: dict[str, int]) ->
             or bool(checks["sanity"] and "data_randomization" not in found["sanity"]))
 
 
+COMPRESSION_KEYS = ("methods", "sparsities", "finetune_epochs", "finetune_fraction")  # a plan's "compression"
+
+
+def compress_run(ckpt: Path, settings: dict, device: str, log_path: Path) -> str | None:
+    """compress.py on a run's best.pt with the plan's compression settings, unless its compression.json is newer
+    than the checkpoint and made with them; an error message, or None."""
+    result = ckpt.parent / "compressed" / "compression.json"
+    done = read_json(result)
+    methods, sparsities = settings["methods"].split(","), [float(v) for v in settings["sparsities"].split(",")]
+    fits = done and done.get("methods") == methods and ("prune" not in methods or (
+        done.get("sparsities") == sparsities
+        and (done.get("finetune") or {}).get("epochs") == settings["finetune_epochs"]))
+    if fits and not stale(result, ckpt):
+        return None
+    code, message = execute([sys.executable, str(ROOT / "compress.py"), "--ckpt", str(ckpt), "--device", device,
+                             "--methods", settings["methods"], "--sparsities", settings["sparsities"],
+                             "--finetune-epochs", str(settings["finetune_epochs"]),
+                             "--finetune-fraction", str(settings["finetune_fraction"])], log_path)
+    return f"compression failed: {message}" if code else None
+
+
 def main(args) -> int:
     plan, warnings = plan_and_warnings(args)
     for warning in warnings:
@@ -365,9 +390,14 @@ def main(args) -> int:
                                     report_dir / "logs" / f"{r['name']}-gradcam.log")
             if code:
                 r["error"] = f"Grad-CAM failed: {message}"
+        compressed = r["name"] in explained and plan.get("compression") and r["vars"].get("model") != "scratch_cnn"
+        if compressed:
+            r["error"] = compress_run(ckpt, plan["compression"], args.device,
+                                      report_dir / "logs" / f"{r['name']}-compress.log") or r["error"]
         r.update(metrics=read_json(folder / "metrics.json"), config=read_json(folder / "config.json"),
                  eval=read_json(folder / "eval.json"), corruptions=read_json(folder / "corruptions.json"),
                  ood=read_json(folder / "ood.json"),
+                 compression=read_json(folder / "compressed" / "compression.json") if compressed else None,
                  **{key: read_json(folder / "gradcam" / f"{key}.json") if r["name"] in explained else None
                     for key in EXPLANATION_FILES})
         r["files"] = {key: str(folder / name) for key, name in (
@@ -377,7 +407,7 @@ def main(args) -> int:
             ("error_analysis", "gradcam/error_analysis.md")) if (folder / name).is_file()}
     for r in records:
         if r["status"] != "done":
-            r.update(metrics=None, config=None, eval=None, corruptions=None, ood=None, files={},
+            r.update(metrics=None, config=None, eval=None, corruptions=None, ood=None, compression=None, files={},
                      **dict.fromkeys(EXPLANATION_FILES))
 
     weights = {w for w in (args.mobilenet_weights, args.resnet_weights) if w not in ("imagenet", "none")}

@@ -4,6 +4,8 @@ A plan is a dict (or a JSON file of the same shape, passed as `study.py --plan F
 
     {"name": "quick", "description": "...",
      "robustness": {"severities": "1,3,5", "ood_count": 300, "faithfulness": 5, "sanity": 2},
+     "compression": {"methods": "int8,prune", "sparsities": "0.3,0.5", "finetune_epochs": 1,
+                     "finetune_fraction": 0.2},   # optional: compress.py on the tested transfer run
      "groups": {"scratch_grid": {"title": ..., "question": ..., "vars": ["lr", "batch_size"]}, ...},
      "runs": [{"name": "scratch-lr0.001-bs32", "script": "part1_scratch_cnn.py", "args": ["--lr", "0.001", ...],
                "groups": ["scratch_grid", "regularization"], "vars": {"lr": 0.001, "batch_size": 32, ...}}, ...]}
@@ -108,7 +110,7 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
               notes: list[str] = (), strategy_extra: dict[tuple[str, str], list[str]] | None = None,
               seeds: dict[str, list[int]] | None = None, regularization: bool = True, faithfulness: int = 0,
               sanity: int = 0, depth: dict[str, list[int]] | None = None, peft: list[str] = (),
-              semi: tuple[str, list[str], list[float]] | None = None) -> dict:
+              semi: tuple[str, list[str], list[float]] | None = None, compression: dict | None = None) -> dict:
     """Expand the experiments of the assignment into one list of runs sharing their common points.
 
     `data` goes to every run (split options: the first run draws runs/split.json, the others reuse it).
@@ -121,7 +123,8 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     peft names the models whose parameter-efficient runs (LoRA, and masked fine-tuning by each selection) are
     compared with their fc, bn and full runs, all like the strategies. semi = (model, args, labelled fractions): at
     each fraction that model trains with pseudo-labels and on the labelled images alone (the same steps), and once
-    with all labels, all with args.
+    with all labels, all with args. compression (compress.py's methods, sparsities, finetune_epochs and
+    finetune_fraction) compresses the tested transfer run.
     """
     strategy_extra, seeds = strategy_extra or {}, seeds or {}
     some = [f for f in fractions if f < 1]
@@ -186,8 +189,9 @@ def make_plan(name: str, description: str, *, data: list[str], scratch: list[str
     runs = expand_seeds(_merge(runs))  # a repeated baseline is often also a point of another group: merged first
     used = {g for r in runs for g in r["groups"]}
     robustness = {"severities": severities, "ood_count": ood_count, "faithfulness": faithfulness, "sanity": sanity}
-    return {"name": name, "description": description, "robustness": robustness,
+    plan = {"name": name, "description": description, "robustness": robustness,
             "notes": list(notes), "groups": {k: v for k, v in GROUPS.items() if k in used}, "runs": runs}
+    return {**plan, "compression": compression} if compression else plan
 
 
 # The assignment's split: 300/75/75 of 450 images per class, near-duplicate groups kept whole (the default).
@@ -231,7 +235,8 @@ def quick(resnet18: bool = True) -> dict:
         severities="1,3,5", ood_count=300, seeds={"transfer": [0, 1, 2]}, faithfulness=5,
         sanity=2, depth={"mobilenet_v2": [1, 2, 3]}, peft=["mobilenet_v2"],
         semi=("mobilenet_v2", ["--mode", "fc", "--cache-features", "--epochs", "15", "--batch-size", "16"],
-              SEMI_FRACTIONS))
+              SEMI_FRACTIONS),
+        compression={"methods": "int8,prune", "sparsities": "0.3,0.5", "finetune_epochs": 1, "finetune_fraction": 0.2})
 
 
 def full() -> dict:
@@ -256,7 +261,9 @@ def full() -> dict:
         faithfulness=200, sanity=20, depth={"resnet18": [1, 2, 3, 4, 5], "mobilenet_v2": [1, 2, 3, 4]},
         peft=["resnet18", "mobilenet_v2"],
         semi=("mobilenet_v2", ["--mode", "full", "--probe-epochs", "15", "--epochs", "15", "--batch-size", "16"],
-              SEMI_FRACTIONS))
+              SEMI_FRACTIONS),
+        compression={"methods": "int8,prune", "sparsities": "0.3,0.5,0.7", "finetune_epochs": 2,
+                     "finetune_fraction": 1.0})
 
 
 def cpu(resnet18: bool = True) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from common.formatting import f_acc, f_g, f_int, f_mib, f_pp, f_time, is_num
+from common.formatting import f_acc, f_g, f_int, f_mib, f_pp, f_rate, f_time, is_num
 from common.study_plots import plot_bars, plot_depth, plot_grouped, plot_heatmap, plot_lines, plot_severity
 from common.study_runs import (
     best_val,
@@ -602,6 +602,60 @@ class Robustness(Section):
         return out
 
 
+class Compression(Section):
+    """int8 quantization and magnitude pruning of the tested transfer run, for CPU inference (not a plan group)."""
+
+    key = "compression"
+    title = "Compression for CPU inference"
+    question = ("How much smaller and faster on a CPU does the model get with int8 quantization or pruning, and "
+                "what does it cost in accuracy?")
+
+    def render(self, rep: Report, spec: dict) -> None:
+        """Per compressed run: its compression.json table (sizes, CPU img/s at batch 1 and 32, test accuracy)."""
+        runs = [r for r in rep.done if r.get("compression")]
+        if not runs:
+            return
+        rep.doc.heading(2, self.title)
+        rep.doc.para(f"**Question:** {self.question}")
+        for r in runs:
+            c = r["compression"]
+            m = c.get("machine") or {}
+            rep.doc.para(f"{r['label']} ({c.get('model', '?')}, {rep.setting([r])}): timed on {m.get('cpu', '?')} "
+                         f"with {m.get('threads', '?')} torch thread(s); test accuracy on "
+                         f"{c['rows'][0].get('test_n', '?')} test images.")
+            rep.doc.table([("model", str, None), ("file MiB", f_mib, "min"), ("gzip MiB", f_mib, "min"),
+                           ("nonzero weights", f_acc, None), ("img/s batch 1", f_rate, "max"),
+                           ("img/s batch 32", f_rate, "max"), ("test acc", f_acc, "max")],
+                          [[row["name"], row.get("mib"), row.get("gzip_mib"), row.get("nonzero"), row.get("img_s_b1"),
+                            row.get("img_s_b32"), row.get("test_acc")] for row in c["rows"]])
+            rep.doc.bullets(c.get("notes") or [])
+
+    def answer(self, rep: Report) -> list[str]:
+        """Per compressed run: each compressed model's size, speed and accuracy against the float one."""
+        out = []
+        for r in (r for r in rep.done if r.get("compression")):
+            rows = r["compression"]["rows"]
+            base = rows[0]
+            parts = [_compressed(rep, row, base) for row in rows[1:]]
+            if parts:
+                out.append(f"**Compression** ({r['label']}, float test {f_acc(base.get('test_acc'))}): "
+                           + "; ".join(parts) + ".")
+        return out
+
+
+def _compressed(rep: Report, row: dict, base: dict) -> str:
+    """One compressed model against the float one: its share of the file, its speed-ups and its test accuracy."""
+    a, b = row.get("test_acc"), base.get("test_acc")
+    return (f"{row['name']} {_share(row.get('mib'), base.get('mib'))} of the file "
+            f"({_share(row.get('gzip_mib'), base.get('gzip_mib'))} gzipped), {_times(row.get('speedup_b1'))} / "
+            f"{_times(row.get('speedup_b32'))} the img/s at batch 1 / 32, test {f_acc(a)} "
+            f"({rep.spread.noisy(delta(a, b), a=a, b=b)})")
+
+
+def _times(x) -> str:
+    return f"{x:.2f}x" if is_num(x) else "n/a"
+
+
 class Faithfulness(Section):
     """Whether to believe the explanations, for the runs gradcam.py scored (not a plan group): each method's
     deletion and insertion AUC, and how its maps change under cascading model randomisation."""
@@ -730,13 +784,13 @@ class Faithfulness(Section):
 
 SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), Depth(), Peft(), TransferLr(),
                                                      Fractions(), Semi(),
-                                                     Regularization(), Imbalance(), Robustness(),
+                                                     Regularization(), Imbalance(), Robustness(), Compression(),
                                                      Faithfulness())}
 GROUPS = {key: s.spec() for key, s in SECTIONS.items() if isinstance(s, Group)}  # a plan's "groups", in this order
 # The summary answers the transfer questions first: the learning-rate sentences of the transfer model come before
 # the scratch grid's, whose section comes first in the report.
 SUMMARY_ORDER = ("strategies", "depth", "peft", "transfer_lr", "scratch_grid", "fractions", "semi", "regularization",
-                 "imbalance", "robustness", "faithfulness")
+                 "imbalance", "robustness", "compression", "faithfulness")
 
 
 def section_for(key: str) -> Section:

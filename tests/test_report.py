@@ -479,3 +479,24 @@ def test_semi_section_draws_both_curves_and_weighs_pseudo_labels_against_the_lab
             "(+3.2 pp") in answer
     assert "with 10% of the labels, pseudo-labels reach test 0.9380 against 0.9350" in answer
     assert "-2.9 pp" in answer  # 0.938 against all labels' 0.967
+
+
+def test_compression_section_tables_each_compressed_model_and_weighs_it_against_the_float_one(study, tmp_path):
+    comp = copy.deepcopy(study)
+    rows = [("original (float)", 8.76, 8.05, 0.999, 39.8, 25.4, 1.0, 1.0, 0.968),
+            ("int8", 2.54, 2.12, 0.985, 65.2, 111.4, 1.64, 4.38, 0.9613),
+            ("pruned 0.5", 8.77, 4.95, 0.5, 40.0, 26.0, 1.01, 1.02, 0.892)]
+    keys = ("name", "mib", "gzip_mib", "nonzero", "img_s_b1", "img_s_b32", "speedup_b1", "speedup_b32", "test_acc")
+    r = next(r for r in comp["runs"] if r["metrics"] and r["metrics"]["arch"] != "scratch_cnn")
+    r["compression"] = {"model": "mobilenet_v2/full", "machine": {"cpu": "Xeon", "threads": 1},
+                        "rows": [{**dict(zip(keys, row)), "test_n": 750} for row in rows],
+                        "notes": ["int8: PyTorch's FX graph mode post-training static quantization"]}
+    out = tmp_path / "report"
+    build_report(comp, out)
+    md = (out / "report.md").read_text()
+    section = md[md.index("## Compression for CPU inference"):]
+    assert "| int8 | **2.54** | **2.12** | 0.9850 | **65.2** | **111** | 0.9613 |" in section  # best: bold
+    assert "- int8: PyTorch's FX graph mode" in section
+    answer = next(line for line in md.splitlines() if line.startswith("- **Compression**"))
+    assert "int8 29% of the file (26% gzipped), 1.64x / 4.38x the img/s at batch 1 / 32, test 0.9613 (-0.7 pp" in answer
+    assert "pruned 0.5 100% of the file (61% gzipped)" in answer and "test 0.8920 (-7.6 pp" in answer
