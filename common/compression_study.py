@@ -247,6 +247,9 @@ def notes(result: dict) -> list[str]:
         out.append(f"int8: PyTorch's FX graph mode post-training static quantization (x86 engine; conv-BN-ReLU "
                    f"fused), calibrated on {result['calibration_images']} training images; CPU only, no gradients "
                    "(Grad-CAM needs the float checkpoint).")
+    if "prune" in result["methods"] and not result.get("finetune"):
+        out.append("pruned: global L1 magnitude pruning of the conv and linear weights, without fine-tuning "
+                   "(--finetune-epochs 0).")
     if result.get("finetune"):
         t = result["finetune"]
         out.append(f"pruned: global L1 magnitude pruning of the conv and linear weights, then {t['epochs']} epoch(s) "

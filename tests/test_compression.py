@@ -195,3 +195,20 @@ def test_every_architecture_quantizes(arch):
     qmodel, _ = quantize_int8(model.eval(), [x], x[:1], arch)
     with torch.no_grad():
         assert qmodel(x).shape == (2, 10)
+
+
+@pytest.mark.cuda
+def test_on_cuda_int8_runs_on_the_cpu_and_pruning_fine_tunes_on_the_gpu(trained):
+    path, out = trained
+    ckpt, int8 = load_checkpoint(path), load_checkpoint(out / "int8.pt")
+    test = load_test_split(ckpt, log=QUIET)
+    predictor = Predictor(int8, "cuda", log=QUIET)
+    assert predictor.device == CPU
+    logits, _, _ = predictor.predict(test.images, test.labels, test.indices)
+    cpu_logits, _, _ = Predictor(int8, "cpu").predict(test.images, test.labels, test.indices)
+    assert torch.equal(logits, cpu_logits)
+    cuda = torch.device("cuda")
+    pruned = pruned_checkpoint(ckpt, test, str(path), 0.5, Finetune(epochs=1, batch_size=16), cuda, log=QUIET)
+    assert all(t.device == CPU for t in pruned["model_state"].values())
+    assert abs(zero_share(pruned["model_state"]) - 0.5) < 1e-3
+    assert Predictor(pruned, "cuda").device == cuda
