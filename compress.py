@@ -77,9 +77,9 @@ def sparsities(text: str) -> tuple[float, ...]:
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Compress a checkpoint (int8 quantization, pruning) and measure it on a CPU.")
     parser.add_argument("--ckpt", required=True, help="float checkpoint to compress (e.g. runs/best.pt)")
-    parser.add_argument("--methods", type=methods, default=METHODS, help="int8, prune, or both (int8,prune)")
-    parser.add_argument("--sparsities", type=sparsities, default=(0.3, 0.5, 0.7),
-                        help="global shares of conv and linear weights to prune, each in (0, 1), e.g. 0.3,0.5,0.7")
+    parser.add_argument("--methods", type=methods, default=",".join(METHODS), help="int8, prune, or both (int8,prune)")
+    parser.add_argument("--sparsities", type=sparsities, default="0.3,0.5,0.7",
+                        help="global shares of conv and linear weights to prune, each in (0, 1)")
     parser.add_argument("--calibration-images", type=positive_int, default=256,
                         help="training images that calibrate the int8 activation ranges")
     parser.add_argument("--finetune-epochs", type=nonnegative_int, default=1,
@@ -142,7 +142,9 @@ def main(args) -> None:
     out = Path(args.out_dir) if args.out_dir else Path(args.ckpt).parent / "compressed"
     variants, finetune = compress_all(args, ckpt, test, out, device)
     rows = measure(variants, test, args.repeats, args.threads)
+    weights = ckpt.get("config", {}).get("weights")
     result = {"checkpoint": str(args.ckpt), "model": f"{ckpt['arch']}/{ckpt['mode']}", "test": test.description,
+              "weights": weights.get("source") if isinstance(weights, dict) else None,
               "methods": list(args.methods), "sparsities": list(args.sparsities) if "prune" in args.methods else [],
               "calibration_images": variants["int8"][0]["compression"]["calibration_images"]
               if "int8" in variants else None, "finetune": finetune, "machine": machine(args.threads), "rows": rows,

@@ -229,7 +229,8 @@ def report_markdown(result: dict) -> str:
     lines = [f"# Compression of {result['checkpoint']}", "",
              f"{result['model']} on the {result['test']} ({rows[0]['test_n']} images). CPU: {m['cpu']}, "
              f"{m['cores']} cores, timed with {m['threads']} torch thread(s), torch {m['torch']} "
-             f"({m['quantized_engine']} quantized engine); load average at the start {m['load_avg']}.", "",
+             f"({m['quantized_engine']} quantized engine); load average at the start {m['load_avg']}."
+             + (f" Trained from weights: {result['weights']}." if result.get("weights") else ""), "",
              markdown_table(HEADERS, table_rows(rows), "lrrrrrrrrl"), "", *[f"- {note}" for note in result["notes"]]]
     return "\n".join(lines) + "\n"
 
@@ -253,7 +254,7 @@ def notes(result: dict) -> list[str]:
     if result.get("finetune"):
         t = result["finetune"]
         out.append(f"pruned: global L1 magnitude pruning of the conv and linear weights, then {t['epochs']} epoch(s) "
-                   f"of fine-tuning on {t['images']} training images (AdamW, constant lr {t['lr']:g}, the run's own "
+                   f"of fine-tuning on {t['images']} training images (AdamW, constant lr {t['lr']:.3g}, the run's own "
                    f"augmentation and label smoothing, BatchNorm in train mode; masks kept, so pruned weights stay "
                    f"zero); {t['seconds']:.0f} s on {t['device']}.")
     return out
