@@ -32,14 +32,24 @@ def QUIET(*_) -> None:
     pass
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread while these tests run: on shared cores, two threads wait on each other (several times
+    slower here); the thread count changes no result."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_thread):
     """A tiny scratch CNN on synthetic data, compressed by compress.py (int8 and pruning at 0.5)."""
     root = tmp_path_factory.mktemp("compress")
     data = make_dataset(root / "raw-img")
     out = root / "runs"
     part1.main(part1.get_args_parser().parse_args(
-        tiny_args(data, out, "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0")))
+        tiny_args(data, out, "--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--jitter", "0")))
     ckpt_path = next(out.glob("*/best.pt"))
     compress.main(compress.get_args_parser().parse_args(
         ["--ckpt", str(ckpt_path), "--sparsities", "0.5", "--batch-size", "16", "--calibration-images", "64",
@@ -191,7 +201,7 @@ def test_missing_or_compressed_checkpoints_are_refused(trained, capsys, tmp_path
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_every_architecture_quantizes(arch):
     model, _ = build_model(arch, 10)
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, ARCHS[arch].min_crop, ARCHS[arch].min_crop)  # the smallest input each takes
     qmodel, _ = quantize_int8(model.eval(), [x], x[:1], arch)
     with torch.no_grad():
         assert qmodel(x).shape == (2, 10)
