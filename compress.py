@@ -68,9 +68,11 @@ def sparsities(text: str) -> tuple[float, ...]:
         values = tuple(sorted({float(v) for v in text.split(",")}))
         for v in values:
             check_sparsity(v)
-    except (ValueError, UserError) as e:
-        detail = str(e) if isinstance(e, UserError) else f"{text!r} is not a list of numbers"
-        raise argparse.ArgumentTypeError(f"{detail}; give sparsities in (0, 1), e.g. 0.3,0.5,0.7") from None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers; give sparsities in (0, 1), "
+                                         "e.g. 0.3,0.5,0.7") from None
+    except UserError as e:  # check_sparsity's message names the range and an example
+        raise argparse.ArgumentTypeError(str(e)) from None
     return values
 
 
