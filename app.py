@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from common.cli import ArgumentParser, DataError, UserError, run_main
+from common.compression import require_float
 from common.data import display_name
 from common.decode import JPEG_SIGNATURE, PNG_SIGNATURE, ImageHeader, decode_bytes, read_image_header
 from common.engine import resolve_device
@@ -91,6 +92,7 @@ class ModelBundle:
 def load_bundle(path: Path, device: torch.device, name: str | None = None) -> ModelBundle:
     """Load a checkpoint and rebuild its model on device; CheckpointError when it cannot be used."""
     ckpt = load_checkpoint(path)
+    require_float(ckpt, "the page's Grad-CAM overlay")
     try:
         predictor = Predictor(ckpt, device)
         layer = find_layer(predictor.model, DEFAULT_LAYER[ckpt["arch"]])

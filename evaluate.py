@@ -138,7 +138,8 @@ def evaluate_checkpoint(args) -> dict:
     class_names = predictor.names
     m = classification_metrics(y, pred, class_names)
     title = f"{ckpt['arch']}/{ckpt['mode']}"
-    print(f"{title} on the {what}: {m['n']} images, {seconds:.1f}s ({m['n'] / seconds:.0f} img/s on {device})")
+    print(f"{title} on the {what}: {m['n']} images, {seconds:.1f}s "
+          f"({m['n'] / seconds:.0f} img/s on {predictor.device})")
     print(f"accuracy {m['accuracy']:.4f}   macro P/R/F1 {m['macro']['precision']:.4f} / {m['macro']['recall']:.4f} / "
           f"{m['macro']['f1']:.4f}   weighted F1 {m['weighted']['f1']:.4f}")
     print(m["report"])

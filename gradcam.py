@@ -30,6 +30,7 @@ import torch
 
 from common.architectures import ARCHS
 from common.cli import ArgumentParser, DataError, UserError, nonnegative_int, positive_int, run_main
+from common.compression import require_float
 from common.data import display_name
 from common.decode import decode_image
 from common.engine import resolve_device
@@ -252,6 +253,7 @@ def main(args) -> None:
         raise DataError(f"--image {args.image}: no such file; pass a JPEG or PNG file")
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.ckpt)
+    require_float(ckpt, "Grad-CAM")
     predictor = Predictor(ckpt, device)
     model, classes, names = predictor.model, predictor.classes, predictor.names
     if args.layer == "list":

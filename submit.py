@@ -314,6 +314,8 @@ def main(args) -> None:
     written, decoded = [], {}
     for path, ckpt, vocab in zip(chosen, ckpts, labels):
         name = path.parent.name if path.parent.name != Path(args.runs_dir).name else path.stem
+        if "compression" in ckpt:  # <run>/compressed/int8.pt, pruned-50.pt, ...: one CSV each
+            name = f"{path.parent.parent.name}-{path.stem}"
         if ckpt["img_size"] not in decoded:  # models of one size share one decode of the test folder
             decoded[ckpt["img_size"]] = decode_folder(files, ckpt["img_size"])
         pred = predict_folder(ckpt, decoded[ckpt["img_size"]], device, args.batch_size, args.tta)

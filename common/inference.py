@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from common.cache import load_or_build_cache
+from common.compression import is_int8
 from common.data import display_name, load_folder, resolve_data_dir
 from common.engine import predict
 from common.loader import BatchLoader
@@ -33,12 +34,26 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[top:top + size, left:left + size]
 
 
-class Predictor:
-    """A checkpoint's eval-mode model on a device (channels_last), its eval transform and its class names."""
+def model_device(ckpt: dict, device: torch.device | str, log=print) -> torch.device:
+    """Where a checkpoint's model runs: the device asked for, except that an int8 model (whose quantized kernels exist
+    only for the CPU) stays on the CPU, with a note when another device was asked for."""
+    device = torch.device(device)
+    if is_int8(ckpt) and device.type != "cpu":
+        log(f"note: an int8 model runs on the CPU only (PyTorch's quantized kernels are CPU kernels); using the CPU, "
+            f"not {device}")
+        return torch.device("cpu")
+    return device
 
-    def __init__(self, ckpt: dict | str | Path, device: torch.device | str = "cpu"):
+
+class Predictor:
+    """A checkpoint's eval-mode model on a device (channels_last), its eval transform and its class names.
+
+    An int8 checkpoint (compress.py) runs on the CPU whatever the device asked for, without AMP (see model_device).
+    """
+
+    def __init__(self, ckpt: dict | str | Path, device: torch.device | str = "cpu", log=print):
         ckpt = ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt)
-        self.device = torch.device(device)
+        self.device = model_device(ckpt, device, log)
         self.model = model_from_checkpoint(ckpt).to(self.device, memory_format=torch.channels_last)
         self.ckpt = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE_KEYS}  # the metadata only
         self.classes: list[str] = list(ckpt["classes"])
@@ -65,6 +80,7 @@ class Predictor:
         indices = np.arange(len(images)) if indices is None else indices
         labels = np.zeros(int(np.max(indices, initial=-1)) + 1, np.int64) if labels is None else labels
         loader = BatchLoader(images, labels, indices, batch_size, self.device)
+        # AMP only on CUDA, which an int8 model never runs on (model_device): its integer kernels take no autocast.
         return predict(self.model, loader, self.transform, self.device, amp=self.device.type == "cuda", desc=desc,
                        tta=tta)
 

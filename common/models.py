@@ -9,6 +9,7 @@ from torch import nn
 
 from common.architectures import ARCHS, ScratchCNN  # noqa: F401  (ScratchCNN: callers import it from here)
 from common.cli import UserError
+from common.compression import BACKEND, KINDS, SCHEME, int8_structure, zero_share
 from common.files import file_sha256
 from common.lora import add_lora, merge_lora
 
@@ -148,7 +149,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
-    """Rebuild an eval-mode model from a checkpoint dict alone (no weights download); LoRA adapters merged."""
+    """Rebuild an eval-mode model from a checkpoint dict alone (no weights download); LoRA adapters merged; a
+    compressed checkpoint (its `compression` entry, common/compression.py) as its int8 or pruned model."""
     if ckpt["arch"] not in ARCHS or ckpt["mode"] not in ARCHS[ckpt["arch"]].modes:
         raise WeightsError(f"the checkpoint is a {ckpt['arch']}/{ckpt['mode']} model, which this version cannot "
                            "build; use a checkpoint written by this project's training scripts")
@@ -156,12 +158,37 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
     if (ckpt["mode"] == "lora") != isinstance(lora, dict):
         raise WeightsError(f"the checkpoint is a {ckpt['arch']}/{ckpt['mode']} model with lora {lora!r}: it was "
                            "edited; use another checkpoint")
+    kind = _compression_kind(ckpt)
     try:
         model, _ = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["mode"], weights="none",
                                lora=(lora["rank"], lora["alpha"]) if lora else None)
+        if kind == "int8":  # the state is the converted graph's: build that graph from the float network
+            example = torch.zeros(1, 3, ckpt["crop_size"], ckpt["crop_size"])
+            model = int8_structure(merge_lora(model).eval(), example)
+        elif kind == "pruned":  # saved after merging, like every compressed model
+            model = merge_lora(model)
         model.load_state_dict(ckpt["model_state"])
     except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"the checkpoint's weights do not fit {ckpt['arch']}/{ckpt['mode']} with "
-                           f"{len(ckpt['classes'])} classes ({first}); it was edited: use another checkpoint") from None
+        what = f"{ckpt['arch']}/{ckpt['mode']}" + (f" {kind}" if kind else "")
+        raise WeightsError(f"the checkpoint's weights do not fit {what} with {len(ckpt['classes'])} classes "
+                           f"({first}); it was edited: use another checkpoint") from None
+    if kind == "pruned" and zero_share(ckpt["model_state"]) < ckpt["compression"]["sparsity"] - 1e-3:
+        raise WeightsError(f"the checkpoint records sparsity {ckpt['compression']['sparsity']:g}, but only "
+                           f"{zero_share(ckpt['model_state']):.3f} of its weights are zero: it was edited; "
+                           "use another checkpoint")
     return merge_lora(model).eval()
+
+
+def _compression_kind(ckpt: dict) -> str | None:
+    """The checkpoint's compression kind (None: a float model as trained), or WeightsError for an edited entry."""
+    if "compression" not in ckpt:
+        return None
+    entry = ckpt["compression"]
+    kind = entry.get("kind") if isinstance(entry, dict) else None
+    fits = {"int8": lambda: entry.get("backend") == BACKEND and entry.get("scheme") == SCHEME,
+            "pruned": lambda: isinstance(entry.get("sparsity"), float) and 0 < entry["sparsity"] < 1}
+    if kind not in fits or not fits[kind]():
+        raise WeightsError(f"the checkpoint's compression entry {entry!r} is not one this version writes (kind "
+                           f"{' or '.join(KINDS)}; int8 with backend {BACKEND}): it was edited; use another checkpoint")
+    return kind

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from common.cli import UserError
+from common.compression import quiet_quantization
 from common.files import atomic_write, atomic_write_text, file_lock, file_sha256, remove_stale_temp_files
 
 CKPT_FORMAT = "animals10-ckpt/1"
@@ -62,7 +63,8 @@ def load_checkpoint(path: Path | str, map_location="cpu", keys: tuple[str, ...] 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run's best.pt or runs/best.pt")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with quiet_quantization():  # an int8 checkpoint's quantized tensors are rebuilt through deprecated storages
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}); it is truncated, not a "
                               "PyTorch file, or holds objects other than tensors: use another run's best.pt "
