@@ -475,3 +475,37 @@ def test_explanations_are_redone_when_a_check_is_missing_or_made_on_other_images
     assert not study.explanations_stale(cam, ckpt, {"faithfulness": 0, "sanity": 0})
     (cam / "layers.json").unlink()
     assert study.explanations_stale(cam, ckpt, {"faithfulness": 0, "sanity": 0})
+
+
+def test_the_compression_step_runs_compress_with_the_plans_settings_once(tmp_path, monkeypatch):
+    ckpt = tmp_path / "run" / "best.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")
+    calls = []
+
+    def fake_execute(cmd, log_path):  # compress.py's result file, as it writes it
+        calls.append(cmd)
+        result = {"methods": cmd[cmd.index("--methods") + 1].split(","),
+                  "sparsities": [float(v) for v in cmd[cmd.index("--sparsities") + 1].split(",")],
+                  "finetune": {"epochs": int(cmd[cmd.index("--finetune-epochs") + 1])}}
+        (ckpt.parent / "compressed").mkdir(exist_ok=True)
+        (ckpt.parent / "compressed" / "compression.json").write_text(json.dumps(result))
+        return 0, ""
+
+    monkeypatch.setattr(study, "execute", fake_execute)
+    settings = {"methods": "int8,prune", "sparsities": "0.3,0.5", "finetune_epochs": 1, "finetune_fraction": 0.2}
+    assert study.compress_run(ckpt, settings, "cpu", tmp_path / "log") is None
+    assert calls[0][1].endswith("compress.py") and calls[0][calls[0].index("--finetune-fraction") + 1] == "0.2"
+    study.compress_run(ckpt, settings, "cpu", tmp_path / "log")
+    assert len(calls) == 1  # done with these settings: not again
+    study.compress_run(ckpt, {**settings, "sparsities": "0.5"}, "cpu", tmp_path / "log")
+    assert len(calls) == 2  # other sparsities: compressed again
+
+
+def test_a_plan_files_compression_entry_must_name_every_setting(tmp_path):
+    path = write_plan(tmp_path, [scratch_run(1e-3)])
+    plan = json.loads(path.read_text())
+    path.write_text(json.dumps({**plan, "compression": {"methods": "int8"}}))
+    with pytest.raises(DataError, match="its \"compression\" entry lacks finetune_epochs, finetune_fraction, "
+                                        "sparsities"):
+        study.load_plan(str(path))
