@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from common.architectures import ARCHS  # noqa: E402
 from common.cli import ArgumentParser, UserError, positive_float, positive_int, run_main  # noqa: E402
 from common.data import resolve_data_dir  # noqa: E402
+from common.engine import cpu_name  # noqa: E402
 from common.files import atomic_write_text  # noqa: E402
 from common.models import WeightsError, build_model  # noqa: E402
 from common.split import load_or_create_split, read_split  # noqa: E402
@@ -171,12 +172,7 @@ def get_args_parser() -> ArgumentParser:
 
 def machine_info(device: str) -> dict:
     """CPU model, cores, torch version and threads, and the GPU when one is used."""
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_name()
     cuda = device != "cpu" and torch.cuda.is_available()
     return {"cpu": model, "cores": os.cpu_count(), "torch": str(torch.__version__), "threads": torch.get_num_threads(),
             "python": platform.python_version(), "platform": platform.platform(),

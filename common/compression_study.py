@@ -5,11 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -27,7 +25,7 @@ from common.compression import (
     zero_share,
 )
 from common.config import AugmentConfig
-from common.engine import cpu_has_bf16_units, make_optimizer, param_groups, train_one_epoch
+from common.engine import cpu_has_bf16_units, cpu_name, make_optimizer, param_groups, train_one_epoch
 from common.formatting import f_acc, f_mib, f_pp, f_rate
 from common.inference import LabelledImages, Predictor
 from common.loader import BatchLoader, train_subset
@@ -176,13 +174,7 @@ def _timed(models: dict[str, nn.Module], images: torch.Tensor, batch_sizes: tupl
 
 def machine(threads: int) -> dict:
     """The CPU, its cores, the timing's intra-op threads and torch's version: what the throughput figures rest on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": str(torch.__version__),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads, "torch": str(torch.__version__),
             "quantized_engine": BACKEND, "load_avg": [round(v, 2) for v in os.getloadavg()]}
 
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import platform
 import resource
 import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable, Collection, Iterable
 
 import torch
@@ -35,6 +37,15 @@ def resolve_device(name: str) -> torch.device:
         if is_distributed():
             return torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK by init_distributed
     return torch.device(name)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for the machine a figure was measured on."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def cpu_has_bf16_units() -> bool:
