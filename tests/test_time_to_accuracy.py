@@ -90,7 +90,7 @@ def harness_args(dataset: Path, tmp_path: Path, *extra: str):
 
 
 def test_harness_times_ours_and_the_tutorial_to_a_target_from_a_cold_start(dataset, tmp_path):
-    args = harness_args(dataset, tmp_path, "--targets", "scratch_cnn:full=0.05", "--epochs", "scratch_cnn:full=3",
+    args = harness_args(dataset, tmp_path, "--targets", "scratch_cnn:full=0.05", "--epochs", "scratch_cnn:full=40",
                         "--cap-min", "3")
     tta.main(args)
     (json_file,) = (tmp_path / "results").glob("time-to-accuracy-cpu-*.json")
@@ -98,8 +98,9 @@ def test_harness_times_ours_and_the_tutorial_to_a_target_from_a_cold_start(datas
     (entry,) = result["variants"]
     for pipeline in ("ours", "tutorial"):
         run = entry[pipeline]
-        # A trivially low target: reached at the first epoch, and the run is stopped there, not trained on.
-        assert run["status"] == "reached" and run["epoch_reached"] == 1 and run["epochs_run"] == 1, run
+        # A trivially low target: reached at the first epoch, and the run is stopped soon after, not trained on
+        # to its 40 epochs (a tiny epoch can end inside one poll, so a second one may be in the rows).
+        assert run["status"] == "reached" and run["epoch_reached"] == 1 and 1 <= run["epochs_run"] < 10, run
         assert 0 < run["startup_s"] < run["time_to_target_s"] <= run["wall_s"]
         assert run["rows"][0]["time_s"] == run["time_to_target_s"] and run["stopped"] == "target"
     assert "part1_scratch_cnn.py" in entry["ours"]["command"] and "--monitor-test" in entry["ours"]["command"]
