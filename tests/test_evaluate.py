@@ -17,7 +17,7 @@ import pytest
 import evaluate
 import part1_scratch_cnn as part1
 from common import plots
-from common.metrics import classification_metrics, comparison_tables
+from common.metrics import classification_metrics, comparison_tables, confusion, macro_f1
 from common.runs import CheckpointError, finished_runs, load_checkpoint, runs_on_split
 from conftest import ROOT, make_dataset, tiny_args
 
@@ -49,6 +49,18 @@ def trained(tmp_path_factory):
         part1.main(part1.get_args_parser().parse_args(
             tiny_args(data, out, "--epochs", "2", "--batch-size", "16", "--lr", lr, "--tag", f"lr{lr}")))
     return data, out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_training_metrics_match_scikit_learn_with_absent_classes(seed):
+    """The numpy confusion matrix and macro F1 the training loop uses, against scikit-learn's."""
+    from sklearn.metrics import confusion_matrix, f1_score
+    rng = np.random.default_rng(seed)
+    y_true, y_pred = rng.integers(0, 5, 40), rng.integers(0, 6, 40)  # class 6 never appears; 5 only predicted
+    labels = list(range(7))
+    assert (confusion(y_true, y_pred, 7) == confusion_matrix(y_true, y_pred, labels=labels)).all()
+    assert macro_f1(y_true, y_pred, 7) == pytest.approx(
+        f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
 
 
 def test_evaluation_writes_every_output(trained, tmp_path):
