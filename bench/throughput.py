@@ -160,7 +160,7 @@ def model_speed(arch: str, mode: str, device: torch.device, batch_size: int, ste
         masked.attach(opt)
     x = torch.randn(batch_size, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
-    amp = Precision.choose("auto", device)  # as training runs it (bf16 steps and validation on a CPU with AMX)
+    amp = Precision.choose("auto", device)  # as training runs it (bf16 steps and validation on a CPU with bf16 units)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -153,7 +153,8 @@ def add_train_args(parser, lr: float | None, epochs: int, batch_size: int = 32) 
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     g.add_argument("--amp", choices=("auto", "off"), default="auto",
                    help="auto: mixed precision on CUDA (bf16 where supported), and bf16 training steps and "
-                        "validation on a CPU with AMX bf16 units (the final test stays float32 there); off: float32")
+                        "validation on a CPU with bf16 units, AMX or AVX512-BF16 (the final test stays float32 "
+                        "there); off: float32")
     g.add_argument("--tag", default=None, help="suffix for the run folder name")
     g.add_argument("--resume", default=None, help="continue a killed run from its runs/<run>/last.pt")
     g.add_argument("--sync-bn", action="store_true",
@@ -235,7 +236,7 @@ class TrainConfig(Options):
     sched: str  # "cosine" (after warmup), "plateau" or "none"
     warmup_epochs: int
     patience: int  # 0: never stop early
-    amp: str  # "auto": mixed precision on CUDA, bf16 training and validation on a CPU with AMX; "off"
+    amp: str  # "auto": mixed precision on CUDA, bf16 training and validation on a CPU with bf16 units; "off"
     sync_bn: bool
     output_dir: str
     resume: str | None  # the killed run's last.pt

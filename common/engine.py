@@ -49,8 +49,10 @@ def cpu_name() -> str:
 
 
 def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (Intel AMX), where bf16 training steps pay several-fold."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    """Whether this CPU computes bf16 dot products natively (Intel AMX, or AVX512-BF16 as on AMD Zen 4), where bf16
+    training steps pay: 2.0x float32 for the scratch CNN and 1.6x for MobileNetV2 on a 2-core EPYC (Zen 4)."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_amx_tile_supported",
+                                                                      "_is_avx512_bf16_supported"))
 
 
 def autocast(device: torch.device, enabled: bool):

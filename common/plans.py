@@ -288,8 +288,8 @@ def cpu(resnet18: bool = True) -> dict:
         f"({' and '.join(ARCHS[m].display for m in strategies)}) trains its head for 15 epochs on cached 224x224 "
         "features, and fine-tunes for 3 epochs starting from such a head (a linear probe of 15 epochs, then "
         "fine-tuning); the MobileNetV2 head's learning rate is swept over three values. Validation and test use "
-        "224x224 centre crops. On a CPU with AMX the training steps and validation run in bf16, the test in float32 "
-        "(--amp auto).",
+        "224x224 centre crops. On a CPU with bf16 units (AMX, AVX512-BF16) the training steps and validation run in "
+        "bf16, the test in float32 (--amp auto).",
         data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "30"],
         scratch_lrs=[3e-3, 1e-3, 3e-4], batch_sizes=[32], base_lr=1e-3, base_bs=32, strategies=strategies,
         strategy_extra=extra, strategy_args=[], lr_model="mobilenet_v2", lr_strategy="fc",

@@ -203,7 +203,8 @@ class Precision:
     def describe(self) -> str:
         if self.test:
             return " with AMP"
-        return " with bf16 training steps and validation (AMX; the test in float32)" if self.train else ""
+        return (" with bf16 training steps and validation (the CPU's bf16 units; the test in float32)"
+                if self.train else "")
 
 
 class ProgressiveResize(Callback):

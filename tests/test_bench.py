@@ -90,3 +90,17 @@ def test_the_model_benchmark_times_every_mode_of_the_default_model_list(mode):
     assert ("mobilenet_v2", mode) in throughput.ALL_MODELS
     speed = throughput.model_speed("mobilenet_v2", mode, torch.device("cpu"), batch_size=2, steps=1, crop=32)
     assert speed["train_img_per_s"] > 0 and speed["infer_img_per_s"] > 0
+
+
+def test_cpu_precision_benchmark_times_both_precisions_and_writes_its_ratio(tmp_path):
+    import cpu_precision
+    cpu_precision.main(cpu_precision.get_args_parser().parse_args([
+        "--models", "scratch_cnn", "--crop-size", "64", "--batch-size", "4", "--steps", "1", "--rounds", "2",
+        "--results-dir", str(tmp_path)]))
+    result = json.loads(next(tmp_path.glob("cpu-precision-*.json")).read_text())
+    (row,) = result["models"]
+    for name in ("float32", "bf16"):
+        assert len(row["rounds"][name]) == 2 and row[name]["min"] <= row[name]["median"] <= row[name]["max"]
+    assert row["ratio"] == pytest.approx(row["bf16"]["median"] / row["float32"]["median"])
+    assert isinstance(result["machine"]["amp_auto_bf16"], bool)
+    assert f"| scratch_cnn | {row['float32']['median']:.1f} " in next(tmp_path.glob("cpu-precision-*.md")).read_text()

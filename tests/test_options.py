@@ -322,6 +322,14 @@ def test_precision_auto_uses_bf16_on_a_cpu_only_with_bf16_units_and_never_for_th
         assert Precision.choose("auto", cpu) == Precision(units, units, False)  # the test stays float32 on a CPU
 
 
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, False), (False, True), (False, False)])
+def test_bf16_units_are_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16):
+    from common.engine import cpu_has_bf16_units
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert cpu_has_bf16_units() == (amx or avx512_bf16)
+
+
 def test_default_low_res_too_small_for_the_network_is_refused_when_parsed(dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):  # half of the 64 px crop is below the scratch CNN's 64 px minimum
         part1.get_args_parser().parse_args(tiny_args(dataset, tmp_path, "--low-res-epochs", "1", "--epochs", "2"))
