@@ -50,7 +50,7 @@ def cpu_name() -> str:
 
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU computes bf16 dot products natively (Intel AMX, or AVX512-BF16 as on AMD Zen 4), where bf16
-    training steps pay: 2.0x float32 for the scratch CNN and 1.6x for MobileNetV2 on a 2-core EPYC (Zen 4)."""
+    training steps pay: about 2x float32 for the scratch CNN and 1.5-1.7x for MobileNetV2 on a 2-core EPYC (Zen 4)."""
     return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_amx_tile_supported",
                                                                       "_is_avx512_bf16_supported"))
 
