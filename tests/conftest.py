@@ -107,3 +107,11 @@ def refusal(script, argv: list[str], capsys) -> str:
         run_main(script.main, script.get_args_parser().parse_args(argv))
     assert e.value.code not in (0, None)
     return capsys.readouterr().err + (e.value.code if isinstance(e.value.code, str) else "")
+
+
+def one_error_line(script, argv: list, capsys, *words: str) -> str:
+    """A refusal that is exactly one `error: ...` line (no traceback, no usage text) naming every word."""
+    lines = refusal(script, [str(a) for a in argv], capsys).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]

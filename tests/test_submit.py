@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate
+import gradcam
 import part1_scratch_cnn as part1
 import submit
 from common.runs import load_checkpoint, save_checkpoint
-from conftest import ANIMALS, ROOT, class_image, make_dataset, tiny_args
+from conftest import ANIMALS, ROOT, class_image, make_dataset, one_error_line, tiny_args
 from kaggle_standin import KaggleStandIn, PortTaken, isolated_environ
 
 
@@ -212,30 +214,16 @@ def test_index_ids_follow_the_number_in_the_name(tmp_path):
 
 # Bad input to the scripts: one `error:` line on stderr, exit 1, no traceback.
 
-def script(*argv):
-    return subprocess.run([sys.executable, *map(str, argv), "--device", "cpu"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
-
-
-def assert_one_error_line(proc, *words):
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert all(w in lines[0] for w in words), lines[0]
-
-
-def test_gradcam_missing_image(trained, tmp_path):
+def test_gradcam_missing_image(trained, tmp_path, capsys):
     out, _, _ = trained
-    proc = script(ROOT / "gradcam.py", "--ckpt", out / "best.pt", "--image", tmp_path / "missing.jpg",
-                  "--out-dir", tmp_path / "g")
-    assert_one_error_line(proc, "missing.jpg", "no such file")
+    one_error_line(gradcam, ["--ckpt", out / "best.pt", "--image", tmp_path / "missing.jpg", "--out-dir",
+                             tmp_path / "g", "--device", "cpu"], capsys, "missing.jpg", "no such file")
     assert not (tmp_path / "g").exists()
 
 
 @pytest.mark.parametrize("name, key", [("evaluate.py", "model_state"), ("gradcam.py", "crop_size"),
                                        ("submit.py", "classes")])
-def test_checkpoint_missing_a_key(trained, tmp_path, name, key):
+def test_checkpoint_missing_a_key(trained, tmp_path, name, key, capsys):
     out, test_dir, _ = trained
     ckpt = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
     del ckpt[key]
@@ -243,8 +231,8 @@ def test_checkpoint_missing_a_key(trained, tmp_path, name, key):
     save_checkpoint(ckpt, edited)
     extra = {"evaluate.py": ["--out-dir", tmp_path / "e"], "gradcam.py": ["--out-dir", tmp_path / "e"],
              "submit.py": ["--test-dir", test_dir, "--no-upload", "--out-dir", tmp_path / "e"]}[name]
-    proc = script(ROOT / name, "--ckpt", edited, *extra)
-    assert_one_error_line(proc, str(edited), key)
+    script = {"evaluate.py": evaluate, "gradcam.py": gradcam, "submit.py": submit}[name]
+    one_error_line(script, ["--ckpt", edited, *extra, "--device", "cpu"], capsys, str(edited), key)
     assert not (tmp_path / "e").exists()
 
 
