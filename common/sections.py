@@ -625,9 +625,11 @@ class Compression(Section):
                          f"{c['rows'][0].get('test_n', '?')} test images.")
             rep.doc.table([("model", str, None), ("file MiB", f_mib, "min"), ("gzip MiB", f_mib, "min"),
                            ("nonzero weights", f_acc, None), ("img/s batch 1", f_rate, "max"),
-                           ("img/s batch 32", f_rate, "max"), ("test acc", f_acc, "max")],
+                           ("img/s batch 32", f_rate, "max"), ("x b1", _times, None), ("x b32", _times, None),
+                           ("test acc", f_acc, "max")],
                           [[row["name"], row.get("mib"), row.get("gzip_mib"), row.get("nonzero"), row.get("img_s_b1"),
-                            row.get("img_s_b32"), row.get("test_acc")] for row in c["rows"]])
+                            row.get("img_s_b32"), row.get("speedup_b1"), row.get("speedup_b32"), row.get("test_acc")]
+                           for row in c["rows"]])
             rep.doc.bullets(c.get("notes") or [])
 
     def answer(self, rep: Report) -> list[str]:
