@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from common.allocator import retain_freed_memory
+
 
 class UserError(Exception):
     """A problem the user can fix (data, checkpoint, weights, options); its message says how."""
@@ -87,6 +89,7 @@ probability = number(float, 0, 1, high_open=True)  # dropout, label smoothing: [
 
 def run_main(main: Callable, args: argparse.Namespace, errors: tuple[type[BaseException], ...] = ()) -> None:
     """Run a script's main(args): a UserError (or one of `errors`) becomes `error: ...` and exit code 1."""
+    retain_freed_memory()
     try:
         code = main(args)
     except (UserError, *errors) as e:

@@ -124,3 +124,26 @@ def test_no_script_imports_another_script():
         if imported & (scripts - {script}):
             offenders[script] = sorted(imported & (scripts - {script}))
     assert len(scripts) >= 8 and offenders == {}
+
+
+
+def test_forward_passes_stop_page_faulting_once_freed_memory_is_retained():
+    """common.allocator: after a few warm-up passes, a forward pass reuses its freed activations (by default glibc
+    hands them back and every pass faults thousands of pages in again)."""
+    import resource
+    import sys
+
+    from common.allocator import retain_freed_memory
+    from common.architectures import ScratchCNN
+    if not sys.platform.startswith("linux") or not retain_freed_memory():
+        pytest.skip("mallopt is glibc's")
+    model, x = ScratchCNN().eval(), torch.randn(16, 3, 128, 128)
+
+    def faults_of_a_pass() -> int:
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        with torch.inference_mode():
+            model(x)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+    faults = [faults_of_a_pass() for _ in range(6)]
+    assert max(faults[-3:]) < 100, faults
