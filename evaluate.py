@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import ArgumentParser, DataError, run_main
+from common.cli import ArgumentParser, DataError, positive_int, run_main
 from common.decode import IMAGE_EXTENSIONS, decode_many
 from common.engine import resolve_device
 from common.files import atomic_write_text
@@ -57,7 +57,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--split-file", default=None, help="saved split (default: the run's <output-dir>/split.json)")
     parser.add_argument("--out-dir", default=None, help="where outputs go (default: next to the checkpoint)")
     parser.add_argument("--compare", default=None, metavar="RUNS_DIR", help="compare every run under this folder")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="images per forward pass (default: 16 on a CPU, 64 on CUDA)")
     parser.add_argument("--tta", action="store_true",
                         help="average the predictions for each image and its mirror image")
     parser.add_argument("--max-errors", type=int, default=20, help="misclassified images shown in the grid")

@@ -33,7 +33,7 @@ from common.cli import ArgumentParser, DataError, UserError, nonnegative_int, po
 from common.compression import require_float
 from common.data import display_name
 from common.decode import decode_image
-from common.engine import resolve_device
+from common.engine import inference_batch_size, resolve_device
 from common.explain import (
     DEFAULT_LAYER,
     IG_STEPS,
@@ -149,9 +149,9 @@ def sanity_section(predictor: Predictor, layer_name: str, test: LabelledImages, 
     reference = reference_maps(predictor.model, layer_name, x, target, ig_steps)
     rows = cascading_randomization(predictor.model, spec.blocks, layer_name, x, target, ig_steps,
                                    reference=reference)
-    train = seeded_sample(test.split.indices["train"], HEAD_IMAGES)
+    train, step = seeded_sample(test.split.indices["train"], HEAD_IMAGES), inference_batch_size(predictor.device)
     features = head_inputs(predictor.model, spec.head_child,
-                           (predictor.prepare(test.images[train[i:i + 64]]) for i in range(0, len(train), 64)))
+                           (predictor.prepare(test.images[train[i:i + step]]) for i in range(0, len(train), step)))
     data = data_randomization(predictor.model, spec.head_child, layer_name, x, target, features,
                               torch.as_tensor(test.labels[train]), ig_steps, reference=reference)
     data["head_only"] = spec.modes.get(predictor.ckpt["mode"]) == (spec.head_child,)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.cli import ArgumentParser, UserError, run_main
+from common.cli import ArgumentParser, UserError, positive_int, run_main
 from common.data import ENGLISH_NAMES, display_name
 from common.decode import IMAGE_EXTENSIONS, decode_many
 from common.engine import resolve_device
@@ -66,7 +66,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--no-upload", action="store_true", help="only write and validate the CSVs")
     parser.add_argument("--competition", default=os.environ.get("KAGGLE_COMPETITION"),
                         help="Kaggle competition slug (default: $KAGGLE_COMPETITION)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="images per forward pass (default: 16 on a CPU, 64 on CUDA)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return parser
 
@@ -219,7 +220,8 @@ def decode_folder(files: list[Path], size: int) -> np.ndarray:
     return np.stack(pixels)
 
 
-def predict_folder(ckpt: dict, images: np.ndarray, device: torch.device, batch_size: int, tta: bool) -> np.ndarray:
+def predict_folder(ckpt: dict, images: np.ndarray, device: torch.device, batch_size: int | None,
+                   tta: bool) -> np.ndarray:
     """Predicted class index for each decoded test image."""
     return Predictor(ckpt, device).logits(images, batch_size, tta).argmax(1).numpy()
 

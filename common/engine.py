@@ -39,6 +39,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def inference_batch_size(device: torch.device) -> int:
+    """Images per forward pass when nothing is trained: 16 on a CPU, where a float32 MobileNetV2 batch of 16 keeps
+    most activations in the allocator's reused heap (common/allocator.py) and ran 3.2x a batch of 64 (2-core EPYC,
+    bench/results/allocator-*.md); 64 on CUDA."""
+    return 16 if device.type == "cpu" else 64
+
+
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one), for the machine a figure was measured on."""
     try:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.architectures import ARCHS
+from common.engine import inference_batch_size
 
 # Each architecture's Grad-CAM layer (its last convolutional feature map), read from its spec.
 DEFAULT_LAYER = {name: spec.gradcam_layer for name, spec in ARCHS.items()}
@@ -112,12 +113,13 @@ class GradCAM:
 
 @torch.no_grad()
 def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, patch: int = 32, stride: int = 16,
-              batch: int = 64) -> torch.Tensor:
+              batch: int | None = None) -> torch.Tensor:
     """Drop in the target probability when a patch is set to zero (the dataset mean after normalisation).
 
     Returns N x H x W maps, not normalised: 0 where occlusion changes nothing.
     """
     n, _, h, w = x.shape
+    batch = batch or inference_batch_size(x.device)
     target = torch.as_tensor(target, device=x.device).view(-1)
     base = model(x).softmax(1).gather(1, target.view(-1, 1))[:, 0]
     # Include the last position so the bottom and right edges are covered too.

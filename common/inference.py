@@ -17,7 +17,7 @@ import torch
 from common.cache import load_or_build_cache
 from common.compression import is_int8
 from common.data import display_name, load_folder, resolve_data_dir
-from common.engine import predict
+from common.engine import inference_batch_size, predict
 from common.loader import BatchLoader
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
@@ -69,7 +69,7 @@ class Predictor:
         return self.transform(x).contiguous(memory_format=torch.channels_last)
 
     def predict(self, images, labels: np.ndarray | None = None, indices: np.ndarray | None = None,
-                batch_size: int = 64, tta: bool = False,
+                batch_size: int | None = None, tta: bool = False,
                 desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor, float]:
         """(logits, labels, seconds) for images[indices] (default: all), batch by batch, AMP on CUDA.
 
@@ -79,16 +79,17 @@ class Predictor:
         # Only whole arrays need a length: a lazy view (evaluate.py's corruptions) comes with its indices.
         indices = np.arange(len(images)) if indices is None else indices
         labels = np.zeros(int(np.max(indices, initial=-1)) + 1, np.int64) if labels is None else labels
-        loader = BatchLoader(images, labels, indices, batch_size, self.device)
+        loader = BatchLoader(images, labels, indices, batch_size or inference_batch_size(self.device), self.device)
         # AMP only on CUDA, which an int8 model never runs on (model_device): its integer kernels take no autocast.
         return predict(self.model, loader, self.transform, self.device, amp=self.device.type == "cuda", desc=desc,
                        tta=tta)
 
-    def logits(self, images, batch_size: int = 64, tta: bool = False, desc: str = "predict") -> torch.Tensor:
+    def logits(self, images, batch_size: int | None = None, tta: bool = False, desc: str = "predict") -> torch.Tensor:
         """Float logits on the CPU for every image of a uint8 N x H x W x 3 array."""
         return self.predict(images, batch_size=batch_size, tta=tta, desc=desc)[0]
 
-    def probabilities(self, images, batch_size: int = 64, tta: bool = False, desc: str = "predict") -> np.ndarray:
+    def probabilities(self, images, batch_size: int | None = None, tta: bool = False,
+                      desc: str = "predict") -> np.ndarray:
         """N x classes softmax probabilities for every image of a uint8 N x H x W x 3 array."""
         return self.logits(images, batch_size, tta, desc).softmax(1).numpy()
 

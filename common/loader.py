@@ -11,6 +11,7 @@ from torch import nn
 
 from common import distributed
 from common.cli import DataError
+from common.engine import inference_batch_size
 from common.split import Split
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def make_loaders(images, split: "Split", config: LoaderConfig, device: torch.device, generator: torch.Generator,
                  log=print) -> dict[str, "BatchLoader"]:
-    """Train (shuffled, full batches only; --fraction/--imbalance subset; --balance oversample), val, test loaders."""
+    """Train (shuffled, full batches only; --fraction/--imbalance subset; --balance oversample), val, test loaders;
+    val and test go at the inference batch size, as evaluate.py does."""
     train_idx = train_subset(split.labels, split.indices["train"], config.fraction, config.imbalance,
                              split.split_seed)
     if len(train_idx) != len(split.indices["train"]):
@@ -67,7 +69,8 @@ def make_loaders(images, split: "Split", config: LoaderConfig, device: torch.dev
     if config.balance == "oversample":
         sample_weights = 1 / np.bincount(split.labels[train_idx])[split.labels[train_idx]]
     indices = {"train": train_idx, "val": split.indices["val"], "test": split.indices["test"]}
-    return {name: BatchLoader(images, split.labels, idx, config.batch_size, device, shuffle=name == "train",
+    sizes = {"train": config.batch_size, "val": inference_batch_size(device), "test": inference_batch_size(device)}
+    return {name: BatchLoader(images, split.labels, idx, sizes[name], device, shuffle=name == "train",
                               generator=generator, drop_last=name == "train",
                               sample_weights=sample_weights if name == "train" else None)
             for name, idx in indices.items()}

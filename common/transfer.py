@@ -36,6 +36,7 @@ from common.distributed import cleanup, init_distributed, is_distributed, is_mai
 from common.engine import (
     add_param_groups,
     evaluate,
+    inference_batch_size,
     make_optimizer,
     make_scheduler,
     param_groups,
@@ -136,9 +137,10 @@ def headless(model: nn.Module, arch: str):
 
 @torch.no_grad()
 def extract_features(model: nn.Module, arch: str, images, split: Split, transform, device: torch.device,
-                     batch_size: int = 64) -> torch.Tensor:
+                     batch_size: int | None = None) -> torch.Tensor:
     """Pooled backbone features of every image in the split (eval mode, centre crop), in split order."""
-    loader = BatchLoader(images, split.labels, np.arange(len(split.entries)), batch_size, device,
+    loader = BatchLoader(images, split.labels, np.arange(len(split.entries)),
+                         batch_size or inference_batch_size(device), device,
                          rank=0, world_size=1)  # every process needs all features
     model.eval()
     out = []
