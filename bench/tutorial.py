@@ -210,4 +210,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, get_args_parser().parse_args())
+    run_main(main, get_args_parser().parse_args(), retain_memory=False)  # a tutorial runs with glibc's defaults

@@ -87,9 +87,12 @@ nonnegative_float = number(float, 0)
 probability = number(float, 0, 1, high_open=True)  # dropout, label smoothing: [0, 1)
 
 
-def run_main(main: Callable, args: argparse.Namespace, errors: tuple[type[BaseException], ...] = ()) -> None:
-    """Run a script's main(args): a UserError (or one of `errors`) becomes `error: ...` and exit code 1."""
-    retain_freed_memory()
+def run_main(main: Callable, args: argparse.Namespace, errors: tuple[type[BaseException], ...] = (),
+             retain_memory: bool = True) -> None:
+    """Run a script's main(args), first retaining freed memory (common/allocator.py) unless told not to: a UserError
+    (or one of `errors`) becomes `error: ...` and exit code 1."""
+    if retain_memory:
+        retain_freed_memory()
     try:
         code = main(args)
     except (UserError, *errors) as e:
