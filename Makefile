@@ -3,7 +3,7 @@
 # make test   - the whole test suite (CPU, offline, synthetic data)
 # make study  - study.py with PLAN on DATA: the runs, their evaluation, robustness, Grad-CAM and
 #               runs/report/index.html. PLAN=auto: the full plan with CUDA, the cpu plan (the assignment at 224 px,
-#               converged, 40 minutes on a 2-core EPYC) without; PLAN=quick is a smoke run of every experiment.
+#               converged, 34 minutes on a 2-core EPYC) without; PLAN=quick is a smoke run of every experiment.
 #               *_WEIGHTS=imagenet uses torchvision's download/cache; offline, give a state-dict file.
 #               HANDIN=DIR also writes the hand-in: DIR/report.ipynb, DIR/saved_models/, DIR/handin.zip
 PYTHON ?= python3
