@@ -41,8 +41,8 @@ def resolve_device(name: str) -> torch.device:
 
 def inference_batch_size(device: torch.device) -> int:
     """Images per forward pass when nothing is trained: 16 on a CPU, where a float32 MobileNetV2 batch of 16 keeps
-    most activations in the allocator's reused heap (common/allocator.py) and ran 3.2x a batch of 64 (2-core EPYC,
-    bench/results/allocator-*.md); 64 on CUDA."""
+    most activations in the allocator's reused heap (common/allocator.py) and ran 2.9x a batch of 64 (2-core EPYC,
+    bench/results/allocator-2026-12-03.md); 64 on CUDA."""
     return 16 if device.type == "cpu" else 64
 
 
