@@ -23,19 +23,19 @@ import subprocess
 import sys
 import time
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.allocator import retain_freed_memory  # noqa: E402
+from common.benchmark import synthetic_train_step, write_results  # noqa: E402
 from common.cli import ArgumentParser  # noqa: E402
-from common.engine import autocast, cpu_has_bf16_units, cpu_name  # noqa: E402
-from common.files import atomic_write_text  # noqa: E402
+from common.engine import cpu_has_bf16_units, cpu_name  # noqa: E402
 from common.markdown import markdown_table  # noqa: E402
-from common.models import build_model, set_train_mode  # noqa: E402
+from common.models import build_model  # noqa: E402
 
 SETTINGS = ("default", "retained")
 
@@ -57,26 +57,17 @@ def child(arch: str, task: str, batch: int, setting: str, crop: int, images: int
     """One timed measurement in this process: img/s and minor page faults after one warm-up batch."""
     if setting == "retained":
         retain_freed_memory()
-    torch.manual_seed(0)
-    model = build_model(arch, 10, "full")[0].to(memory_format=torch.channels_last)
-    cpu, steps = torch.device("cpu"), max(1, images // batch)
-    x = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
+    steps = max(1, images // batch)
     if task == "infer":
-        model.eval()
+        torch.manual_seed(0)
+        model = build_model(arch, 10, "full")[0].to(memory_format=torch.channels_last).eval()
+        x = torch.randn(batch, 3, crop, crop).contiguous(memory_format=torch.channels_last)
 
         def step() -> None:
             with torch.inference_mode():
                 model(x.clone(memory_format=torch.channels_last))
     else:
-        set_train_mode(model)
-        optimizer, y = torch.optim.AdamW(model.parameters(), lr=1e-4), torch.randint(0, 10, (batch,))
-
-        def step() -> None:
-            with autocast(cpu, cpu_has_bf16_units()):
-                loss = nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        step = partial(synthetic_train_step(arch, batch, crop), cpu_has_bf16_units())
     step()
     faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     for _ in range(steps):
@@ -138,13 +129,7 @@ def main(args) -> None:
             print(f"{arch} {task} batch {batch}: default {row['default']['median']:.0f} img/s, retained "
                   f"{row['retained']['median']:.0f} img/s, {row['ratio']:.2f}x", flush=True)
     result["load_end"] = list(os.getloadavg())
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"allocator-{result['date']}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    atomic_write_text(stem.with_suffix(".md"), markdown(result))
-    print(markdown(result))
-    print(f"wrote {stem}.json and .md")
+    write_results(args.results_dir, f"allocator-{result['date']}", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Run it on idle cores: other work on them voids the figures (the load averages ar
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -21,15 +20,13 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.benchmark import synthetic_train_step, write_results  # noqa: E402
 from common.cli import ArgumentParser  # noqa: E402
-from common.engine import autocast, cpu_has_bf16_units, cpu_name  # noqa: E402
-from common.files import atomic_write_text  # noqa: E402
+from common.engine import cpu_has_bf16_units, cpu_name  # noqa: E402
 from common.markdown import markdown_table  # noqa: E402
-from common.models import build_model, set_train_mode  # noqa: E402
 
 PRECISIONS = ("float32", "bf16")
 
@@ -47,21 +44,7 @@ def get_args_parser() -> ArgumentParser:
 
 def step_rates(arch: str, crop: int, batch_size: int, steps: int, rounds: int) -> dict[str, list[float]]:
     """Training img/s of each timed round, per precision, after one warm-up step of each."""
-    cpu = torch.device("cpu")
-    torch.manual_seed(0)
-    model = build_model(arch, 10, "full")[0].to(memory_format=torch.channels_last)
-    set_train_mode(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch_size,))
-
-    def step(bf16: bool) -> None:
-        with autocast(cpu, bf16):
-            loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = synthetic_train_step(arch, batch_size, crop)
     rates = {name: [] for name in PRECISIONS}
     for name in PRECISIONS:
         step(name == "bf16")
@@ -110,13 +93,7 @@ def main(args) -> None:
         print(f"{arch}: float32 {row['float32']['median']:.1f} img/s, bf16 {row['bf16']['median']:.1f} img/s, "
               f"{row['ratio']:.2f}x", flush=True)
     result["load_end"] = list(os.getloadavg())
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"cpu-precision-{result['date']}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    atomic_write_text(stem.with_suffix(".md"), markdown(result))
-    print(markdown(result))
-    print(f"wrote {stem}.json and .md")
+    write_results(args.results_dir, f"cpu-precision-{result['date']}", result, markdown(result))
 
 
 if __name__ == "__main__":
