@@ -104,3 +104,10 @@ def test_cpu_precision_benchmark_times_both_precisions_and_writes_its_ratio(tmp_
     assert row["ratio"] == pytest.approx(row["bf16"]["median"] / row["float32"]["median"])
     assert isinstance(result["machine"]["amp_auto_bf16"], bool)
     assert f"| scratch_cnn | {row['float32']['median']:.1f} " in next(tmp_path.glob("cpu-precision-*.md")).read_text()
+
+
+@pytest.mark.parametrize("task", ["infer", "train"])
+def test_allocator_benchmark_child_times_a_task_and_counts_its_page_faults(task):
+    import allocator
+    out = allocator.child("scratch_cnn", task, 4, "default", 64, 8)
+    assert out["img_per_s"] > 0 and isinstance(out["minor_faults"], int) and out["minor_faults"] >= 0
