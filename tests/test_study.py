@@ -1,6 +1,8 @@
 """study.py: plans, the runner (skip, resume, failures) and the report of a tiny synthetic study."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import signal
 import subprocess
@@ -8,6 +10,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +21,7 @@ from common.architectures import ARCHS
 from common.cli import DataError, UserError
 from common.plans import PLANS, make_plan
 from common.sections import GROUPS
-from conftest import ROOT, Killed, kill_after
+from conftest import ROOT, Killed, kill_after, make_dataset
 
 TINY = ["--per-class", "20", "--split", "12,4,4", "--img-size", "72", "--crop-size", "64", "--workers", "2",
         "--epochs", "2", "--batch-size", "16", "--jitter", "0", "--warmup-epochs", "0"]
@@ -133,40 +136,101 @@ def test_plan_seeds_repeat_the_merged_baseline_and_unknown_keys_are_errors():
                   ood_count=1, seeds={"transfr": [0, 1]})
 
 
-def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
-    out = tmp_path / "runs"
-    plan = write_plan(tmp_path, [scratch_run(3e-3), scratch_run(1e-3)])
-    assert run_study(plan, dataset, out) == 0
+
+
+# ---------- one study, run as a user runs it, shared by the tests below ----------
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory) -> SimpleNamespace:
+    """study.py started by path from a work folder, with relative paths: a run that fails (missing weights), a
+    scratch run killed after its first epoch, and a scratch run repeated over two seeds. Its study.json and page are
+    read before any test reruns the study in the same folder."""
+    work = tmp_path_factory.mktemp("study") / "work"
+    make_dataset(work / "raw-img")
+    broken = {"name": "mobilenet-fc", "script": "part2_mobilenet.py", "groups": ["strategies"],
+              "args": [*TINY, "--mode", "fc", "--weights", "missing.pth"],
+              "vars": {"model": "mobilenet_v2", "strategy": "fc"}}
+    write_plan(work, [broken, scratch_run(3e-3), {**scratch_run(1e-3), "seeds": [0, 1]}])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        plan = study.load_plan("plan.json")
+        args = study.get_args_parser().parse_args(["--data-dir", "raw-img", "--output-dir", "out", "--device", "cpu"])
+        killed_cmd = study.train_command(plan["runs"][1], plan, args)
+        with pytest.MonkeyPatch.context() as dying, pytest.raises(Killed):
+            kill_after(dying, "last.pt", 0)  # killed after epoch 1 of 2: last.pt, no metrics.json
+            part1.main(part1.get_args_parser().parse_args(killed_cmd[2:]))
+        killed = run_folders(Path("out")).pop()
+        assert not (Path("out") / killed / "metrics.json").exists()
+        with contextlib.redirect_stdout(io.StringIO()) as listing:
+            assert run_study(Path("plan.json"), Path("raw-img"), Path("out"), "--list") == 0
+    proc = subprocess.run([sys.executable, str(ROOT / "study.py"), "--plan", "plan.json", "--data-dir", "raw-img",
+                           "--output-dir", "out", "--device", "cpu"], cwd=work, capture_output=True, text=True,
+                          timeout=600)
+    out = work / "out"
+    assert (out / "report" / "study.json").is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
+    return SimpleNamespace(work=work, out=out, proc=proc, killed=killed, killed_cmd=killed_cmd,
+                           listing=listing.getvalue(), data=json.loads((out / "report" / "study.json").read_text()),
+                           page=(out / "report" / "index.html").read_text())
+
+
+def test_study_runs_from_another_folder(study_run):
+    """Its scripts are found from any folder; relative paths are the user's; a failed run makes the exit code 1."""
+    assert study_run.proc.returncode == 1, study_run.proc.stdout[-2000:] + study_run.proc.stderr[-2000:]
+    runs = study_run.data["runs"]
+    folders = [study_run.work / r["run_dir"] for r in runs[1:]]  # recorded relative to the user's folder, as given
+    assert all(folder.parent == study_run.out and (folder / "best.pt").is_file() for folder in folders)
+    assert runs[1]["command"].startswith(f"python {ROOT / 'part1_scratch_cnn.py'} ")
+    assert (study_run.out / "report" / "index.html").is_file() and not (ROOT / "out").exists()
+
+
+def test_failed_run_is_reported_and_the_rest_goes_on(study_run):
+    runs = study_run.data["runs"]
+    assert runs[0]["status"] == "failed" and "missing.pth: no such file" in runs[0]["error"]
+    assert [r["status"] for r in runs[1:]] == ["done", "done", "done"]
+    assert "missing.pth: no such file" in study_run.page
+
+
+def test_seed_repeats_train_and_report_mean_std(study_run):
+    runs = study_run.data["runs"]
+    assert [r["name"] for r in runs[2:]] == ["scratch-lr0.001", "scratch-lr0.001-s1"]
+    configs = [json.loads((study_run.work / r["run_dir"] / "config.json").read_text()) for r in runs[2:]]
+    assert [c["seed"] for c in configs] == [0, 1]
+    assert "scratch-lr0.001 (2 seeds)" in study_run.page and " ± " in study_run.page
+
+
+def test_study_evaluates_reports_and_then_skips(study_run, monkeypatch, capsys):
+    data, out = study_run.data, Path("out")
+    monkeypatch.chdir(study_run.work)
     folders = run_folders(out)
-    assert len(folders) == 2
-    assert all(name.endswith(("tiny-scratch-lr0.003", "tiny-scratch-lr0.001")) for name in folders)
-    data = json.loads((out / "report" / "study.json").read_text())
-    assert [r["status"] for r in data["runs"]] == ["done", "done"]
-    assert all(r["eval"]["n"] == 40 and r["metrics"]["epochs_run"] == 2 for r in data["runs"])
-    best = max(data["runs"], key=lambda r: r["metrics"]["best_val_acc"])
-    other = next(r for r in data["runs"] if r is not best)
+    assert len(folders) == 3 and {name.split("-tiny-")[1] for name in folders} == {
+        "scratch-lr0.003", "scratch-lr0.001", "scratch-lr0.001-s1"}
+    done = data["runs"][1:]
+    assert all(r["eval"]["n"] == 40 and r["metrics"]["epochs_run"] == 2 for r in done)
+    best = max(done, key=lambda r: r["metrics"]["best_val_acc"])
+    others = [r for r in done if r is not best]
     assert best["corruptions"]["severities"] == [1, 3] and best["ood"]["n_out"] == 20  # the best scratch run only
-    assert other["corruptions"] is None and "gradcam_grid" in best["files"] and "gradcam_grid" not in other["files"]
-    assert best["layers"]["layers"] == ["features.18", "features.14"] and other["layers"] is None
-    assert "--tag tiny-scratch-lr0.003" in data["runs"][0]["command"]
+    assert "gradcam_grid" in best["files"] and best["layers"]["layers"] == ["features.18", "features.14"]
+    assert all(r["corruptions"] is None and "gradcam_grid" not in r["files"] and r["layers"] is None for r in others)
+    assert (Path(best["run_dir"]) / "gradcam" / "gradcam_grid.png").is_file()
+    assert "--tag tiny-scratch-lr0.003" in data["runs"][1]["command"]
     assert not any("About the data" in n for n in data["notes"])  # no notes file describes the synthetic folder
-    assert (out / "report" / "index.html").is_file() and (out / "report" / "report.md").is_file()
+    assert (out / "report" / "report.md").is_file()
     notebook = json.loads((out / "report" / "report.ipynb").read_text())  # executed on the real run folders
     outputs = [o for c in notebook["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 8  # class counts, samples, curves, Grad-CAM...
     assert (out / "report" / "logs" / "scratch-lr0.003.log").read_text().count("epoch") >= 2
 
+    plan, dataset = Path("plan.json"), Path("raw-img")
     mtimes = {p: p.stat().st_mtime for p in out.glob("*-tiny-*/**/*.json")}  # gradcam/ too
-    capsys.readouterr()
-    assert run_study(plan, dataset, out) == 0
+    assert run_study(plan, dataset, out) == 1  # the failed run is tried again, and fails again
     assert run_folders(out) == folders  # nothing retrained
     assert {p: p.stat().st_mtime for p in out.glob("*-tiny-*/**/*.json")} == mtimes  # nor re-evaluated
-    assert capsys.readouterr().out.count(": done (") == 2
+    log = capsys.readouterr().out
+    assert log.count(": done (") == 3 and "== [1/4] mobilenet-fc" in log
 
-    handin = tmp_path / "handin"
+    handin = Path("handin")
     assert run_study(plan, dataset, out, "--report-only", "--handin", str(handin)) == 0
-    best = max(data["runs"], key=lambda r: r["metrics"]["best_val_acc"])
     names = ["report.ipynb", "saved_models/scratch_cnn/best.pt"] + [
         f"saved_models/scratch_cnn/{p.name}" for p in sorted(Path(best["run_dir"]).glob("events.out.tfevents.*"))]
     assert sorted(p.relative_to(handin).as_posix() for p in handin.rglob("*") if p.is_file()) == sorted(
@@ -179,50 +243,28 @@ def test_study_runs_evaluates_reports_and_then_skips(dataset, tmp_path, capsys):
     full = torch.load(Path(best["run_dir"]) / "best.pt", weights_only=True)
     assert all(torch.equal(ckpt["model_state"][k], v) for k, v in full["model_state"].items())
     evaluate = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(slim), "--device", "cpu",
-                               "--out-dir", str(tmp_path / "eval")], capture_output=True, text=True)
+                               "--out-dir", "eval"], capture_output=True, text=True)
     assert evaluate.returncode == 0, evaluate.stderr
-    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["accuracy"] == pytest.approx(
-        best["metrics"]["test_acc"])
+    assert json.loads(Path("eval/eval.json").read_text())["accuracy"] == pytest.approx(best["metrics"]["test_acc"])
     assert run_study(plan, dataset, out, "--report-only", "--handin", str(handin)) == 0  # a new hand-in replaces it
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "notes.txt").write_text("mine")
+    Path("other").mkdir()
+    Path("other/notes.txt").write_text("mine")
     with pytest.raises(UserError, match="is not empty and holds no earlier hand-in"):
-        run_study(plan, dataset, out, "--report-only", "--handin", str(tmp_path / "other"))
-    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+        run_study(plan, dataset, out, "--report-only", "--handin", "other")
+    assert Path("other/notes.txt").read_text() == "mine"
 
 
-def test_killed_run_is_resumed_in_its_own_folder(dataset, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "runs"
-    plan_path = write_plan(tmp_path, [scratch_run(3e-3)])
-    args = study.get_args_parser().parse_args(["--data-dir", str(dataset), "--output-dir", str(out), "--device", "cpu"])
-    plan = study.load_plan(str(plan_path))
-    cmd = study.train_command(plan["runs"][0], plan, args)
-    assert Path(cmd[1]).name == "part1_scratch_cnn.py" and cmd[cmd.index("--epochs") + 1] == "2"
-    kill_after(monkeypatch, "last.pt", 0)  # killed after epoch 1 of 2: last.pt, no metrics.json
-    with pytest.raises(Killed):
-        part1.main(part1.get_args_parser().parse_args(cmd[2:]))
-    monkeypatch.undo()
-    folder = out / run_folders(out).pop()
-    assert not (folder / "metrics.json").exists()
-    assert run_study(plan_path, dataset, out, "--list") == 0
-    assert "[missing] scratch-lr0.003" in capsys.readouterr().out
-    assert run_study(plan_path, dataset, out) == 0
-    assert run_folders(out) == {folder.name}
+def test_killed_run_is_resumed_in_its_own_folder(study_run):
+    """The run the fixture killed after epoch 1 of 2 was listed as missing, then resumed in its own folder."""
+    assert Path(study_run.killed_cmd[1]).name == "part1_scratch_cnn.py"
+    assert study_run.killed_cmd[study_run.killed_cmd.index("--epochs") + 1] == "2"
+    assert "[missing] scratch-lr0.003" in study_run.listing
+    folder = study_run.out / study_run.killed
+    assert str(folder.relative_to(study_run.work)) == study_run.data["runs"][1]["run_dir"]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == 1 and [h["epoch"] for h in metrics["history"]] == [1, 2]
 
 
-def test_failed_run_is_reported_and_the_rest_goes_on(dataset, tmp_path):
-    out = tmp_path / "runs"
-    broken = {"name": "mobilenet-fc", "script": "part2_mobilenet.py", "groups": ["strategies"],
-              "args": [*TINY, "--mode", "fc", "--weights", str(tmp_path / "missing.pth")],
-              "vars": {"model": "mobilenet_v2", "strategy": "fc"}}
-    plan = write_plan(tmp_path, [broken, scratch_run(3e-3)])
-    assert run_study(plan, dataset, out) == 1
-    runs = json.loads((out / "report" / "study.json").read_text())["runs"]
-    assert runs[0]["status"] == "failed" and "missing.pth: no such file" in runs[0]["error"]
-    assert runs[1]["status"] == "done"
-    assert "missing.pth: no such file" in (out / "report" / "index.html").read_text()
 
 
 def test_bad_plans_and_names_are_clear_errors(dataset, tmp_path):
@@ -280,26 +322,6 @@ def test_seeds_expand_into_one_run_per_seed(tmp_path):
     with pytest.raises(DataError, match="run name twice"):  # a repeat's name may not clash with another run
         study.load_plan(str(write_plan(tmp_path, [{**scratch_run(1e-3), "seeds": [0, 1]},
                                                   {**scratch_run(3e-3), "name": "scratch-lr0.001-s1"}])))
-
-
-def seed_option_exists() -> bool:
-    import part1_scratch_cnn
-    return "--split-seed" in part1_scratch_cnn.get_args_parser().format_help()
-
-
-@pytest.mark.skipif(not seed_option_exists(), reason="needs --split-seed (branch of common/data.py): until then a "
-                                                     "different --seed is refused on a saved split")
-def test_seed_repeats_train_and_report_mean_std(dataset, tmp_path):
-    out = tmp_path / "runs"
-    run = {**scratch_run(1e-3), "seeds": [0, 1]}
-    run["args"] = [*run["args"], "--epochs", "1"]
-    assert run_study(write_plan(tmp_path, [run]), dataset, out) == 0
-    data = json.loads((out / "report" / "study.json").read_text())
-    assert [r["status"] for r in data["runs"]] == ["done", "done"]
-    configs = [json.loads((Path(r["run_dir"]) / "config.json").read_text()) for r in data["runs"]]
-    assert [c["seed"] for c in configs] == [0, 1]
-    page = (out / "report" / "index.html").read_text()
-    assert "scratch-lr0.001 (2 seeds)" in page and " ± " in page
 
 
 # ---------- ResNet-18 in the quick plan ----------
@@ -437,26 +459,6 @@ def test_stop_kills_the_group_after_the_grace_period():
         proc.stdout.close()
 
 
-def test_study_runs_from_another_folder(dataset, tmp_path):
-    """study.py started by path from any folder: its scripts are found; relative paths are the user's."""
-    (tmp_path / "work").mkdir()
-    run = {**scratch_run(1e-3)}
-    run["args"] = [*run["args"], "--epochs", "1"]
-    plan = json.loads(write_plan(tmp_path, [run]).read_text())
-    plan["robustness"] = {"severities": "1", "ood_count": 8}
-    (tmp_path / "work" / "plan.json").write_text(json.dumps(plan))
-    dataset.rename(tmp_path / "work" / "raw-img")
-    proc = subprocess.run([sys.executable, str(ROOT / "study.py"), "--plan", "plan.json", "--data-dir", "raw-img",
-                           "--output-dir", "out", "--device", "cpu"], cwd=tmp_path / "work", capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = tmp_path / "work" / "out"
-    data = json.loads((out / "report" / "study.json").read_text())
-    assert data["runs"][0]["status"] == "done" and data["runs"][0]["eval"]["n"] == 40
-    folder = tmp_path / "work" / data["runs"][0]["run_dir"]  # recorded relative to the user's folder, as given
-    assert folder.parent == out and (folder / "gradcam" / "gradcam_grid.png").is_file()  # every child ran
-    assert data["runs"][0]["command"].startswith(f"python {ROOT / 'part1_scratch_cnn.py'} ")
-    assert (out / "report" / "index.html").is_file() and not (ROOT / "out").exists()
 
 
 def test_explanations_are_redone_when_a_check_is_missing_or_made_on_other_images(tmp_path):
