@@ -100,16 +100,21 @@ def test_builtin_plans_are_consistent_and_parse(name, options):
 
 
 @pytest.mark.parametrize("resnet18", [True, False])
-def test_cpu_plan_is_every_variant_at_224_px_converged_with_two_lr_sweeps(resnet18):
+def test_cpu_plan_is_every_variant_finished_at_224_px_converged_with_two_lr_sweeps(resnet18):
     plan = PLANS["cpu"](resnet18=resnet18)
     runs = {r["name"]: r for r in plan["runs"]}
     assert set(plan["groups"]) == {"scratch_grid", "strategies", "transfer_lr"}
     assert len(runs) == len({(r["script"], tuple(r["args"])) for r in plan["runs"]})
     for r in plan["runs"]:
         args = __import__(r["script"][:-3]).get_args_parser().parse_args(r["args"])
-        assert (args.img_size, args.crop_size, args.low_res_epochs) == (256, 224, 0)  # the assignment's resolution
+        assert (args.img_size, args.crop_size) == (256, 224)  # the assignment's resolution
         if r["script"] == "part1_scratch_cnn.py":
             assert args.epochs >= 30  # part 1 of the assignment trains at least 30 epochs
+            assert (args.low_res, args.low_res_epochs) == (160, 15)  # and its last 15 at 224 px
+        else:
+            assert args.low_res_epochs == 0
+    assert "mobilenet_v2-fc-lr0.001" not in runs and set(runs["mobilenet_v2-fc"]["groups"]) == {
+        "strategies", "transfer_lr"}  # the sweep's lr 1e-3 point is the fc strategy's run, trained once
     assert sorted(r["vars"]["lr"] for r in plan["runs"] if "scratch_grid" in r["groups"]) == [3e-4, 1e-3, 3e-3]
     assert sorted(r["vars"]["lr"] for r in plan["runs"] if "transfer_lr" in r["groups"]) == [3e-4, 1e-3, 3e-3]
     strategies = {(r["vars"]["model"], r["vars"]["strategy"]) for r in plan["runs"] if "strategies" in r["groups"]}
