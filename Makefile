@@ -2,8 +2,8 @@
 # make lint   - ruff check . (rules and exclusions in pyproject.toml)
 # make test   - the whole test suite (CPU, offline, synthetic data)
 # make study  - study.py with PLAN on DATA: the runs, their evaluation, robustness, Grad-CAM and
-#               runs/report/index.html. PLAN=auto: the full plan with CUDA, the cpu plan (the assignment at 224 px,
-#               converged, 34 minutes on a 2-core EPYC) without; PLAN=quick is a smoke run of every experiment.
+#               runs/report/index.html. PLAN=auto: the full plan with CUDA, the cpu plan (the assignment converged,
+#               finishing at 224 px, 31 minutes on a 2-core EPYC) without; PLAN=quick is a smoke run of every experiment.
 #               *_WEIGHTS=imagenet uses torchvision's download/cache; offline, give a state-dict file.
 #               HANDIN=DIR also writes the hand-in: DIR/report.ipynb, DIR/saved_models/, DIR/handin.zip
 PYTHON ?= python3
