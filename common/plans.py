@@ -278,8 +278,9 @@ def cpu(resnet18: bool = True) -> dict:
     """
     head = ["--cache-features", "--epochs", "15"]
     tune = ["--probe-epochs", "15", "--epochs", "3"]
+    head_lr = 1e-3  # the fc strategy's run says its lr, so the sweep's point at this lr is the same run
     strategies = {"mobilenet_v2": ["fc", "full"]}
-    extra = {("mobilenet_v2", "fc"): [*head, "--lr", "0.001"], ("mobilenet_v2", "full"): tune}
+    extra = {("mobilenet_v2", "fc"): [*head, "--lr", str(head_lr)], ("mobilenet_v2", "full"): tune}
     if resnet18:
         strategies["resnet18"] = ["fc", "blocks34", "full"]
         extra.update({("resnet18", "fc"): head, ("resnet18", "blocks34"): tune, ("resnet18", "full"): tune})
@@ -296,7 +297,7 @@ def cpu(resnet18: bool = True) -> dict:
         data=SPLIT, notes=[SPLIT_NOTE], scratch=["--epochs", "30", "--low-res", "160", "--low-res-epochs", "15"],
         scratch_lrs=[3e-3, 1e-3, 3e-4], batch_sizes=[32], base_lr=1e-3, base_bs=32, strategies=strategies,
         strategy_extra=extra, strategy_args=[], lr_model="mobilenet_v2", lr_strategy="fc",
-        lr_args=["--cache-features", "--epochs", "15"], transfer_lrs=[3e-4, 1e-3, 3e-3], base_transfer_lr=1e-3,
+        lr_args=head, transfer_lrs=[3e-4, head_lr, 3e-3], base_transfer_lr=head_lr,
         fractions=[1.0], imbalance_ratio=None, severities="3", ood_count=300, regularization=False, faithfulness=10,
         sanity=4)
 

@@ -141,8 +141,6 @@ def test_plan_seeds_repeat_the_merged_baseline_and_unknown_keys_are_errors():
                   ood_count=1, seeds={"transfr": [0, 1]})
 
 
-
-
 # ---------- one study, run as a user runs it, shared by the tests below ----------
 
 @pytest.fixture(scope="module")
@@ -268,8 +266,6 @@ def test_killed_run_is_resumed_in_its_own_folder(study_run):
     assert str(folder.relative_to(study_run.work)) == study_run.data["runs"][1]["run_dir"]
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == 1 and [h["epoch"] for h in metrics["history"]] == [1, 2]
-
-
 
 
 def test_bad_plans_and_names_are_clear_errors(dataset, tmp_path):
@@ -462,8 +458,6 @@ def test_stop_kills_the_group_after_the_grace_period():
         proc.kill()
         proc.wait()
         proc.stdout.close()
-
-
 
 
 def test_explanations_are_redone_when_a_check_is_missing_or_made_on_other_images(tmp_path):
