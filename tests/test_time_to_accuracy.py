@@ -86,7 +86,8 @@ def harness_args(dataset: Path, tmp_path: Path, *extra: str):
     return tta.get_args_parser().parse_args([
         "--data-dir", str(dataset), "--split-file", str(tmp_path / "split.json"), "--variants", "scratch_cnn:full",
         "--img-size", "72", "--crop-size", "64", "--batch-size", "16", "--device", "cpu", "--poll-s", "0.2",
-        "--results-dir", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work"), *extra])
+        "--results-dir", str(tmp_path / "results"), "--work-dir", str(tmp_path / "work"),
+        "--ours-args", "scratch_cnn:full=--low-res 64", *extra])  # the recipe's 160 px is over the tiny crop
 
 
 def test_harness_times_ours_and_the_tutorial_to_a_target_from_a_cold_start(dataset, tmp_path):
@@ -111,6 +112,9 @@ def test_harness_times_ours_and_the_tutorial_to_a_target_from_a_cold_start(datas
     assert result["settings"]["cap_min"] == 3 and result["settings"]["split_fingerprint"]
     md = json_file.with_suffix(".md").read_text()
     assert "| scratch_cnn:full | 0.05 | " in md and "(epoch 1)" in md
+    # Ours trains with the cpu plan's recipe flags, then the command line's, and the report says which.
+    assert "--low-res 160 --low-res-epochs 15 --low-res 64" in entry["ours"]["command"]
+    assert "Ours' recipe flags: scratch_cnn:full `--low-res 160 --low-res-epochs 15 --low-res 64`." in md
     assert not any((tmp_path / "work").iterdir())  # each cold run's folder is removed after it
 
 
