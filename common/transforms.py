@@ -5,6 +5,8 @@ import math
 from functools import partial
 from typing import TYPE_CHECKING, Callable, Sequence
 
+import cv2
+import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import roi_align
@@ -89,8 +91,10 @@ def train_transform(x: torch.Tensor, crop: int, mean: Sequence[float], std: Sequ
         top = torch.randint(0, h - crop + 1, (n,), generator=g).tolist()
         left = torch.randint(0, w - crop + 1, (n,), generator=g).tolist()
         flip = (torch.rand(n, generator=g) < 0.5).tolist()
-        tiles = (x[i, :, row:row + crop, col:col + crop] for i, (row, col) in enumerate(zip(top, left)))
-        out = torch.stack([tile.flip(-1) if f else tile for tile, f in zip(tiles, flip)])
+        out = _channels_last_batch(n, x.shape[1], crop, x.dtype, x.device)
+        for i, (row, col, f) in enumerate(zip(top, left, flip)):
+            tile = x[i, :, row:row + crop, col:col + crop]
+            out[i] = tile.flip(-1) if f else tile
     else:
         boxes = _random_boxes(n, h, w, scale, ratio, g)
         flip = torch.rand(n, generator=g) < 0.5
@@ -124,16 +128,21 @@ def _roi_align_crops(x: torch.Tensor, boxes: torch.Tensor, crop: int, flip: torc
     return torch.where(flip.to(x.device).view(-1, 1, 1, 1), out.flip(-1), out)
 
 
+def _channels_last_batch(n: int, c: int, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An empty N x C x size x size batch stored channels_last, as the cache's pixels and the models' inputs are."""
+    return torch.empty((n, size, size, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
+
+
 def _interpolated_crops(x: torch.Tensor, boxes: torch.Tensor, crop: int, flip: torch.Tensor) -> torch.Tensor:
     """Each box cut from its image (whole pixels) and resized alone to crop x crop, antialiased: uint8 on a CPU,
-    float in [0, 1] elsewhere (uint8 bilinear resizing is a CPU kernel)."""
+    float in [0, 1] elsewhere (uint8 bilinear resizing is a CPU kernel); channels_last, as the resizer writes it."""
     n, c, h, w = x.shape
     src = x if x.device.type == "cpu" else x.float() / 255
     bw = boxes[:, 2].round().clamp(1, w).int()
     bh = boxes[:, 3].round().clamp(1, h).int()
     left = torch.minimum(boxes[:, 0].floor().int(), w - bw)
     top = torch.minimum(boxes[:, 1].floor().int(), h - bh)
-    out = torch.empty((n, c, crop, crop), dtype=src.dtype, device=x.device)
+    out = _channels_last_batch(n, c, crop, src.dtype, x.device)
     for i, (t, le, bh_i, bw_i, f) in enumerate(zip(top.tolist(), left.tolist(), bh.tolist(), bw.tolist(),
                                                   flip.tolist())):
         tile = nn.functional.interpolate(src[i:i + 1, :, t:t + bh_i, le:le + bw_i], size=(crop, crop),
@@ -144,24 +153,47 @@ def _interpolated_crops(x: torch.Tensor, boxes: torch.Tensor, crop: int, flip: t
 
 def _jitter_normalize(x: torch.Tensor, strength: float, g: torch.Generator | None, mean: Sequence[float],
                       std: Sequence[float]) -> torch.Tensor:
-    """Brightness, contrast and saturation jitter of uint8 or [0, 1] images, clamped to [0, 1] and normalised.
+    """Brightness, contrast and saturation jitter of uint8 or [0, 1] images, clamped to their range and normalised.
 
     The three are linear in the pixels (contrast around the image's mean gray after brightness, saturation
     towards each pixel's gray), so each image gets one 3x3 colour matrix and an offset, whatever their order.
+    uint8 images on a CPU are jittered in uint8 (OpenCV, one pass per image, rounded and saturated as torchvision's
+    ColorJitter does on PIL images) and then normalised; others in one batched float pass.
     """
-    n, dev = x.shape[0], x.device
-    b, c, s = (torch.empty(n).uniform_(1 - strength, 1 + strength, generator=g).to(dev).view(n, 1, 1)
-               for _ in range(3))
-    luma = torch.tensor([0.299, 0.587, 0.114], device=dev)
-    xf = x.float().view(n, 3, -1)
+    n = x.shape[0]
+    factors = [torch.empty(n).uniform_(1 - strength, 1 + strength, generator=g) for _ in range(3)]
+    if x.dtype == torch.uint8 and x.device.type == "cpu":
+        return normalize(_jitter_uint8(x, *factors), mean, std)
+    dev = x.device
+    xf = x.float().reshape(n, 3, -1)  # jittered and normalised in one baddbmm
+    matrix, offset = _colour_matrices(xf.mean(2), *(f.to(dev) for f in factors))
     scale = 1 / 255 if x.dtype == torch.uint8 else 1.0
-    gray_mean = (xf.mean(2) @ luma).view(n, 1, 1) * b * scale
-    eye = torch.eye(3, device=dev)
-    matrix = c * b * (s * eye + (1 - s) * luma.view(1, 1, 3)) * scale
     m = torch.tensor(mean, device=dev).view(1, 3, 1)
     sd = torch.tensor(std, device=dev).view(1, 3, 1)
     # Normalising is a per-channel affine map that keeps order, so it folds into the matrix and the clamp bounds.
-    out = torch.baddbmm(((1 - c) * gray_mean - m) / sd, matrix / sd, xf)
+    out = torch.baddbmm((offset.unsqueeze(2) * scale - m) / sd, matrix * scale / sd, xf)
     for ch, (mu, sigma) in enumerate(zip(mean, std)):  # scalar bounds: a clamp to tensor bounds is far slower
         out[:, ch].clamp_(-mu / sigma, (1 - mu) / sigma)
-    return out.view(x.shape)
+    return out.view(n, *x.shape[1:])
+
+
+def _colour_matrices(channel_means: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+                     saturation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the 3x3 matrix and offset (in pixel units) of brightness, then contrast, then saturation."""
+    b, c, s = (t.view(-1, 1, 1) for t in (brightness, contrast, saturation))
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=channel_means.dtype, device=channel_means.device)
+    gray_mean = (channel_means @ luma).view(-1, 1, 1) * b
+    matrix = c * b * (s * torch.eye(3, dtype=luma.dtype, device=luma.device) + (1 - s) * luma.view(1, 1, 3))
+    return matrix, ((1 - c) * gray_mean).view(-1, 1).expand(-1, 3)
+
+
+def _jitter_uint8(x: torch.Tensor, *factors: torch.Tensor) -> torch.Tensor:
+    """The colour matrices applied to uint8 N x 3 x H x W images on the CPU; uint8, channels_last."""
+    src = x.permute(0, 2, 3, 1).contiguous().numpy()  # no copy for channels_last pixels
+    means = torch.from_numpy(np.array([cv2.mean(img)[:3] for img in src]))
+    matrix, offset = _colour_matrices(means, *(f.double() for f in factors))
+    affine = torch.cat([matrix, offset.unsqueeze(2)], 2).float().numpy()
+    out = np.empty_like(src)
+    for img, m, dst in zip(src, affine, out):
+        cv2.transform(img, m, dst=dst)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
