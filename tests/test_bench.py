@@ -64,6 +64,9 @@ def test_benchmark_script_writes_results(dataset, tmp_path):
     assert result["data"]["cache_mb"] == pytest.approx(200 * 72 * 72 * 3 / 2**20, rel=0.01)
     md = next((tmp_path / "results").glob("cpu-*.md")).read_text()
     assert "| tutorial: ImageFolder" in md and "mobilenet_v2 | fc" in md
+    default = next(line for line in md.splitlines() if "(CPU default)" in line)
+    same = paths["interpolate-jitter"]["img_per_s"] / paths["tutorial-default"]["img_per_s"]
+    assert default.rstrip(" |").endswith(f"{same:.1f}x")  # ratio against the tutorial with the same augmentation
 
 
 def test_ig_benchmark_agrees_with_the_earlier_path_and_gaps_shrink(dataset, tmp_path):
