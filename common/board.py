@@ -4,6 +4,7 @@ dashboard), the test confusion matrix and a Grad-CAM grid of test images."""
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -44,6 +45,8 @@ class Board:
         """Open the writer in the run folder, once (a run resumed after its last epoch opens it for the end)."""
         if self.writer is None:
             self.log(f"run folder {run_dir}")
+            if self.purge_step:
+                wait_past_event_files(run_dir)
             self.writer = SummaryWriter(str(run_dir), purge_step=self.purge_step)
 
     def add(self, run_dir: Path, row: dict) -> None:
@@ -79,6 +82,19 @@ class Board:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def wait_past_event_files(run_dir: Path) -> None:
+    """Sleep, if need be, until the clock is past the second in which the folder's newest event file was opened.
+
+    TensorBoard reads a folder's event files in name order, and a name is the second it was opened in followed
+    by host, pid and a counter, which do not sort by time: a resumed run's file must name a later second than its
+    killed attempt's, or the attempt's events are read after the resumed ones and the purge undoes them.
+    """
+    opened = [int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*")
+              if p.name.split(".")[3].isdigit()]
+    if opened:
+        time.sleep(max(0.0, max(opened) + 1 - time.time()))
 
 
 def _to_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

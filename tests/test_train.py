@@ -57,6 +57,21 @@ def test_learns_easy_data_and_writes_run_folder(dataset, tmp_path):
     assert [s for s, _, _ in board["images"]["images/gradcam_test"]] == [4]
 
 
+def test_a_resumed_runs_events_are_read_after_its_killed_attempts(tmp_path):
+    # A killed attempt's file opened this second, named to sort after any of this process's: the resumed run's file
+    # must still come last in name order, which is the order TensorBoard reads (and purges) a folder's files in.
+    import time
+
+    from common.board import Board
+    killed = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.zzzz.99999.99"
+    killed.write_bytes(b"")
+    board = Board(start_epoch=2, log=lambda *_: None)
+    board.open(tmp_path)
+    board.close()
+    names = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
+    assert len(names) == 2 and names[0] == killed.name
+
+
 def test_checkpoint_rebuilds_model_with_identical_predictions(dataset, tmp_path):
     out = tmp_path / "runs"
     argv = tiny_args(dataset, out, *FAST[:1], "1", *FAST[2:])
