@@ -99,9 +99,11 @@ def add_augment_args(parser, scale_min: float, jitter: float) -> None:
                    help="smallest crop area of the random-resized crop (1 = plain random crop of --crop-size)")
     g.add_argument("--jitter", type=probability, default=jitter, help="brightness/contrast/saturation jitter (0 = off)")
     g.add_argument("--no-augment", action="store_true", help="train on centre crops (no random crop, flip, jitter)")
-    g.add_argument("--crop-resize", choices=("auto", "interpolate", "roi_align"), default="auto",
-                   help="how random-resized crops are resized: each image's box alone, in uint8 (fast on a CPU), or "
-                        "the whole batch in one roi_align call (fast on a GPU); auto: roi_align on CUDA only")
+    g.add_argument("--crop-resize", choices=("auto", "opencv", "interpolate", "roi_align"), default="auto",
+                   help="how crops are resized: opencv, each uint8 image resized, flipped and jittered in one pass "
+                        "(fast on a CPU); interpolate, each box alone with torch's antialiased bilinear (any "
+                        "device); roi_align, the whole batch in one call (fast on a GPU); auto: roi_align on CUDA, "
+                        "opencv on the CPU")
     g.add_argument("--low-res", type=positive_int, default=None, metavar="SIZE",
                    help="crop size of the --low-res-epochs (progressive resizing); default: half of --crop-size")
     g.add_argument("--low-res-epochs", type=nonnegative_int, default=0, metavar="N",
@@ -221,7 +223,7 @@ class AugmentConfig(Options):
     scale_min: float
     jitter: float
     auto_augment: str  # a key of common/transforms.py's AUTO_AUGMENT
-    crop_resize: str = "auto"  # "interpolate", "roi_align", or "auto" (roi_align on CUDA)
+    crop_resize: str = "auto"  # "opencv", "interpolate", "roi_align", or "auto" (roi_align on CUDA, else opencv)
     low_res: int | None = None  # None: half of crop_size
     low_res_epochs: int = 0  # progressive resizing: the first epochs train on low_res crops
 

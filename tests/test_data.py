@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from common.cache import load_or_build_cache
-from common.cli import DataError
+from common.cli import DataError, UserError
 from common.config import DataConfig, LoaderConfig, add_data_args
 from common.data import prepare_data
 from common.decode import decode_image
@@ -20,7 +21,14 @@ from common.duplicates import duplicate_groups
 from common.files import atomic_write_text
 from common.loader import BatchLoader, make_loaders
 from common.split import assign_subsets, load_or_create_split, parse_split_sizes, scan_folder
-from common.transforms import _jitter_normalize, _random_boxes, eval_transform, train_transform
+from common.transforms import (
+    _colour_normalize,
+    _opencv_crops,
+    _random_boxes,
+    eval_transform,
+    normalize,
+    train_transform,
+)
 from conftest import ANIMALS, make_dataset
 
 
@@ -321,10 +329,10 @@ def test_batch_loader_and_transforms(dataset, tmp_path):
         assert tr.shape == (40, 3, 32, 32) and tr.min() >= 0 and tr.max() <= 1
     # A full-image box at the same size on a horizontal ramp gives the ramp back (bilinear sampling is exact on
     # linear images), mirrored for the flipped half of the batch.
-    # Both resizers draw the same flips from the same seed.
+    # Every resizer draws the same flips from the same seed.
     ramp = (torch.arange(40) * 4).to(torch.uint8).expand(8, 3, 40, 40).contiguous()
     flips = []
-    for resize in ("roi_align", "interpolate"):
+    for resize in ("roi_align", "interpolate", "opencv"):
         out = train_transform(ramp, 40, (0.0,) * 3, (1.0,) * 3, generator=torch.Generator().manual_seed(1),
                               scale=(1.0, 1.0), ratio=(1.0, 1.0), resize=resize)
         want = ramp.float() / 255
@@ -333,17 +341,18 @@ def test_batch_loader_and_transforms(dataset, tmp_path):
         mirrored = (out - want.flip(-1))[inner].abs().amax((1, 2, 3)) < 1e-4
         assert (same ^ mirrored).all() and same.any() and mirrored.any()
         flips.append(mirrored)
-    assert torch.equal(*flips)
+    assert all(torch.equal(flips[0], f) for f in flips[1:])
 
 
-def test_interpolated_crop_resizes_exactly_the_drawn_box():
+@pytest.mark.parametrize("resize", ["interpolate", "opencv"])
+def test_resized_crop_resizes_exactly_the_drawn_box(resize):
     # One bright pixel column at x=30 of a 64-px image: a box holding it keeps it, in proportion, after resizing.
     x = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
     x[..., 30] = 255
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         state = g.get_state()
-        out = train_transform(x, 32, (0.0,) * 3, (1.0,) * 3, generator=g, scale=(0.3, 1.0), resize="interpolate")
+        out = train_transform(x, 32, (0.0,) * 3, (1.0,) * 3, generator=g, scale=(0.3, 1.0), resize=resize)
         g2 = torch.Generator()
         g2.set_state(state)
         x0, _, bw, _ = _random_boxes(1, 64, 64, (0.3, 1.0), (3 / 4, 4 / 3), g2)[0].tolist()
@@ -358,21 +367,24 @@ def test_interpolated_crop_resizes_exactly_the_drawn_box():
             assert col.max() == 0
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-def test_fused_jitter_equals_brightness_contrast_saturation_applied_in_turn(dtype):
+@pytest.mark.parametrize("path", ["float", "uint8", "opencv"])
+def test_fused_jitter_equals_brightness_contrast_saturation_applied_in_turn(path):
     x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    out = _jitter_normalize(x if dtype == torch.uint8 else x.float() / 255, 0.4, torch.Generator().manual_seed(3),
-                            mean, std)
     g = torch.Generator().manual_seed(3)
-    b, c, s = (torch.empty(6).uniform_(0.6, 1.4, generator=g).view(6, 1, 1, 1) for _ in range(3))
+    factors = [torch.empty(6).uniform_(0.6, 1.4, generator=g) for _ in range(3)]
+    out = {"float": lambda: _colour_normalize(x.float() / 255, factors, mean, std),
+           "uint8": lambda: _colour_normalize(x, factors, mean, std),
+           "opencv": lambda: normalize(_opencv_crops(x, torch.tensor([[0.0, 0.0, 16.0, 16.0]] * 6), 16,
+                                                     torch.zeros(6, dtype=torch.bool), factors), mean, std)}[path]()
+    b, c, s = (f.view(6, 1, 1, 1) for f in factors)
     y = x.float() / 255 * b                                               # brightness
     gray = lambda t: (0.299 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2]).unsqueeze(1)  # noqa: E731
     y = (y - gray(y).mean((2, 3), keepdim=True)) * c + gray(y).mean((2, 3), keepdim=True)  # contrast
     y = (y - gray(y)) * s + gray(y)                                       # saturation
     want = (y.clamp(0, 1) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    # uint8 images stay uint8 (rounded, as ColorJitter on PIL images is): within one grey level of the exact result.
-    atol = 1e-5 if dtype == torch.float32 else 1 / 255 / min(std)
+    # OpenCV's pixels stay uint8 (rounded, as ColorJitter's on PIL images are): within one grey level of exact.
+    atol = 1 / 255 / min(std) if path == "opencv" else 1e-5
     torch.testing.assert_close(out, want, atol=atol, rtol=1e-5)
 
 
@@ -384,10 +396,28 @@ def test_transforms_hand_the_models_channels_last_batches_equal_to_the_plain_for
         ev = eval_transform(pixels, 32, mean, std)
         assert ev.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(ev, (x[..., 4:36, 4:36].float() / 255 - m) / s)
-        for scale, jitter in ((None, 0.0), ((0.3, 1.0), 0.0), ((0.3, 1.0), 0.2)):
+        for scale, jitter in ((None, 0.0), ((0.3, 1.0), 0.0), ((0.3, 1.0), 0.2)):  # the CPU default: opencv
             tr = train_transform(pixels, 32, mean, std, generator=torch.Generator().manual_seed(0), scale=scale,
-                                 jitter=jitter, resize="interpolate")
+                                 jitter=jitter)
             assert tr.shape == (4, 3, 32, 32) and tr.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_opencv_crops_match_torch_antialiased_resizing_on_smooth_images_and_refuse_floats():
+    # The same boxes resized by OpenCV (bilinear, area-averaged where shrinking) and by torch (antialiased
+    # bilinear) differ by rounding and, where a box shrinks, by the filter: small on natural, smooth images.
+    smooth = nn.functional.interpolate(torch.rand(16, 3, 8, 8), size=(64, 64), mode="bicubic").clamp(0, 1)
+    x = (smooth * 255).round().to(torch.uint8)
+    crops = {resize: train_transform(x, 48, (0.0,) * 3, (1.0,) * 3, generator=torch.Generator().manual_seed(0),
+                                     scale=(0.2, 1.0), resize=resize) * 255 for resize in ("interpolate", "opencv")}
+    diff = (crops["interpolate"] - crops["opencv"]).abs()
+    assert diff.mean() < 0.5 and diff.max() < 8  # grey levels
+    # Shrunk over 2x, boxes are area-averaged: noise is smoothed as much as by torch's antialiasing, not aliased.
+    noise = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
+    small = {resize: train_transform(noise, 24, (0.0,) * 3, (1.0,) * 3, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                     resize=resize) * 255 for resize in ("interpolate", "opencv")}
+    assert small["opencv"].std() < 0.4 * noise.float().std() and small["interpolate"].std() < 0.4 * noise.float().std()
+    with pytest.raises(UserError, match="--crop-resize opencv works on uint8 pixels on the CPU"):
+        train_transform(x.float(), 48, (0.0,) * 3, (1.0,) * 3, resize="opencv")
 
 
 def test_data_notes_come_from_the_notes_file_that_describes_the_folder(tmp_path):
