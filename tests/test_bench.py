@@ -65,7 +65,7 @@ def test_benchmark_script_writes_results(dataset, tmp_path):
     md = next((tmp_path / "results").glob("cpu-*.md")).read_text()
     assert "| tutorial: ImageFolder" in md and "mobilenet_v2 | fc" in md
     default = next(line for line in md.splitlines() if "(CPU default)" in line)
-    same = paths["interpolate-jitter"]["img_per_s"] / paths["tutorial-default"]["img_per_s"]
+    same = paths["opencv-jitter"]["img_per_s"] / paths["tutorial-default"]["img_per_s"]
     assert default.rstrip(" |").endswith(f"{same:.1f}x")  # ratio against the tutorial with the same augmentation
 
 
