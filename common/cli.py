@@ -3,6 +3,7 @@ and the `__main__` runner."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable, Sequence
 
@@ -71,7 +72,9 @@ def number(kind: type, low: float | None = None, high: float | None = None, low_
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {name}; give {name} {wanted}") from None
-        if value != value or (low is not None and (value < low or (low_open and value == low))) or \
+        if not math.isfinite(value):  # inf and nan pass the range tests below, or train a model of NaNs
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number; give {name} {wanted}")
+        if (low is not None and (value < low or (low_open and value == low))) or \
                 (high is not None and (value > high or (high_open and value == high))):
             raise argparse.ArgumentTypeError(f"{text} is out of range; give {name} {wanted}")
         return value

@@ -95,6 +95,15 @@ def backward_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
         optimizer.step()
 
 
+def check_finite_weights(model: nn.Module, epoch: int) -> None:
+    """DivergedError when a weight or buffer holds inf or NaN: an update can break the model on a finite loss."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise DivergedError(f"the weights became inf or NaN in epoch {epoch + 1} ({bad[0]}{more}); "
+                            "lower --lr or --weight-decay")
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device, amp: bool = False,
                     scaler: torch.amp.GradScaler | None = None, desc: str = "train",
@@ -121,7 +130,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, transform: Transform, cr
     seconds = time.perf_counter() - start
     loss_sum, correct, seen = sum_across(loss_sum, correct, seen)
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": int(seen), "seconds": seconds,
-            "img_per_s": seen / seconds if seconds > 0 else float("nan")}
+            "img_per_s": seen / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
@@ -157,7 +166,7 @@ def evaluate(model: nn.Module, loader: Iterable, transform: Transform, criterion
     logits, labels, seconds = predict(model, loader, transform, device, amp, desc)
     return {"loss": criterion(logits, labels).item(), "acc": (logits.argmax(1) == labels).float().mean().item(),
             "images": len(labels), "seconds": seconds,
-            "img_per_s": len(labels) / seconds if seconds > 0 else float("nan")}
+            "img_per_s": len(labels) / max(seconds, 1e-9)}
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_of: Callable[[str], float] | None = None,

@@ -7,6 +7,7 @@ then `last.pt` (the commit point), then `best.pt.next` replaces `best.pt`. After
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -48,8 +49,8 @@ def make_run_dir(output_dir: Path, name: str) -> Path:
 
 
 def write_json(path: Path, obj) -> None:
-    """Atomically write pretty JSON."""
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    """Atomically write pretty, strict JSON (inf or NaN raise ValueError: no JSON reader takes them)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str, allow_nan=False) + "\n")
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
@@ -73,7 +74,18 @@ def load_checkpoint(path: Path | str, map_location="cpu", keys: tuple[str, ...] 
         raise CheckpointError(f"{path} is not a checkpoint of this project (no '{CKPT_FORMAT}' marker); "
                               "pass a best.pt written by part1_scratch_cnn.py or the part2 scripts")
     require_keys(ckpt, keys, path)
+    if "model_state" in keys:
+        require_finite(ckpt["model_state"], path)
     return ckpt
+
+
+def require_finite(state: dict, path: Path | str) -> None:
+    """Raise CheckpointError when a weight of the state dict is inf or NaN (a diverged run's model scores nothing)."""
+    bad = [k for k, t in state.items() if isinstance(t, torch.Tensor) and t.is_floating_point()
+           and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} has non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): its "
+                              "training diverged; retrain with a lower --lr and use that run's best.pt")
 
 
 def slim_checkpoint(ckpt: dict) -> dict:
@@ -109,6 +121,7 @@ class CheckpointSaver:
         describe: what every checkpoint carries to rebuild the model (arch, mode, classes, split_fingerprint, ...).
         """
         self.run_dir, self.config, self._created, self.write = run_dir, config, exists, write
+        self._made_here = False  # whether this saver created the folder (a resumed run's is not its to remove)
         self.describe = describe or {}
         self.best_acc, self.best_epoch, self.start_epoch = -1.0, -1, 0
         self.history: list[dict] = []
@@ -147,7 +160,7 @@ class CheckpointSaver:
 
     def save(self, epoch: int, row: dict, state: dict) -> bool:
         """Record an epoch (its history row; the best by row["val_acc"]) and commit its files; True if it is best."""
-        improved = row["val_acc"] > self.best_acc
+        improved = math.isfinite(row["val_acc"]) and row["val_acc"] > self.best_acc
         if improved:
             self.best_acc, self.best_epoch = row["val_acc"], epoch
         self.history.append(row)
@@ -160,8 +173,15 @@ class CheckpointSaver:
         if not self._created:
             # A run started in the same second by another process or a sweep may hold the name: never share it.
             self.run_dir = make_run_dir(self.run_dir.parent, self.run_dir.name)
+            self._made_here = True
             write_json(self.run_dir / "config.json", self.config)
             self._created = True
+
+    def discard(self, log=print) -> None:
+        """Remove the run folder this saver created, with all it wrote (a run that failed and must not resume)."""
+        if self.write and self._made_here and self.run_dir.is_dir():
+            shutil.rmtree(self.run_dir)
+            log(f"removed the run folder {self.run_dir}: the run cannot continue")
 
     def commit(self, ckpt: dict, improved: bool) -> None:
         """Write one epoch: the pending best (if improved), then last.pt, then the best into place."""
@@ -258,7 +278,8 @@ def runs_on_split(output_dir: Path, fingerprint: str, classes: list[str]) -> lis
     """Finished runs on the current split (see current_split) and these classes, best validation accuracy first."""
     fingerprint, classes = current_split(output_dir, fingerprint, classes)
     runs = [r for r in finished_runs(output_dir)
-            if r["config"] is not None and "best_val_acc" in r["metrics"] and (r["run_dir"] / "best.pt").is_file()
+            if r["config"] is not None and _is_finite(r["metrics"].get("best_val_acc"))
+            and (r["run_dir"] / "best.pt").is_file()
             and r["config"].get("split_fingerprint") == fingerprint and r["config"].get("classes") == classes]
     return sorted(runs, key=lambda r: -r["metrics"]["best_val_acc"])  # a stable sort keeps the earliest of equals
 
@@ -293,3 +314,8 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _is_finite(x) -> bool:
+    """A real number, not inf or NaN (an older version could record NaN accuracies of a diverged run)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -125,7 +125,7 @@ class PseudoLabelling:
             pseudo_seen += len(y_u)
         seconds = time.perf_counter() - start
         row = {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "images": seen + pseudo_seen,
-               "seconds": seconds, "img_per_s": (seen + pseudo_seen) / seconds if seconds > 0 else float("nan")}
+               "seconds": seconds, "img_per_s": (seen + pseudo_seen) / max(seconds, 1e-9)}
         if self.weight:
             row.update(pseudo_coverage=kept / pseudo_seen,
                        pseudo_accuracy=right / kept if kept else None)  # None: no pseudo-label yet

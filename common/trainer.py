@@ -20,7 +20,9 @@ from common.data import display_name
 from common.distributed import barrier, broadcast, is_distributed, is_main, main_log, rank, world_size
 from common.engine import (
     PROCESS_START,
+    DivergedError,
     Transform,
+    check_finite_weights,
     cpu_has_bf16_units,
     evaluate,
     make_optimizer,
@@ -269,8 +271,34 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
     saver = _open_run(cfg, options, data, state, config, log)
     log(f"{data.arch}/{data.mode}: {config['trainable_params']:,} trainable of {config['total_params']:,} parameters; "
         f"device {device}" + amp.describe() + (f"; {world_size()} processes" if is_distributed() else ""))
-    stopper = EarlyStopping(cfg.patience, saver.start_epoch, saver.best_epoch)
     board = Board(saver.start_epoch, log) if saver.write else None
+    try:
+        _train_epochs(train_model, model, data, objective, state, saver, board, cfg, device, amp, log)
+    except DivergedError:
+        if board is not None:
+            board.close()
+        saver.discard(log)  # a diverged run is no run: nothing to resume, nothing to compete for the best
+        raise
+    run_dir, test = _test_best(model, save_model, data, saver, device, amp.test)
+    metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if cfg.resume else None,
+                       state.prelude)
+    if board is not None:
+        board.open(run_dir)
+        _picture_results(board, data, save_model, saver.config, metrics, test["confusion"], device, log)
+        board.close()
+    log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {test['acc']:.4f}; "
+        f"{metrics['train_seconds']:.0f}s training")
+    if saver.write:
+        saver.finish(metrics, log)
+    barrier()
+    return run_dir
+
+
+def _train_epochs(train_model: nn.Module, model: nn.Module, data: TrainingData, objective: Objective,
+                  state: TrainState, saver: CheckpointSaver, board: Board | None, cfg: TrainConfig,
+                  device: torch.device, amp: Precision, log=print) -> None:
+    """The epochs from the saver's start to cfg.epochs (or an early stop), each validated, logged and committed."""
+    stopper = EarlyStopping(cfg.patience, saver.start_epoch, saver.best_epoch)
     for epoch in range(saver.start_epoch, cfg.epochs):
         if stopper.stop:
             log(f"early stop: no better val accuracy for {cfg.patience} epochs")
@@ -292,19 +320,6 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
             f"acc {row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
             f"{' *' if improved else '  '}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s"
             + _pseudo_note(row))
-    run_dir, test = _test_best(model, save_model, data, saver, device, amp.test)
-    metrics = _metrics(saver, test, run_dir, save_model, device, saver.start_epoch if cfg.resume else None,
-                       state.prelude)
-    if board is not None:
-        board.open(run_dir)
-        _picture_results(board, data, save_model, saver.config, metrics, test["confusion"], device, log)
-        board.close()
-    log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {test['acc']:.4f}; "
-        f"{metrics['train_seconds']:.0f}s training")
-    if saver.write:
-        saver.finish(metrics, log)
-    barrier()
-    return run_dir
 
 
 def _pseudo_note(row: dict) -> str:
@@ -368,6 +383,7 @@ def _train_epoch(train_model: nn.Module, model: nn.Module, data: TrainingData, o
     epoch_fn = objective.semi.train_epoch if objective.semi else partial(train_one_epoch, mix=objective.mix)
     tr = epoch_fn(train_model, data.loaders["train"], data.train_transform, objective.train, state.optimizer,
                   device, amp.train, state.scaler, desc=f"epoch {epoch + 1}/{epochs}")
+    check_finite_weights(state.model, epoch)  # before validation scores a broken model and it is saved
     va = evaluate(model, data.loaders["val"], data.eval_transform, objective.val, device, amp.validate, desc="val")
     state.step_schedule(va["acc"])
     return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": va["loss"],
