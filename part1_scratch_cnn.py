@@ -30,7 +30,10 @@ import copy
 import csv
 import io
 import json
+import math
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,10 +54,10 @@ from common.data import check_crop_fits, prepare_data
 from common.distributed import cleanup, init_distributed, is_main, main_log
 from common.engine import resolve_device, seed_everything
 from common.files import atomic_write_text
-from common.loader import make_loaders, to_device
+from common.loader import check_batch_fits, make_loaders, to_device
 from common.markdown import markdown_table
 from common.models import build_model, set_dropout
-from common.runs import write_json
+from common.runs import check_resume_path, write_json
 from common.trainer import TrainingData, fit, make_objective, progressive_resize
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, make_transforms
 
@@ -110,8 +113,9 @@ def parse_list(text: str, kind, flag: str) -> list:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or any(v <= 0 for v in values):
-        raise UserError(f"{flag} {text!r} must be a comma-separated list of positive numbers, e.g. {flag} 1e-3,1e-4")
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise UserError(f"{flag} {text!r} must be a comma-separated list of finite positive numbers, "
+                        f"e.g. {flag} 1e-3,1e-4")
     return values
 
 
@@ -145,7 +149,12 @@ def run(args) -> None:
     device = resolve_device(args.device)
     log = main_log()
     t0 = time.perf_counter()
-    split, images = prepare_data(DataConfig.from_args(args), log)
+    if args.resume:  # refused before anything is written
+        check_resume_path(Path(args.resume), Path(args.output_dir))
+    loading = LoaderConfig.from_args(args)
+    batch_sizes = parse_list(args.batch_sizes, int, "--batch-sizes") if args.sweep else [args.batch_size]
+    fits = [partial(check_batch_fits, config=replace(loading, batch_size=b)) for b in batch_sizes]
+    split, images = prepare_data(DataConfig.from_args(args), log, check=lambda split: [fit(split) for fit in fits])
     check_crop_fits(images, args.crop_size)
     log(f"data ready in {time.perf_counter() - t0:.1f}s: {len(split.entries)} images, {len(split.classes)} classes")
     images = to_device(images, device)
@@ -153,7 +162,6 @@ def run(args) -> None:
         train(args, split, images, device, log)
         return
     lrs = parse_list(args.lrs, float, "--lrs")
-    batch_sizes = parse_list(args.batch_sizes, int, "--batch-sizes")
     sweep_dir = Path(args.output_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{ARCH}"
     rows = []
     for lr in lrs:

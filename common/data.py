@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -23,8 +23,8 @@ from common import distributed
 from common.cache import load_or_build_cache
 from common.cli import DataError
 from common.decode import DEFAULT_MAX_PIXELS, decode_many, undecodable_reason
-from common.files import remove_stale_temp_files
-from common.split import Split, load_or_create_split, scan_folder
+from common.files import remove_stale_temp_files, removed_on_failure
+from common.split import Split, load_or_create_split, scan_folder, split_lock
 
 if TYPE_CHECKING:
     from common.config import DataConfig
@@ -70,18 +70,25 @@ def resolve_data_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("ANIMALS10_DIR") or DEFAULT_DATA_DIR)
 
 
-def prepare_data(config: DataConfig, log=print) -> tuple[Split, np.ndarray]:
-    """Load or create the split and its pixel cache, as the data options say."""
+def prepare_data(config: DataConfig, log=print,
+                 check: Callable[[Split], object] | None = None) -> tuple[Split, np.ndarray]:
+    """Load or create the split and its pixel cache, as the data options say.
+
+    check(split) may refuse the split before anything is written (see load_or_create_split); a refused or failed
+    start removes the folders it created.
+    """
     if not distributed.is_main():
         distributed.barrier()  # let rank 0 draw the split and build the cache first
     if distributed.is_main():
         for folder in (config.output_dir, config.cache_dir):
             remove_stale_temp_files(folder)
-    split, pixels = load_or_create_split(config.data_dir, config.split_file, config.per_class, config.sizes,
-                                         config.split_seed, config.img_size, config.workers, log, config.dedup,
-                                         config.near_threshold, config.max_pixels)
-    images = load_or_build_cache(config.data_dir, split, config.cache_dir, config.img_size, pixels, config.workers,
-                                 log, config.max_pixels)
+    folders = (config.output_dir, config.cache_dir, config.split_file.parent)
+    with removed_on_failure(folders, own=[split_lock(config.split_file).name]):
+        split, pixels = load_or_create_split(config.data_dir, config.split_file, config.per_class, config.sizes,
+                                             config.split_seed, config.img_size, config.workers, log, config.dedup,
+                                             config.near_threshold, config.max_pixels, check)
+        images = load_or_build_cache(config.data_dir, split, config.cache_dir, config.img_size, pixels,
+                                     config.workers, log, config.max_pixels)
     if distributed.is_main():
         distributed.barrier()
     return split, images

@@ -6,7 +6,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 try:
     import fcntl
@@ -66,6 +66,32 @@ def file_lock(lock_path: Path, waiting: str | None = None, log=print) -> Iterato
                     log(waiting)
                 fcntl.flock(f, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
+
+
+@contextmanager
+def removed_on_failure(folders: Iterable[Path], own: Iterable[str] = ()) -> Iterator[None]:
+    """If the block fails, remove again each of the folders (and their parents) that it created, as long as they
+    hold nothing but files named in `own` (its lock files): a refused start leaves no folder behind."""
+    new: set[Path] = set()
+    for folder in folders:
+        folder = Path(folder).absolute()
+        while not folder.exists() and folder != folder.parent:
+            new.add(folder)
+            folder = folder.parent
+    own = set(own)
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(new, key=lambda f: len(f.parts), reverse=True):  # the deepest first
+            try:
+                names = {p.name for p in folder.iterdir()}
+                if names <= own:
+                    for name in names:
+                        (folder / name).unlink()
+                    folder.rmdir()
+            except OSError:  # gone, or filled meanwhile by another process: leave it
+                pass
+        raise
 
 
 def remove_stale_temp_files(folder: Path) -> None:

@@ -52,19 +52,25 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def check_batch_fits(split: "Split", config: LoaderConfig) -> np.ndarray:
+    """The training images a run draws from (after --fraction/--imbalance); DataError if a batch is larger."""
+    train_idx = train_subset(split.labels, split.indices["train"], config.fraction, config.imbalance,
+                             split.split_seed)
+    if len(train_idx) < config.batch_size:
+        raise DataError(f"only {len(train_idx)} training images, fewer than --batch-size {config.batch_size}; "
+                        "lower --batch-size or raise --fraction")
+    return train_idx
+
+
 def make_loaders(images, split: "Split", config: LoaderConfig, device: torch.device, generator: torch.Generator,
                  log=print) -> dict[str, "BatchLoader"]:
     """Train (shuffled, full batches only; --fraction/--imbalance subset; --balance oversample), val, test loaders;
     val and test go at the inference batch size, as evaluate.py does."""
-    train_idx = train_subset(split.labels, split.indices["train"], config.fraction, config.imbalance,
-                             split.split_seed)
+    train_idx = check_batch_fits(split, config)
     if len(train_idx) != len(split.indices["train"]):
         counts = np.bincount(split.labels[train_idx], minlength=len(split.classes))
         log(f"training on {len(train_idx)} of {len(split.indices['train'])} training images "
             f"(per class {counts.min()}-{counts.max()}; fraction {config.fraction:g}, imbalance {config.imbalance:g})")
-    if len(train_idx) < config.batch_size:
-        raise DataError(f"only {len(train_idx)} training images, fewer than --batch-size {config.batch_size}; "
-                        "lower --batch-size or raise --fraction")
     sample_weights = None
     if config.balance == "oversample":
         sample_weights = 1 / np.bincount(split.labels[train_idx])[split.labels[train_idx]]

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from common.cli import UserError
+
 
 class Adapter(nn.Module):
     """A frozen base layer plus scale * up(down(x)); up starts at zero, so the adapter starts as its layer."""
@@ -52,11 +54,37 @@ class LoRALinear(Adapter):
         """The update the adapter adds to the base weight: scale * B A, out x in."""
         return self.scale * self.up.weight @ self.down.weight
 
-RANK, ALPHA = 8, 8.0  # the defaults of --lora-rank and --lora-alpha (scale 1, as Hugging Face PEFT's)
+RANK, ALPHA = 8, 8.0  # the defaults of --lora-rank (capped at rank_limit) and --lora-alpha (scale 1, as PEFT's)
 
 
 def _adaptable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+
+
+def _targets(model: nn.Module, skip: str) -> list[tuple[str, nn.Module]]:
+    """The layers add_lora adapts: every linear and ungrouped conv layer outside the `skip` child."""
+    return [(name, m) for name, m in model.named_modules() if _adaptable(m) and name.split(".")[0] != skip]
+
+
+def _full_rank(m: nn.Module) -> int:
+    """The largest rank an update of the layer's weight can have (a conv's k x k kernel counts as inputs)."""
+    if isinstance(m, nn.Linear):
+        return min(m.in_features, m.out_features)
+    return min(m.in_channels * math.prod(m.kernel_size), m.out_channels)
+
+
+def rank_limit(model: nn.Module, skip: str) -> tuple[int, str]:
+    """(the largest rank that fits every adapted layer, the smallest such layer's name)."""
+    return min((_full_rank(m), name) for name, m in _targets(model, skip))
+
+
+def check_rank(model: nn.Module, rank: int, skip: str) -> None:
+    """UserError when rank exceeds what the smallest adapted layer's weight can hold (its adapter would only waste
+    memory: a rank of 100000 asks for gigabytes)."""
+    limit, layer = rank_limit(model, skip)
+    if not 1 <= rank <= limit:
+        raise UserError(f"--lora-rank {rank} does not fit: the smallest adapted layer ({layer}) has rank {limit}; "
+                        f"give --lora-rank 1 to {limit}")
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float, skip: str) -> int:
@@ -64,11 +92,12 @@ def add_lora(model: nn.Module, rank: int, alpha: float, skip: str) -> int:
 
     The wrapped layers' own weights are frozen; the adapters' are new and trainable.
     """
-    if rank < 1 or alpha <= 0:
-        raise ValueError(f"LoRA needs rank >= 1 and alpha > 0, not rank {rank}, alpha {alpha}")
+    if alpha <= 0:
+        raise ValueError(f"LoRA needs alpha > 0, not {alpha}")
     if any(isinstance(m, Adapter) for m in model.modules()):
         raise ValueError("the model already has LoRA adapters")
-    targets = [(name, m) for name, m in model.named_modules() if _adaptable(m) and name.split(".")[0] != skip]
+    check_rank(model, rank, skip)
+    targets = _targets(model, skip)
     for name, m in targets:
         parent, _, leaf = name.rpartition(".")
         wrapper = LoRAConv2d if isinstance(m, nn.Conv2d) else LoRALinear

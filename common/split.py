@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import partial
+import math
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def parse_split_sizes(text: str, per_class: int) -> tuple[float, float, float]:
         sizes = tuple(float(v) for v in text.split(","))
     except ValueError:
         sizes = ()
-    if len(sizes) != 3 or min(sizes) <= 0:
+    if len(sizes) != 3 or not all(math.isfinite(v) and v > 0 for v in sizes):
         raise DataError(f"--split {text!r} is not three positive numbers; use counts like --split 300,75,75 "
                         "or fractions like --split 0.7,0.15,0.15")
     if all(v < 1 for v in sizes):
@@ -319,28 +319,41 @@ def _reuse_split(split_file: Path, data_dir: Path, per_class: int, sizes: Sequen
     return split
 
 
+def split_lock(split_file: Path) -> Path:
+    """The lock file beside a split file that its drawing holds."""
+    return split_file.with_name(f".{split_file.name}.lock")
+
+
 def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = DEFAULT_PER_CLASS,
                          sizes: Sequence[float] = DEFAULT_SIZES, split_seed: int = 0, img_size: int = DEFAULT_IMG_SIZE,
                          workers: int = 2, log=print, dedup: bool = True,
                          near_threshold: int = NEAR_THRESHOLD,
-                         max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Split, np.ndarray | None]:
+                         max_pixels: int = DEFAULT_MAX_PIXELS,
+                         check: Callable[[Split], object] | None = None) -> tuple[Split, np.ndarray | None]:
     """Reuse the saved split after verifying the data against it, or create and save it.
 
     Creation is exclusive: of several processes starting together, one draws and saves the split while the
     others wait, then reuse it, or stop with a clear error when their options differ.
+    check(split) may refuse the split (raise) before a new one is saved, e.g. a batch larger than its training set.
     Returns (split, pixels): pixels are the freshly decoded images when the split was just made, else None.
     """
-    reuse = partial(_reuse_split, split_file, data_dir, per_class, sizes, split_seed, dedup, log)
+    check = check or (lambda split: None)
+
+    def reuse() -> tuple[Split, None]:
+        split = _reuse_split(split_file, data_dir, per_class, sizes, split_seed, dedup, log)
+        check(split)
+        return split, None
+
     if split_file.exists():  # published whole by an atomic write, so reading needs no lock
-        return reuse(), None
-    with file_lock(split_file.with_name(f".{split_file.name}.lock"),
-                   f"waiting for another process to finish drawing {split_file}", log):
+        return reuse()
+    with file_lock(split_lock(split_file), f"waiting for another process to finish drawing {split_file}", log):
         if split_file.exists():  # made by the process we waited for
-            return reuse(), None
+            return reuse()
         split, pixels = create_split(data_dir, per_class, sizes, split_seed, img_size, workers, log, dedup,
                                      near_threshold, max_pixels)
+        check(split)
         if not atomic_write_text(split_file, json.dumps(split.meta, indent=1), exclusive=True):
-            return reuse(), None  # published meanwhile by a process that took no lock (another file system?)
+            return reuse()  # published meanwhile by a process that took no lock (another file system?)
     counts = {tuple(v) for v in split.meta["class_sizes"].values()}
     log(f"saved split to {split_file}: {len(split.classes)} classes, train/val/test per class "
         + (str(counts.pop()) if len(counts) == 1 else "proportional to each class"))

@@ -44,9 +44,10 @@ from common.engine import (
     seed_everything,
     train_one_epoch,
 )
-from common.loader import BatchLoader, make_loaders, to_device, train_subset
+from common.loader import BatchLoader, check_batch_fits, make_loaders, to_device, train_subset
 from common.lora import ALPHA as LORA_ALPHA
 from common.lora import RANK as LORA_RANK
+from common.lora import check_rank, rank_limit
 from common.masking import FRACTION as MASK_FRACTION
 from common.masking import (
     SCORE_IMAGES,
@@ -57,8 +58,8 @@ from common.masking import (
     masks_from_checkpoint,
     select_masks,
 )
-from common.models import block_depth, build_model, unfreeze_to_depth
-from common.runs import load_checkpoint, save_checkpoint
+from common.models import block_depth, build_model, load_pretrained, unfreeze_to_depth
+from common.runs import check_resume_path, load_checkpoint, save_checkpoint
 from common.semi import (
     FEATURE_DROPOUT,
     PseudoLabelling,
@@ -88,7 +89,8 @@ def get_args_parser(arch: str, description: str) -> ArgumentParser:
                         help=f"top mode: blocks below the head that train, from the head down (1 to "
                              f"{spec.max_depth}; {spec.max_depth} trains everything)")
     parser.add_argument("--lora-rank", type=positive_int, default=None, metavar="R",
-                        help=f"lora mode: the rank of each adapter (default {LORA_RANK})")
+                        help=f"lora mode: the rank of each adapter, at most the smallest adapted layer's "
+                             f"(default {LORA_RANK}, or that limit where it is lower)")
     parser.add_argument("--lora-alpha", type=number(float, 0, low_open=True), default=None, metavar="A",
                         help=f"lora mode: adapters are scaled by A/R (default {LORA_ALPHA:g})")
     parser.add_argument("--mask-fraction", type=number(float, 0, 1, low_open=True), default=None, metavar="F",
@@ -393,6 +395,24 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
                optimizer=optimizer, callbacks=callbacks, save_model=save_model, extra_metrics=extra, log=log)
 
 
+def preflight(arch: str, recipe: TransferConfig, cfg: TrainConfig) -> TransferConfig:
+    """Every refusal that needs no data, before anything is written: the --resume path, the weights, the LoRA rank.
+
+    Returns the recipe with lora mode's default rank resolved (common/lora.py's, capped at what the layers hold).
+    """
+    if cfg.resume:
+        check_resume_path(Path(cfg.resume), Path(cfg.output_dir))
+    model = ARCHS[arch].build()
+    load_pretrained(model, arch, recipe.weights)
+    if recipe.mode != "lora":
+        return recipe
+    skip = ARCHS[arch].head_child
+    if recipe.lora_rank is None:
+        return replace(recipe, lora_rank=min(LORA_RANK, rank_limit(model, skip)[0]))
+    check_rank(model, recipe.lora_rank, skip)
+    return recipe
+
+
 def main(args, arch: str) -> Path:
     """What the part 2 scripts run: data, then one fine-tuning run (also under torchrun)."""
     init_distributed(args.device)  # a no-op unless started by torchrun
@@ -402,12 +422,12 @@ def main(args, arch: str) -> Path:
         problem = check_mode_options(args)  # also for a Namespace that no parser checked
         if problem:
             raise UserError(problem)
-        split, images = prepare_data(DataConfig.from_args(args), log)
+        cfg, loading = TrainConfig.from_args(args), LoaderConfig.from_args(args)
+        recipe = preflight(arch, TransferConfig.from_args(args), cfg)
+        split, images = prepare_data(DataConfig.from_args(args), log, check=partial(check_batch_fits, config=loading))
         augment = AugmentConfig.from_args(args)
         check_crop_fits(images, augment.crop_size)
-        return train(arch, split, to_device(images, device), device, TransferConfig.from_args(args),
-                     TrainConfig.from_args(args), ObjectiveConfig.from_args(args), augment=augment,
-                     loading=LoaderConfig.from_args(args), options=vars(args), semi=SemiConfig.from_args(args),
-                     log=log)
+        return train(arch, split, to_device(images, device), device, recipe, cfg, ObjectiveConfig.from_args(args),
+                     augment=augment, loading=loading, options=vars(args), semi=SemiConfig.from_args(args), log=log)
     finally:
         cleanup()

@@ -224,3 +224,28 @@ def test_saver_keeps_the_best_epoch_and_a_resume_takes_up_its_record(tmp_path):
     with pytest.raises(CheckpointError, match="another split"):
         CheckpointSaver(out / "new", config, {**DESCRIBE, "split_fingerprint": "0" * 64}).resume(saver.last, config)
     assert run_dirs(out) == [saver.run_dir]  # the refused resumes created nothing
+
+
+@pytest.mark.parametrize("script, extra, message", [
+    ("part1_scratch_cnn", ["--batch-size", "500"], "fewer than --batch-size 500"),
+    ("part1_scratch_cnn", ["--sweep", "--lrs", "1e-3", "--batch-sizes", "8,500"], "fewer than --batch-size 500"),
+    ("part2_mobilenet", ["--weights", "none", "--mode", "lora", "--lora-rank", "100000"],
+     "smallest adapted layer (features.1.conv.1) has rank 16; give --lora-rank 1 to 16"),
+    ("part2_mobilenet", ["--weights", "missing.pth"], "no such file"),
+    ("part2_resnet18", ["--weights", "none", "--batch-size", "500"], "fewer than --batch-size 500"),
+])
+def test_refused_starts_write_nothing(dataset, tmp_path, capsys, script, extra, message):
+    """Everything is decided before anything is written: no output folder, no split.json, no cache."""
+    out = tmp_path / "new" / "runs"
+    err = refusal(importlib.import_module(script), tiny_args(dataset, out, "--epochs", "1", *extra), capsys)
+    assert message in err.strip().splitlines()[-1] and "Traceback" not in err, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_refused_resume_into_another_output_folder_writes_nothing(dataset, finished, tmp_path, capsys):
+    _, run = finished
+    (run / "metrics.json").unlink()  # as if killed before the test pass
+    other = tmp_path / "other"
+    lines = refusal(part1, tiny_args(dataset, other, *FAST, "--resume", str(run / "last.pt")), capsys)
+    assert f"pass --output-dir {run.parent}" in lines
+    assert not other.exists()
