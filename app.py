@@ -17,9 +17,11 @@ Why no Gradio: the page needs one upload, two selects and a table, which a singl
 page with a little inline JavaScript (static/app.html) does; Python's http.server serves it and four JSON
 endpoints with no new dependency (Gradio brings FastAPI, uvicorn, pandas and a front-end bundle), starts at once, works
 offline, and its prediction function and endpoints are tested directly. The server is meant for
-loopback use (one user, a few requests at a time), which is what ThreadingHTTPServer is for; it handles at
-most 8 requests at a time, and answers only requests addressed to a loopback name or to its --host (403
-otherwise), so a web page whose DNS name is rebound to 127.0.0.1 cannot read it.
+loopback use (one user, a few requests at a time), which is what ThreadingHTTPServer is for. Each request is
+read whole within 10 s before it may use a model (8 at a time), so stalled or slow clients block nobody; when
+it is saturated it answers 503 with Retry-After rather than dropping connections; and it answers only requests
+addressed to a loopback name or to its --host (403 otherwise), so a web page whose DNS name is rebound to
+127.0.0.1 cannot read it.
 
 Endpoints: GET / (the page), GET /checkpoints, GET /test-images?ckpt=NAME, GET /test-image/<k>?ckpt=NAME
 (prediction for the k-th test image), POST /predict?ckpt=NAME with the image file as the request body.
@@ -30,6 +32,8 @@ import base64
 import ipaddress
 import json
 import re
+import socket
+import sys
 import threading
 import time
 import traceback
@@ -56,7 +60,13 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # a 20 MB PNG can hold far more; decoding it would take gigabytes of memory
 # A 40-megapixel 8-bit colour photo; a 16-bit RGBA PNG takes 8 bytes a pixel, so fewer of its pixels fit.
 MAX_DECODED_BYTES = 3 * MAX_PIXELS
-MAX_HANDLERS = 8  # requests handled at once; each can hold a 20 MB upload and its decode
+MAX_HANDLERS = 8  # requests using a model at once; each can hold a 20 MB upload and its decode
+MAX_CONNECTIONS = 256  # connections being read or answered at once; beyond them a client gets 503 at once
+LISTEN_BACKLOG = 1024  # connections the kernel queues before they are accepted: above any client count
+READ_SECONDS = 10.0  # a request's line, headers and body must all arrive within this, before it takes a model slot
+SLOT_WAIT_SECONDS = 30.0  # a request read whole waits this long for a model slot, then is answered 503
+BODY_BUDGET = MAX_HANDLERS * MAX_UPLOAD_BYTES  # upload bytes held at once; beyond it a client gets 503
+RETRY_AFTER_SECONDS = 1
 MIN_SIDE = 32  # smaller images hold nothing recognisable once scaled up to the model's input size
 TOP_K = 5
 PAGE_FILE = Path(__file__).resolve().parent / "static" / "app.html"  # beside app.py, whatever the working folder
@@ -234,42 +244,143 @@ def load_page(path: Path = PAGE_FILE) -> str:
 PAGE = load_page()
 
 
+class Deadline:
+    """Shuts the reading side of a socket when time is up, which ends any read blocked on it: a client that sends
+    slowly, or stops, holds its connection no longer than that (the answer can still be written)."""
+
+    def __init__(self, sock: socket.socket, seconds: float):
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire, args=(sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self, sock: socket.socket) -> None:
+        self.expired = True
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:  # already closed
+            pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class Handler(BaseHTTPRequestHandler):
-    """The page and its JSON endpoints; every failure becomes a JSON {"error": ...} answer."""
+    """The page and its JSON endpoints; every failure becomes a JSON {"error": ...} answer.
+
+    A request is read whole (line, headers, body) under a deadline before it waits for one of the server's model
+    slots, so clients that stall or trickle hold a connection thread for a few seconds, never a model slot.
+    """
 
     server: "AppServer"
-    timeout = 60  # a client that stops sending must not hold a thread for ever
+    timeout = READ_SECONDS  # each read of the socket; the Deadline bounds the whole request
+
+    def handle_one_request(self) -> None:
+        self._deadline = Deadline(self.connection, self.server.read_seconds)
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError) as e:  # the client went away while we read or answered
+            self._dropped(f"{type(e).__name__}")
+        finally:
+            self._deadline.cancel()
 
     def do_GET(self) -> None:
         self._answer(self._get)
 
     def do_POST(self) -> None:
-        self._answer(self._post)
+        self._answer(self._post, with_body=True)
 
-    def _answer(self, route) -> None:
-        """Run a route; turn known errors into 4xx answers and anything else into a logged 500."""
-        # A page whose DNS name was rebound to 127.0.0.1 sends its own name as Host; HTTP/1.0 may omit Host.
-        hosts = self.headers.get_all("Host") or []
-        if not (host_allowed(hosts[0], self.server.host) if len(hosts) == 1 else
-                not hosts and self.request_version == "HTTP/1.0"):
-            self.close_connection = True  # a POST body is left unread
-            names = ", ".join(dict.fromkeys(["localhost", "127.0.0.1", "[::1]", self.server.host]))
-            self._json({"error": f"this server answers only requests addressed to {names}; "
-                                 f"open http://127.0.0.1:{self.server.server_address[1]}/"}, 403)
+    def _answer(self, route, with_body: bool = False) -> None:
+        """Check the Host, read the body, wait for a model slot, run the route; errors become 4xx/5xx answers."""
+        if self._deadline.expired:  # what came before the deadline is a partial request
+            self._dropped(f"its request did not arrive within {self.server.read_seconds:g} s")
             return
+        if not self._host_allowed():
+            return
+        body = self._read_body() if with_body else b""
+        if body is None:
+            return
+        self._deadline.cancel()
         try:
-            route(urlsplit(self.path))
+            if self.server.slots.acquire(timeout=self.server.slot_wait):
+                try:
+                    self._route(route, body)
+                finally:
+                    self.server.slots.release()
+            else:
+                self._busy("every model slot stayed taken")
+        finally:
+            self.server.bodies.release(len(body))
+
+    def _route(self, route, body: bytes) -> None:
+        """Run a route; turn known errors into 4xx answers and anything else into a logged 500."""
+        try:
+            route(urlsplit(self.path), body)
+        except (ConnectionError, TimeoutError) as e:  # the client left before the answer was written
+            self._dropped(type(e).__name__)
         except UserError as e:  # a checkpoint, its weights or the data: the message says what to do
             self._json({"error": str(e)}, 400)
         except Exception as e:  # the server must outlive any one bad request
             traceback.print_exc()
             self._json({"error": f"internal error ({type(e).__name__}: {e}); see the server's log"}, 500)
 
+    def _host_allowed(self) -> bool:
+        """A page whose DNS name was rebound to 127.0.0.1 sends its own name as Host (403); HTTP/1.0 may omit it."""
+        hosts = self.headers.get_all("Host") or []
+        if host_allowed(hosts[0], self.server.host) if len(hosts) == 1 else \
+                not hosts and self.request_version == "HTTP/1.0":
+            return True
+        self.close_connection = True  # a POST body is left unread
+        names = ", ".join(dict.fromkeys(["localhost", "127.0.0.1", "[::1]", self.server.host]))
+        self._json({"error": f"this server answers only requests addressed to {names}; "
+                             f"open http://127.0.0.1:{self.server.server_address[1]}/"}, 403)
+        return False
+
+    def _read_body(self) -> bytes | None:
+        """The upload, read whole within the deadline and the server's byte budget; None once answered otherwise."""
+        length = self.headers.get("Content-Length", "")
+        if not (length.isascii() and length.isdigit()):  # a negative length would read until the client stops
+            self.close_connection = True
+            self._json({"error": "the upload has no valid Content-Length"}, 411)
+            return None
+        length = int(length)
+        if length > MAX_UPLOAD_BYTES:
+            self.close_connection = True  # the body is not read, so the connection cannot be reused
+            self._json({"error": f"the file is {length / 2**20:.1f} MB, more than the {MAX_UPLOAD_BYTES // 2**20} MB "
+                                 "allowed; upload a smaller image"}, 413)
+            return None
+        if not self.server.bodies.reserve(length):
+            self._busy("the uploads being read fill the memory budget")
+            return None
+        data = self.rfile.read(length)
+        if len(data) == length:
+            return data
+        self.server.bodies.release(length)
+        self.close_connection = True
+        if self._deadline.expired:
+            self._json({"error": f"the upload did not arrive within {self.server.read_seconds:g} s; "
+                                 "try again"}, 408)
+        else:
+            self._dropped(f"it closed the connection after {len(data)} of {length} bytes")
+        return None
+
+    def _busy(self, why: str) -> None:
+        """503 with Retry-After: the client should try again shortly (a reset connection would tell it nothing)."""
+        self.close_connection = True
+        self.log_message("busy: %s; answered 503", why)
+        self._json({"error": f"the server is busy ({why}); try again in a moment"}, 503,
+                   {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def _dropped(self, why: str) -> None:
+        """One log line for a client that left or stalled; nothing is answered."""
+        self.close_connection = True
+        self.log_message("dropped client: %s", why)
+
     def _bundle(self, query: dict) -> ModelBundle:
         """The model of the ?ckpt= checkpoint, else of the default one."""
         return self.server.checkpoints.get(query.get("ckpt", [self.server.checkpoints.default])[0])
 
-    def _get(self, url) -> None:
+    def _get(self, url, _body: bytes) -> None:
         query = parse_qs(url.query)
         cps = self.server.checkpoints
         if url.path == "/":
@@ -300,30 +411,20 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._json({"error": f"no page {url.path}"}, 404)
 
-    def _post(self, url) -> None:
+    def _post(self, url, data: bytes) -> None:
         if url.path != "/predict":
             self._json({"error": f"no endpoint {url.path}"}, 404)
             return
-        length = self.headers.get("Content-Length", "")
-        if not (length.isascii() and length.isdigit()):  # a negative length would read until the client stops
-            self._json({"error": "the upload has no valid Content-Length"}, 411)
-            return
-        length = int(length)
-        if length > MAX_UPLOAD_BYTES:
-            # The body is not read, so the connection cannot be reused for another request.
-            self.close_connection = True
-            self._json({"error": f"the file is {length / 2**20:.1f} MB, more than the {MAX_UPLOAD_BYTES // 2**20} MB "
-                                 "allowed; upload a smaller image"}, 413)
-            return
-        data = self.rfile.read(length)
         result = predict_image(self._bundle(parse_qs(url.query)), data)
         self._json(result, 400 if "error" in result else 200)
 
-    def _json(self, obj: dict, status: int = 200) -> None:
-        self._send(json.dumps(obj).encode(), "application/json", status)
+    def _json(self, obj: dict, status: int = 200, headers: dict | None = None) -> None:
+        self._send(json.dumps(obj).encode(), "application/json", status, headers)
 
-    def _send(self, body: bytes, content_type: str, status: int = 200) -> None:
+    def _send(self, body: bytes, content_type: str, status: int = 200, headers: dict | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
@@ -351,31 +452,99 @@ def host_allowed(host: str, own: str) -> bool:
         return False
 
 
+class ByteBudget:
+    """A count of bytes held at once, up to a limit; a reservation that does not fit is refused, not waited for."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_use, self._lock = limit, 0, threading.Lock()
+
+    def reserve(self, nbytes: int) -> bool:
+        with self._lock:
+            if self.in_use and self.in_use + nbytes > self.limit:  # one upload alone always fits
+                return False
+            self.in_use += nbytes
+            return True
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.in_use -= nbytes
+
+
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: %d\r\n"
+        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+
+
 class AppServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer that carries the checkpoints for its handlers and runs at most max_handlers at once."""
+    """ThreadingHTTPServer that carries the checkpoints for its handlers; its accept loop never waits.
+
+    Each connection gets a thread (up to max_connections; past them, 503 at once) that reads its request under
+    a deadline; at most max_handlers requests use a model at once, the others wait for a slot (503 after
+    slot_wait seconds). The listen backlog is large, so a burst of clients queues instead of being reset.
+    """
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address: tuple[str, int], checkpoints: Checkpoints, max_handlers: int = MAX_HANDLERS):
+    def __init__(self, address: tuple[str, int], checkpoints: Checkpoints, max_handlers: int = MAX_HANDLERS,
+                 max_connections: int = MAX_CONNECTIONS, read_seconds: float = READ_SECONDS,
+                 slot_wait: float = SLOT_WAIT_SECONDS):
         self.checkpoints = checkpoints
         self.host = address[0]  # as given (--host), before it is resolved
-        self._slots = threading.BoundedSemaphore(max_handlers)
+        self.slots = threading.BoundedSemaphore(max_handlers)
+        self.bodies = ByteBudget(BODY_BUDGET)
+        self.read_seconds, self.slot_wait = read_seconds, slot_wait
+        self.max_connections = max_connections
+        self._connections = threading.BoundedSemaphore(max_connections)
+        self._refusals = threading.BoundedSemaphore(64)  # connections being answered 503 at once
         super().__init__(address, Handler)
 
     def process_request(self, request, client_address) -> None:
-        # The accept loop waits for a free slot; meanwhile new connections queue in the listen backlog.
-        self._slots.acquire()
+        if not self._connections.acquire(blocking=False):
+            self._refuse(request, client_address)
+            return
         try:
-            super().process_request(request, client_address)  # starts a thread that releases the slot
+            super().process_request(request, client_address)  # starts a thread that releases the connection
         except BaseException:
-            self._slots.release()
+            self._connections.release()
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._connections.release()
+
+    def _refuse(self, request: socket.socket, client_address) -> None:
+        """503 when every connection thread is taken, from a short-lived thread of its own (the accept loop goes on)."""
+        sys.stderr.write(f"{client_address[0]} - busy: {self.max_connections} connections open; answered 503\n")
+        if not self._refusals.acquire(blocking=False):  # a flood: close without an answer rather than pile up threads
+            self.shutdown_request(request)
+            return
+        threading.Thread(target=self._answer_busy, args=(request,), daemon=True).start()
+
+    def _answer_busy(self, request: socket.socket) -> None:
+        """Send the 503, then read what the client still sends for up to a second, so closing does not reset it."""
+        body = json.dumps({"error": "the server is busy (too many connections); try again in a moment"}).encode()
+        try:
+            request.settimeout(1.0)
+            request.sendall(BUSY % (RETRY_AFTER_SECONDS, len(body), body))
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and request.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+        finally:
+            request.close()
+            self._refusals.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away is one log line; anything else keeps its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            sys.stderr.write(f"{client_address[0]} - dropped client: {type(error).__name__}\n")
+            return
+        super().handle_error(request, client_address)
 
 
 def get_args_parser() -> ArgumentParser:

@@ -3,14 +3,18 @@ the page in a real headless Chromium."""
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import contextlib
 import functools
 import http.client
 import json
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -349,27 +353,106 @@ def test_the_servers_own_host_is_allowed(host, own, allowed):
     assert app.host_allowed(host, own) is allowed
 
 
-def test_requests_beyond_max_handlers_wait_for_a_free_one(runs):
-    srv = app.AppServer(("127.0.0.1", 0), app.Checkpoints(runs, runs / "best.pt", torch.device("cpu")), max_handlers=2)
-    assert srv.host == "127.0.0.1"
+@contextlib.contextmanager
+def serving(runs, **options):
+    """An AppServer with the given options on a free loopback port, in a thread."""
+    srv = app.AppServer(("127.0.0.1", 0), app.Checkpoints(runs, runs / "best.pt", torch.device("cpu")), **options)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    holders = [socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=30) for _ in range(2)]
     try:
-        for sock in holders:
-            sock.sendall(b"GET /checkpoints HTTP/1.1\r\n")  # and never the rest: each holds a handler
-        answers = []
-        third = threading.Thread(target=lambda: answers.append(call(srv, "/checkpoints")[0]))
-        third.start()
-        third.join(1.5)
-        assert third.is_alive() and not answers  # waiting: both handlers are taken
-        holders[0].close()  # that handler ends, and the waiting request gets it
-        third.join(30)
-        assert answers == [200]
+        yield srv
     finally:
-        for sock in holders:
-            sock.close()
         srv.shutdown()
         srv.server_close()
+
+
+def stalled(srv, n: int) -> list[socket.socket]:
+    """n clients that announce a 1,000-byte upload, send 3 bytes of it, and stop."""
+    socks = [socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=60) for _ in range(n)]
+    for sock in socks:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nabc")
+    return socks
+
+
+def upload(srv, data: bytes) -> tuple[int, dict, dict]:
+    """(status, JSON answer, headers) of one upload on a connection of its own."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=60)
+    try:
+        conn.request("POST", "/predict", body=data)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), dict(response.getheaders())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("n_stalled", [8, 64])
+def test_stalled_clients_block_no_upload(runs, capfd, n_stalled):
+    """8 or 64 stalled uploads hold no model slot: 300 uploads from 32 clients all succeed meanwhile."""
+    data = encode(solid(RED))
+    with serving(runs, read_seconds=3) as srv:
+        socks = stalled(srv, n_stalled)
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda _: upload(srv, data), range(300)))
+        assert [status for status, _, _ in answers] == [200] * 300
+        assert all(r["top5"][0]["name"] == "dog" for _, r, _ in answers)
+        timed_out = http.client.HTTPResponse(socks[0])  # the deadline ends a stalled upload with a 408
+        timed_out.begin()
+        assert timed_out.status == 408 and "did not arrive within 3 s" in json.loads(timed_out.read())["error"]
+        for sock in socks:
+            sock.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_clients_that_leave_are_one_log_line_each(runs, capfd):
+    data = encode(solid(RED))
+    with serving(runs) as srv:
+        for sock in stalled(srv, 3):
+            sock.close()  # gone after 3 of 1,000 bytes
+        for _ in range(10):  # gone before the answer: reset at once (SO_LINGER 0), so writing it fails
+            sock = socket.create_connection(("127.0.0.1", srv.server_address[1]), timeout=60)
+            sock.sendall(f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n\r\n"
+                         .encode() + data)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        assert upload(srv, data)[0] == 200  # and the server goes on
+    err = capfd.readouterr().err
+    assert err.count("dropped client: it closed the connection after 3 of 1000 bytes") == 3
+    assert "Traceback" not in err and "BrokenPipeError" not in err.replace("dropped client: BrokenPipeError", "")
+
+
+def test_a_saturated_server_answers_503_with_retry_after(runs, monkeypatch):
+    """Every connection taken: 503 at once. Every model slot taken past the wait: 503 too. Never a reset."""
+    data = encode(solid(RED))
+    with serving(runs, max_connections=2, read_seconds=30) as srv:
+        socks = stalled(srv, 2)
+        time.sleep(0.2)  # both accepted and being read
+        status, answer, headers = upload(srv, data)
+        assert status == 503 and headers["Retry-After"] == "1" and "too many connections" in answer["error"]
+        for sock in socks:
+            sock.close()
+    slow = threading.Event()
+    real = app.predict_image
+    monkeypatch.setattr(app, "predict_image", lambda bundle, image: slow.wait(30) and real(bundle, image))
+    with serving(runs, max_handlers=1, slot_wait=0.5) as srv:
+        first = concurrent.futures.ThreadPoolExecutor(1).submit(upload, srv, data)
+        time.sleep(0.3)  # the first holds the only model slot
+        status, answer, headers = upload(srv, data)
+        assert status == 503 and headers["Retry-After"] == "1" and "model slot" in answer["error"]
+        slow.set()
+        assert first.result(timeout=60)[0] == 200
+
+
+def test_a_request_waits_for_a_model_slot_within_the_wait(runs, monkeypatch):
+    data = encode(solid(RED))
+    release = threading.Event()
+    real = app.predict_image
+    monkeypatch.setattr(app, "predict_image", lambda bundle, image: release.wait(30) and real(bundle, image))
+    with serving(runs, max_handlers=1, slot_wait=30) as srv:
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        first, second = pool.submit(upload, srv, data), pool.submit(upload, srv, data)
+        time.sleep(1.0)
+        assert not first.done() and not second.done()  # one runs, one waits for its slot
+        release.set()
+        assert first.result(timeout=60)[0] == second.result(timeout=60)[0] == 200
 
 
 def run_app(*args: str) -> subprocess.CompletedProcess:
