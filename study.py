@@ -316,6 +316,13 @@ def compress_run(ckpt: Path, settings: dict, device: str, log_path: Path) -> str
     return f"compression failed: {message}" if code else None
 
 
+def handin_protected(args) -> dict[str, Path]:
+    """The folders a --handin folder must neither be nor hold, since the hand-in replaces its folder whole."""
+    return {"output folder": Path(args.output_dir), "report folder": Path(args.output_dir) / "report",
+            "data folder": resolve_data_dir(args.data_dir),
+            "project": ROOT, "current folder": Path.cwd()}
+
+
 def main(args) -> int:
     plan, warnings = plan_and_warnings(args)
     for warning in warnings:
@@ -330,7 +337,7 @@ def main(args) -> int:
     if not args.list:
         resolve_data_dir(args.data_dir)  # fail early on a missing data folder, before any run starts
     if args.handin:
-        check_handin_folder(Path(args.handin))
+        check_handin_folder(Path(args.handin), handin_protected(args))
     records, started = [], time.time()
     for i, run in enumerate(plan["runs"], 1):
         tag = f"{plan['name']}-{run['name']}"
@@ -439,7 +446,7 @@ def main(args) -> int:
         (report_dir / "report.ipynb").unlink(missing_ok=True)  # an older one would not match this report
         print(f"notebook: not written ({e})", flush=True)
     if args.handin:
-        print(f"hand-in: {write_handin(records, notebook, Path(args.handin))}", flush=True)
+        print(f"hand-in: {write_handin(records, notebook, Path(args.handin), handin_protected(args))}", flush=True)
     failed = [r for r in records if r["status"] != "done"]
     print(f"\n{len(records) - len(failed)} of {len(records)} runs finished; report: {index}")
     for r in failed:

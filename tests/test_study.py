@@ -237,7 +237,7 @@ def test_study_evaluates_reports_and_then_skips(study_run, monkeypatch, capsys):
     names = ["report.ipynb", "saved_models/scratch_cnn/best.pt"] + [
         f"saved_models/scratch_cnn/{p.name}" for p in sorted(Path(best["run_dir"]).glob("events.out.tfevents.*"))]
     assert sorted(p.relative_to(handin).as_posix() for p in handin.rglob("*") if p.is_file()) == sorted(
-        names + ["handin.zip"])
+        names + ["handin.zip", ".handin.json"])
     assert sorted(zipfile.ZipFile(handin / "handin.zip").namelist()) == sorted(names)  # no data, no cache
     slim = handin / "saved_models" / "scratch_cnn" / "best.pt"
     ckpt = torch.load(slim, weights_only=True)
