@@ -280,7 +280,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             super().handle_one_request()
         except (ConnectionError, TimeoutError) as e:  # the client went away while we read or answered
-            self._dropped(f"{type(e).__name__}")
+            self._dropped(f"it left before the answer was sent ({type(e).__name__})")
         finally:
             self._deadline.cancel()
 
@@ -317,7 +317,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             route(urlsplit(self.path), body)
         except (ConnectionError, TimeoutError) as e:  # the client left before the answer was written
-            self._dropped(type(e).__name__)
+            self._dropped(f"it left before the answer was sent ({type(e).__name__})")
         except UserError as e:  # a checkpoint, its weights or the data: the message says what to do
             self._json({"error": str(e)}, 400)
         except Exception as e:  # the server must outlive any one bad request
@@ -542,7 +542,7 @@ class AppServer(ThreadingHTTPServer):
         """A client that went away is one log line; anything else keeps its traceback."""
         error = sys.exc_info()[1]
         if isinstance(error, (ConnectionError, TimeoutError)):
-            sys.stderr.write(f"{client_address[0]} - dropped client: {type(error).__name__}\n")
+            sys.stderr.write(f"{client_address[0]} - dropped client: it left ({type(error).__name__})\n")
             return
         super().handle_error(request, client_address)
 
