@@ -419,7 +419,7 @@ class Handler(BaseHTTPRequestHandler):
         self._json(result, 400 if "error" in result else 200)
 
     def _json(self, obj: dict, status: int = 200, headers: dict | None = None) -> None:
-        self._send(json.dumps(obj).encode(), "application/json", status, headers)
+        self._send(json.dumps(obj, allow_nan=False).encode(), "application/json", status, headers)
 
     def _send(self, body: bytes, content_type: str, status: int = 200, headers: dict | None = None) -> None:
         self.send_response(status)

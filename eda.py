@@ -495,7 +495,7 @@ def main(args) -> dict:
         (out / "duplicates.png").unlink(missing_ok=True)  # a stale one from an earlier run would mislead
     result["seconds"] = time.perf_counter() - start
     result["findings"] = findings(result)
-    atomic_write_text(out / "eda.json", json.dumps(result, indent=1))
+    atomic_write_text(out / "eda.json", json.dumps(result, indent=1, allow_nan=False))
     atomic_write_text(out / "report.md", markdown_report(result, figures))
     print("\n".join(result["findings"]))
     print(f"wrote report.md, eda.json, {', '.join(figures)} to {out}")

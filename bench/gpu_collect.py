@@ -104,7 +104,7 @@ def main(args) -> int:
               "steps": steps, "runs": read_runs(work / "runs"), "throughput": read_throughput(work / "throughput")}
     slug = "".join(c if c.isalnum() else "-" for c in args.gpu_name.lower()).strip("-")
     stem = Path(args.results_dir) / f"{slug}-{report['date']}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(report, indent=2, allow_nan=False) + "\n")
     md = markdown(report)
     atomic_write_text(stem.with_suffix(".md"), md)
     print(md)

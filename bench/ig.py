@@ -118,7 +118,7 @@ def main(args) -> None:
 
 def write(result: dict, folder: Path) -> None:
     name = f"ig-{result['device']}-{result['date']}"
-    atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     md = [f"# Integrated gradients, {result['arch']}/{result['mode']} on {result['device']} ({result['date']})\n",
           f"{result['images']} test images of `{result['checkpoint']}`, {result['speed_steps']} steps for the timed "
           f"passes, median of {result['repeats']} interleaved passes (range in brackets).\n",

@@ -321,7 +321,7 @@ def main(args) -> None:
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{device.type}-{result['date']}"
-    atomic_write_text(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / f"{stem}.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     md = markdown(result)
     atomic_write_text(out / f"{stem}.md", md)
     print(md)

@@ -425,7 +425,7 @@ def write_results(result: dict, results_dir: Path) -> Path:
     m = result["machine"]
     device = "".join(c if c.isalnum() else "-" for c in m["gpu"].lower()) if m["gpu"] else "cpu"
     stem = results_dir / f"time-to-accuracy-{device}-{result['date']}"
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2, allow_nan=False) + "\n")
     atomic_write_text(stem.with_suffix(".md"), markdown(result))
     return stem
 

@@ -132,7 +132,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         seen += len(y)
     seconds = time.perf_counter() - start
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "train_img_per_s": seen / seconds if seconds > 0 else float("nan")}
+            "train_img_per_s": seen / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
@@ -175,7 +175,7 @@ def run(config: TutorialConfig, data_dir: Path, split: Split, progress: Path | N
         row["elapsed_s"] = time.perf_counter() - PROCESS_START
         record["rows"].append(row)
         if progress is not None:
-            atomic_write_text(progress, json.dumps(record, indent=1) + "\n")
+            atomic_write_text(progress, json.dumps(record, indent=1, allow_nan=False) + "\n")
         log(f"epoch {epoch + 1}/{config.epochs}  train loss {row['train_loss']:.4f}  val acc {row['val_acc']:.4f}  "
             f"test acc {row['test_acc']:.4f}  {row['epoch_seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
     return record["rows"]

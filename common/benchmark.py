@@ -38,7 +38,7 @@ def write_results(results_dir: str | Path, stem: str, result: dict, markdown: st
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / stem
-    atomic_write_text(path.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    atomic_write_text(path.with_suffix(".json"), json.dumps(result, indent=2, allow_nan=False) + "\n")
     atomic_write_text(path.with_suffix(".md"), markdown)
     print(markdown)
     print(f"wrote {path}.json and .md")

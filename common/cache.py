@@ -25,7 +25,7 @@ def key_file(path: Path) -> Path:
 
 def save_cache_key(path: Path, fields: dict) -> None:
     """Record a cache's key fields; written before the cache, so every cache file has its record."""
-    atomic_write_text(key_file(path), json.dumps(fields, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(key_file(path), json.dumps(fields, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 def _read_fields(file: Path) -> dict | None:

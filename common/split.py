@@ -352,7 +352,7 @@ def load_or_create_split(data_dir: Path, split_file: Path, per_class: int = DEFA
         split, pixels = create_split(data_dir, per_class, sizes, split_seed, img_size, workers, log, dedup,
                                      near_threshold, max_pixels)
         check(split)
-        if not atomic_write_text(split_file, json.dumps(split.meta, indent=1), exclusive=True):
+        if not atomic_write_text(split_file, json.dumps(split.meta, indent=1, allow_nan=False), exclusive=True):
             return reuse()  # published meanwhile by a process that took no lock (another file system?)
     counts = {tuple(v) for v in split.meta["class_sizes"].values()}
     log(f"saved split to {split_file}: {len(split.classes)} classes, train/val/test per class "
