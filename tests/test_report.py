@@ -501,3 +501,20 @@ def test_compression_section_tables_each_compressed_model_and_weighs_it_against_
     answer = next(line for line in md.splitlines() if line.startswith("- **Compression**"))
     assert "int8 29% of the file (26% gzipped), 1.64x / 4.38x the img/s at batch 1 / 32, test 0.9613 (-0.7 pp" in answer
     assert "pruned 0.5 100% of the file (61% gzipped)" in answer and "test 0.8920 (-7.6 pp" in answer
+
+
+def test_every_question_of_the_assignment_is_answered_from_the_studys_numbers(study):
+    """Part 1 steps 10, 16, 19-21 and part 2 steps 12, 14-17: each in its own markdown cell, quoting measurements."""
+    from common.course import QUESTIONS
+    from common.formatting import f_int, f_time
+    from common.notebook import build_notebook
+    from common.study_runs import train_time
+
+    cells = [c.source for c in build_notebook(study).cells if c.cell_type == "markdown"]
+    done = [r for r in study["runs"] if r.get("status") == "done"]
+    measured = ({f"{r['metrics'][k]:.4f}" for r in done for k in ("best_val_acc", "test_acc")}
+                | {f_time(train_time(r)) for r in done} | {f_int(r["metrics"]["trainable_params"]) for r in done})
+    for step, question in QUESTIONS.values():
+        answer = [c for c in cells if c.startswith(f"### {step}: {question}")]
+        assert len(answer) == 1, (step, question)
+        assert [m for m in measured if m in answer[0]], (step, answer[0])
