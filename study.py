@@ -42,7 +42,7 @@ import torch
 from common.architectures import ARCHS, arch_of_script
 from common.cli import DataError, UserError
 from common.data import data_notes, resolve_data_dir
-from common.handin import check_handin_folder, write_handin
+from common.handin import check_handin_folder, student_id, write_handin
 from common.models import WeightsError, load_pretrained
 from common.notebook import NotebookError, write_notebook
 from common.plans import PLANS, expand_seeds
@@ -72,9 +72,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing; evaluate and report what is finished")
     parser.add_argument("--handin", default=None, metavar="DIR",
-                        help="also write DIR/: the executed notebook, saved_models/<model>/ (checkpoint and "
-                             "TensorBoard events of the best scratch CNN, ResNet-18 and MobileNetV2) and handin.zip")
+                        help="also write the hand-in DIR/: the notebook executed there and its .py twin, the "
+                             "project's code, the records the notebook reads, saved_models/<model>/ (checkpoint and "
+                             "TensorBoard events of the best scratch CNN, ResNet-18 and MobileNetV2) and its zip")
+    parser.add_argument("--student-id", type=_student_id, default=None, metavar="ID",
+                        help="name the hand-in's zip <ID>.zip (letters, digits, '.', '_', '-')")
     return parser
+
+
+def _student_id(text: str) -> str:
+    try:
+        return student_id(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class Stopped(BaseException):
@@ -438,15 +448,16 @@ def main(args) -> int:
              "runs": records, "wall_seconds_this_invocation": time.time() - started}
     write_json(report_dir / "study.json", study)
     index = build_report(study, report_dir)
-    notebook = None
     try:
-        notebook = write_notebook(study, report_dir)
-        print(f"notebook: {notebook} (executed)", flush=True)
+        print(f"notebook: {write_notebook(study, report_dir)} (executed)", flush=True)
     except NotebookError as e:
-        (report_dir / "report.ipynb").unlink(missing_ok=True)  # an older one would not match this report
+        for name in ("report.ipynb", "report.py"):  # older ones would not match this report
+            (report_dir / name).unlink(missing_ok=True)
         print(f"notebook: not written ({e})", flush=True)
     if args.handin:
-        print(f"hand-in: {write_handin(records, notebook, Path(args.handin), handin_protected(args))}", flush=True)
+        zipped = write_handin(study, output_dir / "split.json", Path(args.handin), handin_protected(args),
+                              args.student_id)
+        print(f"hand-in: {zipped}", flush=True)
     failed = [r for r in records if r["status"] != "done"]
     print(f"\n{len(records) - len(failed)} of {len(records)} runs finished; report: {index}")
     for r in failed:

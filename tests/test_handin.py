@@ -97,3 +97,15 @@ def test_study_refuses_before_training(tmp_path, monkeypatch, dataset, handin):
     with pytest.raises(UserError, match="the hand-in replaces its folder whole"):
         study.main(study.get_args_parser().parse_args(argv))
     assert not Path("rs3").exists() and Path("handin.zip").is_file()
+
+
+@pytest.mark.parametrize("bad", ["../evil", "a/b", ".hidden", "x..y", "", "name with space", "a" * 65, "id."])
+def test_a_student_id_that_is_not_a_safe_file_name_is_refused_when_parsed(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        study.get_args_parser().parse_args(["--student-id", bad])
+    assert e.value.code == 2 and "is not a safe file name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("good", ["2512345", "s1234567", "jane.doe_2026-A"])
+def test_a_student_id_names_the_zip(good):
+    assert study.get_args_parser().parse_args(["--student-id", good]).student_id == good

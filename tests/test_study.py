@@ -4,9 +4,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -233,12 +235,30 @@ def test_study_evaluates_reports_and_then_skips(study_run, monkeypatch, capsys):
     assert log.count(": done (") == 3 and "== [1/4] mobilenet-fc" in log
 
     handin = Path("handin")
-    assert run_study(plan, dataset, out, "--report-only", "--handin", str(handin)) == 0
-    names = ["report.ipynb", "saved_models/scratch_cnn/best.pt"] + [
-        f"saved_models/scratch_cnn/{p.name}" for p in sorted(Path(best["run_dir"]).glob("events.out.tfevents.*"))]
-    assert sorted(p.relative_to(handin).as_posix() for p in handin.rglob("*") if p.is_file()) == sorted(
-        names + ["handin.zip", ".handin.json"])
-    assert sorted(zipfile.ZipFile(handin / "handin.zip").namelist()) == sorted(names)  # no data, no cache
+    assert run_study(plan, dataset, out, "--report-only", "--handin", str(handin), "--student-id", "s1234567") == 0
+    check_handin(handin, "s1234567.zip", best, study_run.work, dataset)
+    assert run_study(plan, dataset, out, "--report-only", "--handin", str(handin)) == 0  # a new hand-in replaces it
+    assert (handin / "handin.zip").is_file() and not (handin / "s1234567.zip").exists()
+    Path("other").mkdir()
+    Path("other/notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not empty and holds no earlier hand-in"):
+        run_study(plan, dataset, out, "--report-only", "--handin", "other")
+    assert Path("other/notes.txt").read_text() == "mine"
+
+
+def check_handin(handin: Path, zip_name: str, best: dict, work: Path, dataset: Path) -> None:
+    """The hand-in as a grader opens it: unzipped into an empty folder elsewhere, its notebook executed there."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    names = sorted(zipfile.ZipFile(handin / zip_name).namelist())
+    on_disk = sorted(p.relative_to(handin).as_posix() for p in handin.rglob("*") if p.is_file())
+    assert on_disk == sorted(names + [zip_name, ".handin.json"])
+    assert {"report.ipynb", "report.py", "records/study.json", "records/split.json", "common/notebook.py",
+            "part1_scratch_cnn.py", "part2_mobilenet.py", "evaluate.py", "gradcam.py",
+            "saved_models/scratch_cnn/best.pt"} <= set(names)
+    assert not [n for n in names if n.startswith(("tests/", "bench/", "runs/", "figures/")) or "__pycache__" in n
+                or "/cache/" in n or n.endswith((".npy", ".jpg"))]  # no tests, data or caches
     slim = handin / "saved_models" / "scratch_cnn" / "best.pt"
     ckpt = torch.load(slim, weights_only=True)
     assert "optimizer_state" not in ckpt and "rng" not in ckpt
@@ -246,15 +266,35 @@ def test_study_evaluates_reports_and_then_skips(study_run, monkeypatch, capsys):
     full = torch.load(Path(best["run_dir"]) / "best.pt", weights_only=True)
     assert all(torch.equal(ckpt["model_state"][k], v) for k, v in full["model_state"].items())
     evaluate = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(slim), "--device", "cpu",
+                               "--source-dir", str(dataset), "--split-file", str(Path("out/split.json")),
                                "--out-dir", "eval"], capture_output=True, text=True)
     assert evaluate.returncode == 0, evaluate.stderr
     assert json.loads(Path("eval/eval.json").read_text())["accuracy"] == pytest.approx(best["metrics"]["test_acc"])
-    assert run_study(plan, dataset, out, "--report-only", "--handin", str(handin)) == 0  # a new hand-in replaces it
-    Path("other").mkdir()
-    Path("other/notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="is not empty and holds no earlier hand-in"):
-        run_study(plan, dataset, out, "--report-only", "--handin", "other")
-    assert Path("other/notes.txt").read_text() == "mine"
+
+    grader = Path(tempfile.mkdtemp(prefix="grader-"))  # outside the project and the study's folder
+    try:
+        zipfile.ZipFile(handin / zip_name).extractall(grader)
+        machine = [str(ROOT), str(work.resolve()), str(dataset.resolve()), str(Path.home())]
+        for f in grader.rglob("*"):
+            if f.is_file():
+                data = f.read_bytes()
+                assert not [m for m in machine if m.encode() in data], (f, [m for m in machine if m.encode() in data])
+        nb = nbformat.read(grader / "report.ipynb", as_version=4)
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(grader)}}).execute()  # raises on any cell's error
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.execution_count for c in code)
+        assert sum("image/png" in o.get("data", {}) or "image/jpeg" in o.get("data", {})
+                   for c in code for o in c.outputs) >= 5
+        sources = "".join(c.source for c in code)
+        assert "class ScratchCNN(nn.Module):" in sources and "def train_one_epoch(" in sources
+        assert "class GradCAM:" in sources and "register_forward_hook" in sources and "def freeze(" in sources
+        script = subprocess.run([sys.executable, "report.py"], cwd=grader, capture_output=True, text=True,
+                                timeout=300)
+        assert script.returncode == 0, script.stderr[-3000:]
+        assert len(list((grader / "figures").rglob("*.png"))) >= 5
+    finally:
+        shutil.rmtree(grader)
 
 
 def test_killed_run_is_resumed_in_its_own_folder(study_run):
