@@ -5,7 +5,8 @@
 #               runs/report/index.html. PLAN=auto: the full plan with CUDA, the cpu plan (the assignment converged,
 #               finishing at 224 px, 31 minutes on a 2-core EPYC) without; PLAN=quick is a smoke run of every experiment.
 #               *_WEIGHTS=imagenet uses torchvision's download/cache; offline, give a state-dict file.
-#               HANDIN=DIR also writes the hand-in: DIR/report.ipynb, DIR/saved_models/, DIR/handin.zip
+#               HANDIN=DIR also writes the hand-in (the notebook and report.py, the code, the records, saved_models/)
+#               and its zip, named STUDENT_ID.zip when STUDENT_ID=ID is given
 PYTHON ?= python3
 VENV ?= .venv
 DATA ?= ../shared/data/animals10/raw-img
@@ -13,6 +14,7 @@ MOBILENET_WEIGHTS ?= imagenet
 RESNET_WEIGHTS ?= imagenet
 PLAN ?= auto
 HANDIN ?=
+STUDENT_ID ?=
 PY := $(VENV)/bin/python
 
 .PHONY: setup lint test study
@@ -27,11 +29,14 @@ setup: $(VENV)/.installed
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# pytest exits 5 when it collects no tests: that is a failure here, not a pass.
+# pytest exits 5 when it collects no tests: that is a failure here, not a pass. The test files run on one
+# pytest-xdist worker per core (TEST_WORKERS=0 runs them in this process), each file whole on one worker, so
+# the fixtures a file builds once are built once.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q tests; rc=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 study: setup
 	$(PY) study.py --plan $(PLAN) --data-dir $(DATA) --mobilenet-weights $(MOBILENET_WEIGHTS) --resnet-weights $(RESNET_WEIGHTS) \
-		$(if $(HANDIN),--handin $(HANDIN))
+		$(if $(HANDIN),--handin $(HANDIN)) $(if $(STUDENT_ID),--student-id $(STUDENT_ID))

@@ -13,7 +13,9 @@ Examples:
 For a checkpoint it prints accuracy, macro and weighted precision/recall/F1 and the per-class report,
 and writes eval.json, confusion_matrix.png (counts and row-normalised), curves.png (loss and accuracy
 per epoch) and misclassified.png next to the checkpoint (into eval-<folder>/ for --data-dir).
-The model is rebuilt from the checkpoint alone; the device is chosen automatically.
+The model is rebuilt from the checkpoint alone; the device is chosen automatically. When the data folder has
+a sources.csv (inside it or beside it: file, source), accuracy is also broken down by image source, with the gap
+between the real Animals-10 photos and the rest and its standard error (common/sources.py).
 
 --corruptions scores the same images again under gaussian noise, gaussian blur, brightness, contrast,
 JPEG and rotation (ImageNet-C-style severities 1-5, applied to the uncropped images batch by batch)
@@ -45,6 +47,7 @@ from common.plots import (
 )
 from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
 from common.runs import finished_runs, load_checkpoint, write_json
+from common.sources import by_source, describe_gap, source_gap
 
 
 def get_args_parser() -> ArgumentParser:
@@ -145,6 +148,14 @@ def evaluate_checkpoint(args) -> dict:
           f"{m['macro']['f1']:.4f}   weighted F1 {m['weighted']['f1']:.4f}")
     print(m["report"])
 
+    sources = test.sources()
+    if sources is not None:
+        m["by_source"] = by_source(sources, pred == y)
+        m["source_gap"] = source_gap(m["by_source"])
+        print("accuracy by source: " + ", ".join(f"{k} {v['accuracy']:.4f} ({v['n']})"
+                                                 for k, v in m["by_source"].items()))
+        if m["source_gap"]:
+            print(f"source gap: {describe_gap(m['source_gap'])}")
     wrong = np.flatnonzero(pred != y)
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])]  # most confident mistakes first
     errors = [{"image": names[i], "true": class_names[y[i]], "pred": class_names[pred[i]],

@@ -58,6 +58,7 @@ from common.loader import check_batch_fits, make_loaders, to_device
 from common.markdown import markdown_table
 from common.models import build_model, set_dropout
 from common.runs import check_resume_path, write_json
+from common.sources import read_sources
 from common.trainer import TrainingData, fit, make_objective, progressive_resize
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, make_transforms
 
@@ -101,7 +102,8 @@ def train(args, split, images, device, log=print) -> Path:
     loaders = make_loaders(images, split, LoaderConfig.from_args(args), device, generators["data"], log)
     meta = {"img_size": args.img_size, "crop_size": args.crop_size, "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "weights": weights}
-    data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta, pixels=images)
+    data = TrainingData(split, loaders, train_tf, eval_tf, ARCH, "full", meta, pixels=images,
+                        sources=read_sources(DataConfig.from_args(args).data_dir))
     objective = make_objective(data.train_labels, len(split.classes), args.label_smoothing, args.balance,
                                args.mixup, args.cutmix, generators["augment"], device)
     return fit(model, data, TrainConfig.from_args(args), generators, device, lr=args.lr, objective=objective,

@@ -21,6 +21,7 @@ from common.engine import inference_batch_size, predict
 from common.loader import BatchLoader
 from common.models import model_from_checkpoint
 from common.runs import CheckpointError, load_checkpoint
+from common.sources import UNLISTED, read_sources
 from common.split import Split, load_split
 from common.transforms import eval_transform
 
@@ -103,6 +104,20 @@ class LabelledImages:
     names: list[str]  # one per index: the image's path
     description: str  # e.g. "saved test split (runs/split.json)"
     split: Split | None = None  # the saved split the images are (its other parts index them too); None: a folder
+    root: Path | None = None  # the data folder the names are relative to (as sources.csv names its files)
+
+    def sources(self) -> list[str] | None:
+        """Each image's source from the data folder's sources.csv (common/sources.py); None without one."""
+        table = read_sources(self.root) if self.root is not None else None
+        if table is None:
+            return None
+        return [table.get(_relative(name, self.root), UNLISTED) for name in self.names]
+
+
+def _relative(name: str, root: Path) -> str:
+    """An image's name as `<class>/<file>` below root (a saved split's names are already)."""
+    path = Path(name)
+    return (path.relative_to(root) if path.is_relative_to(root) else path).as_posix()
 
 
 def load_test_split(ckpt: dict, source_dir: str | Path | None = None, split_file: str | Path | None = None,
@@ -128,11 +143,12 @@ def load_test_split(ckpt: dict, source_dir: str | Path | None = None, split_file
     images = load_or_build_cache(source, split, output_dir / "cache", ckpt["img_size"], workers=workers, log=log)
     idx = split.indices["test"]
     return LabelledImages(images, split.labels, idx, [split.entries[i]["path"] for i in idx],
-                          f"saved test split ({split_file})", split)
+                          f"saved test split ({split_file})", split, source)
 
 
 def load_labelled_folder(ckpt: dict, folder: str | Path, workers: int = 2, log=print) -> LabelledImages:
     """Every readable image of a <class>/ folder (e.g. a hold-out set) whose classes are the checkpoint's."""
     folder = Path(folder)
     images, labels, paths = load_folder(folder, ckpt["classes"], ckpt["img_size"], workers, log)
-    return LabelledImages(images, labels, np.arange(len(labels)), [str(p) for p in paths], f"folder {folder}")
+    return LabelledImages(images, labels, np.arange(len(labels)), [str(p) for p in paths], f"folder {folder}",
+                          root=folder)

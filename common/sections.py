@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from common.formatting import f_acc, f_g, f_int, f_mib, f_pp, f_rate, f_time, is_num
+from common.formatting import DASH, f_acc, f_g, f_int, f_mib, f_pp, f_rate, f_time, is_num
 from common.study_plots import plot_bars, plot_depth, plot_grouped, plot_heatmap, plot_lines, plot_severity
 from common.study_runs import (
+    arch_key,
     best_val,
     delta,
     macro_f1,
@@ -538,6 +539,58 @@ class Imbalance(Group):
         return [f"**Imbalance** ({rep.setting(imb)}): " + "; ".join(parts) + "."]
 
 
+def _by_source(r: dict) -> dict:
+    """The run's test accuracy per image source: evaluate.py's, else the run's own final test's."""
+    return (r.get("eval") or {}).get("by_source") or metric(r, "test_by_source") or {}
+
+
+def _gap(r: dict) -> dict | None:
+    return (r.get("eval") or {}).get("source_gap") or metric(r, "test_source_gap")
+
+
+class Sources(Section):
+    """Test accuracy per image source (sources.csv beside the data): how much of it carries to new photos."""
+
+    key = "sources"
+    title = "Accuracy by image source"
+    question = ("Does the test accuracy carry to the real Animals-10 photos, or do the models fit the other photo "
+                "sets the training classes come from?")
+
+    def render(self, rep: Report, spec: dict) -> None:
+        """One row per run: accuracy on each source's test images, and the gap between the reference and the rest."""
+        runs = [r for r in rep.done if _by_source(r)]
+        if not runs:
+            return
+        sources = list(dict.fromkeys(src for r in runs for src in _by_source(r)))
+        reference = next((g["reference"] for g in map(_gap, runs) if g), None)
+        sources.sort(key=lambda src: src != reference)  # the reference first
+        d = rep.doc
+        d.heading(2, self.title)
+        d.para(f"**Question:** {self.question}")
+        counts = ", ".join(f"{src} {f_int(_by_source(runs[0]).get(src, {}).get('n'))}" for src in sources)
+        d.para(f"Test images per source: {counts}. The gap is the {reference or 'reference'} photos' accuracy "
+               "minus the other sources' (± one standard error of that difference of two proportions), "
+               f"{rep.setting(runs)}.")
+        d.table([("run", str, None), ("test acc", f_acc, "max")]
+                + [(src, f_acc, "max") for src in sources] + [("gap", str, None)],
+                [[r["label"], metric(r, "test_acc")] + [_by_source(r).get(src, {}).get("accuracy") for src in sources]
+                 + [f"{g['gap'] * 100:+.1f} ± {g['se'] * 100:.1f} pp" if (g := _gap(r)) else DASH] for r in runs])
+
+    def answer(self, rep: Report) -> list[str]:
+        """The gap of the best scratch and the best transfer run."""
+        out = []
+        for kind, rs in (("transfer", [r for r in rep.done if arch_key(r) != "scratch_cnn"]),
+                         ("from scratch", [r for r in rep.done if arch_key(r) == "scratch_cnn"])):
+            r = next((r for r in rs if _gap(r)), None)
+            if r:
+                g = _gap(r)
+                out.append(f"**Image sources** (best {kind}, {r['label']}): {g['reference']} photos "
+                           f"{f_acc(g['reference_acc'])} ({g['reference_n']} test images) against "
+                           f"{f_acc(g['other_acc'])} on the other photo sets, {g['gap'] * 100:+.1f} ± "
+                           f"{g['se'] * 100:.1f} pp.")
+        return out
+
+
 class Robustness(Section):
     """Corrupted test images and out-of-distribution detection, for the runs the runner tested (not a plan group)."""
 
@@ -786,13 +839,13 @@ class Faithfulness(Section):
 
 SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), Depth(), Peft(), TransferLr(),
                                                      Fractions(), Semi(),
-                                                     Regularization(), Imbalance(), Robustness(), Compression(),
-                                                     Faithfulness())}
+                                                     Regularization(), Imbalance(), Sources(), Robustness(),
+                                                     Compression(), Faithfulness())}
 GROUPS = {key: s.spec() for key, s in SECTIONS.items() if isinstance(s, Group)}  # a plan's "groups", in this order
 # The summary answers the transfer questions first: the learning-rate sentences of the transfer model come before
 # the scratch grid's, whose section comes first in the report.
 SUMMARY_ORDER = ("strategies", "depth", "peft", "transfer_lr", "scratch_grid", "fractions", "semi", "regularization",
-                 "imbalance", "robustness", "compression", "faithfulness")
+                 "imbalance", "sources", "robustness", "compression", "faithfulness")
 
 
 def section_for(key: str) -> Section:

@@ -38,6 +38,7 @@ from common.models import count_parameters
 from common.plots import confusion_figure
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint, run_dir_name
 from common.semi import PseudoLabelling
+from common.sources import UNLISTED, by_source, describe_gap, source_gap
 from common.split import Split
 from common.transforms import TrainTransform, eval_transform
 
@@ -54,6 +55,7 @@ class TrainingData:
     mode: str
     meta: dict = field(default_factory=dict)  # img_size, crop_size, mean, std, weights record, ...
     pixels: np.ndarray | None = None  # the uint8 N x H x W x 3 images of the split, for TensorBoard's pictures
+    sources: Mapping[str, str] | None = None  # image path -> source (sources.csv): the test's breakdown by source
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -288,6 +290,8 @@ def fit(model: nn.Module, data: TrainingData, cfg: TrainConfig, generators: dict
         board.close()
     log(f"best val acc {saver.best_acc:.4f} (epoch {saver.best_epoch + 1}); test acc {test['acc']:.4f}; "
         f"{metrics['train_seconds']:.0f}s training")
+    if test.get("source_gap"):
+        log(f"test by source: {describe_gap(test['source_gap'])}")
     if saver.write:
         saver.finish(metrics, log)
     barrier()
@@ -400,10 +404,15 @@ def _test_best(model: nn.Module, save_model: nn.Module, data: TrainingData, save
     save_model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model_state"])
     logits, labels, seconds = predict(model, data.loaders["test"], data.eval_transform, device, amp, desc="test")
     preds = logits.argmax(1)
-    return run_dir, {"acc": (preds == labels).float().mean().item(),
-                     "confusion": confusion(labels.numpy(), preds.numpy(), len(data.split.classes)),
-                     "loss": nn.functional.cross_entropy(logits, labels).item(), "img_per_s": len(labels) / seconds,
-                     "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(data.split.classes))}
+    test = {"acc": (preds == labels).float().mean().item(),
+            "confusion": confusion(labels.numpy(), preds.numpy(), len(data.split.classes)),
+            "loss": nn.functional.cross_entropy(logits, labels).item(), "img_per_s": len(labels) / seconds,
+            "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(data.split.classes))}
+    if data.sources is not None and not is_distributed():  # under torchrun the gathered order is the processes'
+        names = [data.split.entries[i]["path"] for i in data.loaders["test"].indices.numpy()]
+        table = by_source([data.sources.get(n, UNLISTED) for n in names], (preds == labels).numpy())
+        test.update(by_source=table, source_gap=source_gap(table))
+    return run_dir, test
 
 
 def _picture_training_batch(board: Board, data: TrainingData, n: int = 16) -> None:
@@ -451,6 +460,7 @@ def _metrics(saver: CheckpointSaver, test: dict, run_dir: Path, save_model: nn.M
         "peak_memory_mb": max(h["peak_memory_mb"] for h in history) if history else None,
         "trainable_params": count_parameters(save_model)[0], "total_params": config["total_params"],
         "device": str(device), "checkpoint_mb": (run_dir / "best.pt").stat().st_size / 2**20, **extra,
+        **{f"test_{k}": test[k] for k in ("by_source", "source_gap") if k in test},
         "history": history,
     }
     if resumed_from is not None:

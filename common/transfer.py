@@ -68,6 +68,7 @@ from common.semi import (
     strong_transform,
     unlabelled_loader,
 )
+from common.sources import read_sources
 from common.split import Split
 from common.trainer import Callback, TrainingData, fit, make_objective, progressive_resize
 from common.transforms import IMAGENET_MEAN, IMAGENET_STD, TRANSFORM_VERSION, eval_transform, make_transforms
@@ -328,11 +329,12 @@ def pseudo_labelling(semi: SemiConfig, images, split: Split, labelled: BatchLoad
 
 def train(arch: str, split: Split, images, device: torch.device, recipe: TransferConfig, cfg: TrainConfig,
           objective_cfg: ObjectiveConfig, *, augment, loading, options: dict, semi: SemiConfig | None = None,
-          log=print) -> Path:
+          sources: dict[str, str] | None = None, log=print) -> Path:
     """Build, freeze and fine-tune one model; returns its run folder.
 
     augment and loading are what make_transforms and make_loaders take; options go to fit (config.json, resume);
-    semi with a labelled fraction makes the run semi-supervised (common/semi.py).
+    semi with a labelled fraction makes the run semi-supervised (common/semi.py); sources (image path -> source,
+    common/sources.py) break the final test down by source.
     """
     semi = semi if semi is not None and semi.labelled_fraction is not None else None
     if is_distributed() and (recipe.mode == "gradual" or semi):
@@ -382,7 +384,7 @@ def train(arch: str, split: Split, images, device: torch.device, recipe: Transfe
     if masked is not None:
         masked.attach(optimizer)
         callbacks.append(masked)
-    data = TrainingData(split, loaders, train_tf, eval_tf, arch, recipe.mode, meta, pixels)
+    data = TrainingData(split, loaders, train_tf, eval_tf, arch, recipe.mode, meta, pixels, sources)
     o = objective_cfg
     objective = make_objective(data.train_labels, len(split.classes), o.label_smoothing, o.balance, o.mixup,
                                o.cutmix, generators["augment"], device)
@@ -424,10 +426,12 @@ def main(args, arch: str) -> Path:
             raise UserError(problem)
         cfg, loading = TrainConfig.from_args(args), LoaderConfig.from_args(args)
         recipe = preflight(arch, TransferConfig.from_args(args), cfg)
-        split, images = prepare_data(DataConfig.from_args(args), log, check=partial(check_batch_fits, config=loading))
+        data = DataConfig.from_args(args)
+        split, images = prepare_data(data, log, check=partial(check_batch_fits, config=loading))
         augment = AugmentConfig.from_args(args)
         check_crop_fits(images, augment.crop_size)
         return train(arch, split, to_device(images, device), device, recipe, cfg, ObjectiveConfig.from_args(args),
-                     augment=augment, loading=loading, options=vars(args), semi=SemiConfig.from_args(args), log=log)
+                     augment=augment, loading=loading, options=vars(args), semi=SemiConfig.from_args(args),
+                     sources=read_sources(data.data_dir), log=log)
     finally:
         cleanup()
