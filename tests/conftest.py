@@ -1,8 +1,15 @@
 """Synthetic class-folder datasets made by the tests themselves."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core: each worker's torch, OpenMP and BLAS keep to one thread (their subprocesses inherit it),
+    # or the workers' thread pools oversubscribe the cores and the suite runs slower on two workers than on one.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 import cv2
 import numpy as np
