@@ -30,7 +30,7 @@ from typing import Callable, Mapping
 
 from common.cli import UserError
 from common.files import atomic_write_text
-from common.notebook import ROOT, Setup, write_notebook
+from common.notebook import ROOT, Setup, compact_image, write_notebook
 from common.runs import load_checkpoint, save_checkpoint, slim_checkpoint, write_json
 
 FINAL_MODELS = ("scratch_cnn", "resnet18", "mobilenet_v2")  # the architectures the course asks a final model of
@@ -192,7 +192,11 @@ def _records(study: dict, split_file: Path, out: Path, portable: Callable) -> di
             for key, src in (r.get("files") or {}).items():
                 target = out / name / Path(src).name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                if Path(src).suffix in (".md", ".json", ".txt"):  # text: may name files of the building machine
+                compact = compact_image(Path(src)) if Path(src).suffix in (".png", ".jpg") else None
+                if compact is not None:  # as the notebook embeds it: a tenth of the bytes of a full-size grid
+                    target = target.with_suffix(compact[1])
+                    target.write_bytes(compact[0])
+                elif Path(src).suffix in (".md", ".json", ".txt"):  # text: may name files of the building machine
                     atomic_write_text(target, portable(Path(src).read_text(errors="replace")))
                 else:
                     shutil.copy2(src, target)

@@ -490,25 +490,32 @@ def _display_markdown(text: str) -> None:
     display(Markdown(text))
 
 
+def compact_image(path: Path) -> tuple[bytes, str] | None:
+    """A figure file at most MAX_WIDTH wide, as PNG, or as JPEG where the PNG is larger than JPEG_ABOVE (photo
+    grids): (bytes, ".png" or ".jpg"); None when it cannot be read. What the notebook embeds and the hand-in keeps."""
+    import cv2
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    if img.shape[1] > MAX_WIDTH:
+        img = cv2.resize(img, (MAX_WIDTH, round(img.shape[0] * MAX_WIDTH / img.shape[1])), interpolation=cv2.INTER_AREA)
+    data = cv2.imencode(".png", img)[1]
+    if len(data) > JPEG_ABOVE:
+        return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes(), ".jpg"
+    return data.tobytes(), ".png"
+
+
 def _display_file(path: Path) -> None:
-    """A run's figure, at most MAX_WIDTH wide; photos as JPEG, so the notebook stays small enough to hand in."""
+    """A run's figure, compacted (compact_image), so the notebook stays small enough to hand in."""
     if not _in_notebook():
         print(f"[figure: {path}]")
         return
-    import cv2
     from IPython.display import Image, display
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
+    compact = compact_image(path)
+    if compact is None:
         _display_markdown(f"*(figure `{path.name}` could not be read)*")
         return
-    if img.shape[1] > MAX_WIDTH:
-        img = cv2.resize(img, (MAX_WIDTH, round(img.shape[0] * MAX_WIDTH / img.shape[1])), interpolation=cv2.INTER_AREA)
-    ok, data = cv2.imencode(".png", img)
-    if len(data) > JPEG_ABOVE:
-        ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])
-        display(Image(data=data.tobytes(), format="jpeg"))
-    else:
-        display(Image(data=data.tobytes(), format="png"))
+    display(Image(data=compact[0], format="jpeg" if compact[1] == ".jpg" else "png"))
 
 
 def _display_doc(rep: Report) -> None:
