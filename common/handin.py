@@ -145,13 +145,19 @@ def write_handin(study: dict, split_file: Path, folder: Path, protected: Mapping
 
 def _portable(protected: Mapping[str, Path], study: dict) -> Callable:
     """A function that rewrites every path of the building machine in a JSON-like value: the project and the
-    current folder as ".", the data folder as $DATA_DIR, the home folder as "~"."""
-    data = [str(Path(study.get("data_dir") or DATA_DIR)), str(Path(study.get("data_dir") or DATA_DIR).resolve())]
-    pairs = [(d, "$DATA_DIR") for d in data] + [(str(ROOT), "."), (str(Path(protected["current folder"]).resolve()),
-                                                                  "."), (str(Path.home()), "~")]
+    current folder as ".", the data folder as $DATA_DIR (the folder holding it as $DATA_DIR/..), the folders of
+    weights files as $WEIGHTS_DIR, the home folder as "~"."""
+    def both(path: Path) -> list[str]:
+        return [str(path), str(path.resolve())]
+    data = Path(study.get("data_dir") or DATA_DIR)
+    pairs = [(d, "$DATA_DIR") for d in both(data)] + [(d, "$DATA_DIR/..") for d in both(data.parent)]
+    for weights in {str(((r.get("config") or {}).get("weights") or {}).get("source")) for r in study.get("runs") or []}:
+        if Path(weights).is_file():  # a state-dict file given with --weights
+            pairs += [(d, "$WEIGHTS_DIR") for d in both(Path(weights).parent)]
+    pairs += [(str(ROOT), "."), (str(Path(protected["current folder"]).resolve()), "."), (str(Path.home()), "~")]
     # whole paths only (a data folder named "data" must not change the word "data"), the longest first
     pairs = [(re.compile(r"(?<![\w.~/-])" + re.escape(a) + r"(?![\w.-])"), b) for a, b in
-             sorted({a: b for a, b in pairs if a not in (".", "")}.items(), key=lambda ab: -len(ab[0]))]
+             sorted({a: b for a, b in pairs if a not in (".", "", "/")}.items(), key=lambda ab: -len(ab[0]))]
 
     def portable(value):
         if isinstance(value, str):
