@@ -191,7 +191,7 @@ def _curves(rep: Report, scratch: list[dict], transfer: list[dict]) -> str:
                      f"of {f_g(metric(r, 'epochs_run'))} (95% of it by epoch {to_95(r)})"
                      for r in [*transfer[:3], scratch[0]])
     t, s = transfer[0], scratch[0]
-    return (f"The validation curves of every run are in the figure of chapter 7 ({rep.setting(rep.done)}). "
+    return (f"The validation curves of every run are in the figure above ({rep.setting(rep.done)}). "
             f"Best validation accuracy, the epoch it came and how fast each run got near it: {rows}. The pretrained "
             f"models start high, {f_acc(_first(t))} after the first epoch for {t['label']} against "
             f"{f_acc(_first(s))} for {s['label']}, and flatten within a few epochs; the scratch CNN climbs for most "
@@ -214,12 +214,16 @@ def _vs_scratch(rep: Report, scratch: list[dict], transfer: list[dict]) -> str:
                      f"{f_int(metric(r, 'peak_memory_mb'))} | {f_rate(metric(r, 'train_img_per_s'))} |")
     t = transfer[0]
     ratio = train_time(s) / train_time(t) if is_num(train_time(s)) and train_time(t) else None
+    reused = metric(t, "feature_extraction_seconds") == 0  # it trained on features an earlier run had cached
     return (f"Measured {rep.setting(rep.done)}. The best transfer model, {t['label']} ({model_name(t)} "
             f"{mode_name(t)}), is {rep.spread.noisy(delta(metric(t, 'test_acc'), metric(s, 'test_acc')))} on the test "
             f"set against the best from-scratch CNN"
             + (f" and trained in {ratio:.1f}× less time" if ratio and ratio >= 1 else
                f" and took {1 / ratio:.1f}× the training time" if ratio else "")
-            + ".\n\n" + "\n".join(lines))
+            + (" (on backbone features an earlier run had extracted and cached: that run's time includes the "
+               "extraction)" if reused else "")
+            + ". Train time is wall-clock on this machine; peak MiB is the process's resident memory on a CPU, "
+              "CUDA memory on a GPU.\n\n" + "\n".join(lines))
 
 
 def _pros_cons(rep: Report, scratch: list[dict], transfer: list[dict]) -> str:
