@@ -1,4 +1,5 @@
-# make setup  - virtual environment with the pinned requirements
+# make setup  - virtual environment with the requirements at the versions constraints.txt pins
+# make lock   - regenerate constraints.txt: what a fresh install of requirements.txt resolves to now
 # make lint   - ruff check . (rules and exclusions in pyproject.toml)
 # make test   - the whole test suite (CPU, offline, synthetic data)
 # make study  - study.py with PLAN on DATA: the runs, their evaluation, robustness, Grad-CAM and
@@ -17,12 +18,18 @@ HANDIN ?=
 STUDENT_ID ?=
 PY := $(VENV)/bin/python
 
-.PHONY: setup lint test study
+.PHONY: setup lint test study lock
 
-$(VENV)/.installed: requirements.txt
+# constraints.txt pins every package (and every package they need) to the version `make lock` resolved, so two
+# fresh installs a month apart are the same; `make lock` regenerates it from requirements.txt in a fresh venv.
+$(VENV)/.installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	touch $@
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install --quiet -r requirements.txt \
+		&& .lock-venv/bin/pip freeze --exclude-editable > constraints.txt; rm -rf .lock-venv
 
 setup: $(VENV)/.installed
 
