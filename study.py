@@ -8,6 +8,7 @@ Examples:
     python study.py --plan my_plan.json                                     # a plan of your own (see common/plans.py)
     python study.py --plan quick --list                                     # the commands, and which are done
     python study.py --plan quick --report-only                              # rebuild the report from finished runs
+    python study.py --report-only --handin handin --student-id 2512345      # the hand-in: handin/2512345.zip
 
 Every run is an ordinary command of part1_scratch_cnn.py or a part 2 script, tagged `<plan>-<run name>`, so
 its folder is runs/<timestamp>-<model>-<mode>-<plan>-<name>/. A run whose folder has metrics.json is done and
