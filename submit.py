@@ -1,10 +1,12 @@
-"""Kaggle submissions for the hidden test set: one validated CSV per model, uploaded with the official client.
+"""Kaggle submissions for the hidden test set: one validated CSV per model (or one of their ensemble), uploaded
+with the official client.
 
 Examples:
     python submit.py --competition COMPETITION                    # three best runs by val accuracy, upload
     python submit.py --no-upload                                  # only write and validate the CSVs
     python submit.py --ckpt runs/a/best.pt runs/b/best.pt runs/c/best.pt --tta --no-upload
     python submit.py --sample-submission sample_submission.csv    # adopt its columns, ids and order exactly
+    python submit.py --ensemble --tta --no-upload                 # one CSV: the three best runs' mean probabilities
 
 Test images: --test-dir, else $ANIMALS10_TEST_DIR, else data/animals10/cnn_test (one flat folder; the
 course's files carry a number in their names). CSV (defaults follow what is known of the course
@@ -30,7 +32,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common.cli import ArgumentParser, UserError, positive_int, run_main
 from common.data import ENGLISH_NAMES, display_name
@@ -63,6 +64,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--label-form", choices=("italian", "english", "index"), default="italian")
     parser.add_argument("--sample-submission", default=None, help="adopt this CSV's columns, ids and row order")
     parser.add_argument("--tta", action="store_true", help="average each image's and its mirror image's predictions")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="one CSV from the mean class probabilities of all the checkpoints (any architectures)")
     parser.add_argument("--no-upload", action="store_true", help="only write and validate the CSVs")
     parser.add_argument("--competition", default=os.environ.get("KAGGLE_COMPETITION"),
                         help="Kaggle competition slug (default: $KAGGLE_COMPETITION)")
@@ -220,12 +223,6 @@ def decode_folder(files: list[Path], size: int) -> np.ndarray:
     return np.stack(pixels)
 
 
-def predict_folder(ckpt: dict, images: np.ndarray, device: torch.device, batch_size: int | None,
-                   tta: bool) -> np.ndarray:
-    """Predicted class index for each decoded test image."""
-    return Predictor(ckpt, device).logits(images, batch_size, tta).argmax(1).numpy()
-
-
 def best_checkpoints(runs_dir: Path, top: int) -> list[Path]:
     """best.pt of the `top` finished runs with the best validation accuracy on the saved split and the 10 classes."""
     runs = runs_on_split(runs_dir, "", COMPETITION_CLASSES)
@@ -299,6 +296,25 @@ def row_order(files: list[Path], ids: list[str], args) -> tuple[list[str], list[
     return columns, [position[i] for i in sample_ids], sample_labels
 
 
+class Rows:
+    """The CSV every submission writes: its columns, the test images' ids in row order, the labels allowed."""
+
+    def __init__(self, columns: list[str], ids: list[str], order: list[int], allowed: list[str]):
+        self.columns, self.ids, self.order, self.allowed = columns, ids, order, allowed
+
+    def write(self, out: Path, vocab: list[str], pred: np.ndarray, what: str) -> None:
+        """Validate the CSV of one model's (or one ensemble's) predicted class indices into vocab, then write it."""
+        text = render_csv(self.columns, [(self.ids[k], vocab[pred[k]]) for k in self.order])
+        problems = validate_submission(text, self.columns, [self.ids[k] for k in self.order], self.allowed)
+        if problems:  # before writing: a previous valid CSV at `out` stays as it was
+            raise SubmissionError(f"the submission of {what} is not valid: " + "; ".join(problems[:5]) +
+                                  f"; {out} left as it was, nothing uploaded")
+        atomic_write_text(out, text)
+        counts = np.bincount(pred, minlength=len(vocab))
+        print(f"{out}: {len(self.order)} rows, valid; {what}; predicted per class: "
+              f"{dict(zip(vocab, counts.tolist()))}")
+
+
 def main(args) -> None:
     device = resolve_device(args.device)
     test_dir = Path(args.test_dir or os.environ.get("ANIMALS10_TEST_DIR") or DEFAULT_TEST_DIR)
@@ -313,27 +329,35 @@ def main(args) -> None:
     # Every checkpoint is checked before the first prediction, so a wrong one fails in seconds, not after the others.
     ckpts = [load_checkpoint(path) for path in chosen]
     labels = [checkpoint_labels(p, c["classes"], args.label_form, vocabulary) for p, c in zip(chosen, ckpts)]
-    written, decoded = [], {}
-    for path, ckpt, vocab in zip(chosen, ckpts, labels):
+    decoded: dict[int, np.ndarray] = {}  # models of one size share one decode of the test folder
+
+    def probabilities(ckpt: dict) -> np.ndarray:
+        if ckpt["img_size"] not in decoded:
+            decoded[ckpt["img_size"]] = decode_folder(files, ckpt["img_size"])
+        return Predictor(ckpt, device).probabilities(decoded[ckpt["img_size"]], args.batch_size, args.tta)
+
+    rows = Rows(columns, ids, order, vocabulary[0])
+    tta = "-tta" if args.tta else ""
+    written = []
+    if args.ensemble:
+        if len(ckpts) < 2:
+            raise SubmissionError("--ensemble averages the predictions of several models; pass two or more "
+                                  "checkpoints with --ckpt, or --top 2 or more")
+        vocab = labels[0]  # every checkpoint's labels are the same set (checkpoint_labels): align them by name
+        probs = np.mean([probabilities(c)[:, [mine.index(v) for v in vocab]] for c, mine in zip(ckpts, labels)], 0)
+        out = Path(args.out_dir) / f"ensemble-{len(ckpts)}{tta}.csv"
+        members = ", ".join(f"{c['arch']}/{c['mode']} val {c['best_val_acc']:.4f}" for c in ckpts)
+        rows.write(out, vocab, probs.argmax(1), f"the mean probabilities of {len(ckpts)} models ({members})")
+        written.append((out, f"ensemble of {len(ckpts)}: {members}" + (" tta" if args.tta else "")))
+    for path, ckpt, vocab in ([] if args.ensemble else zip(chosen, ckpts, labels)):
         name = path.parent.name if path.parent.name != Path(args.runs_dir).name else path.stem
         if "compression" in ckpt:  # <run>/compressed/int8.pt, pruned-50.pt, ...: one CSV each
             name = f"{path.parent.parent.name}-{path.stem}"
-        if ckpt["img_size"] not in decoded:  # models of one size share one decode of the test folder
-            decoded[ckpt["img_size"]] = decode_folder(files, ckpt["img_size"])
-        pred = predict_folder(ckpt, decoded[ckpt["img_size"]], device, args.batch_size, args.tta)
-        text = render_csv(columns, [(ids[k], vocab[pred[k]]) for k in order])
-        out = Path(args.out_dir) / f"{name}{'-tta' if args.tta else ''}.csv"
-        problems = validate_submission(text, columns, [ids[k] for k in order], vocabulary[0])
-        if problems:  # before writing: a previous valid CSV at `out` stays as it was
-            raise SubmissionError(f"the submission for {path} is not valid: " + "; ".join(problems[:5]) +
-                                  f"; {out} left as it was, nothing uploaded")
-        atomic_write_text(out, text)
-        val = ckpt["best_val_acc"]
-        counts = np.bincount(pred, minlength=len(vocab))
-        print(f"{out}: {len(order)} rows, valid; {ckpt['arch']}/{ckpt['mode']} val acc {val:.4f}; "
-              f"predicted per class: {dict(zip(vocab, counts.tolist()))}")
-        message = f"{name} {ckpt['arch']}/{ckpt['mode']} val_acc={val:.4f}" + (" tta" if args.tta else "")
-        written.append((out, message))
+        out = Path(args.out_dir) / f"{name}{tta}.csv"
+        rows.write(out, vocab, probabilities(ckpt).argmax(1),
+                   f"{ckpt['arch']}/{ckpt['mode']} val acc {ckpt['best_val_acc']:.4f} ({path})")
+        written.append((out, f"{name} {ckpt['arch']}/{ckpt['mode']} val_acc={ckpt['best_val_acc']:.4f}"
+                        + (" tta" if args.tta else "")))
     if args.no_upload:
         print(f"--no-upload: {len(written)} CSV(s) written and validated in {args.out_dir}")
         return

@@ -293,3 +293,39 @@ def test_missing_credentials_give_advice(trained, tmp_path):
         proc = submit_process(tmp_path, out, test_dir, server.port, credentials=False)
     assert proc.returncode == 1 and "kaggle.json" in proc.stderr and "--no-upload" in proc.stderr
     assert server.requests == [] and next((tmp_path / "subs").glob("*.csv")).exists()
+
+
+def test_ensemble_averages_the_probabilities_of_several_models(trained, tmp_path):
+    """--ensemble writes one validated CSV from the mean class probabilities of every checkpoint, aligned by class
+    name whatever order each model's output units have."""
+    from common.inference import Predictor
+
+    out, test_dir, truth = trained
+    first = out / "best.pt"
+    ckpt = load_checkpoint(first)
+    # A second model: the same weights with its output units in reverse class order, and a third that differs.
+    flipped = dict(ckpt, classes=ckpt["classes"][::-1], model_state=dict(ckpt["model_state"]))
+    head = [k for k in flipped["model_state"] if k.startswith("classifier.")]
+    for k in head:
+        flipped["model_state"][k] = flipped["model_state"][k].flip(0)
+    other = dict(ckpt, model_state={k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                                    for k, v in ckpt["model_state"].items()})
+    paths = [first, tmp_path / "flipped.pt", tmp_path / "other.pt"]
+    save_checkpoint(flipped, paths[1])
+    save_checkpoint(other, paths[2])
+    run_submit("--ckpt", *map(str, paths), "--ensemble", "--test-dir", str(test_dir), "--out-dir",
+               str(tmp_path / "e"), "--no-upload", "--device", "cpu")
+    assert [p.name for p in (tmp_path / "e").iterdir()] == ["ensemble-3.csv"]
+    rows = read_rows(tmp_path / "e" / "ensemble-3.csv")
+    files = sorted(test_dir.iterdir(), key=lambda p: int(p.stem))
+    images = submit.decode_folder(files, ckpt["img_size"])
+    probs = sum(Predictor(load_checkpoint(p), torch.device("cpu")).probabilities(images)[:, order]
+                for p, order in zip(paths, [slice(None), slice(None, None, -1), slice(None)])) / 3
+    assert [label for _, label in rows[1:]] == [ckpt["classes"][k] for k in probs.argmax(1)]
+
+
+def test_ensemble_of_one_model_is_refused(trained, tmp_path, capsys):
+    out, test_dir, _ = trained
+    one_error_line(submit, ["--ckpt", out / "best.pt", "--ensemble", "--test-dir", test_dir, "--out-dir",
+                            tmp_path / "e", "--no-upload"], capsys, "--ensemble", "two or more")
+    assert not (tmp_path / "e").exists()
