@@ -65,9 +65,10 @@ def _choices(rep: Report, scratch: list[dict]) -> str:
     r = scratch[0]
     opt, sched = _config(r, "opt", "adamw"), _config(r, "sched", "cosine")
     gap = _fit_gap(r)
-    return (f"- **Activation: ReLU** after every convolution (each followed by BatchNorm). It is cheap, it does not "
-            "saturate for positive inputs, so the gradient reaches the first layers of a network that starts from "
-            "random weights, and BatchNorm keeps each layer's inputs centred so that half the units stay active.\n"
+    return (f"- **Activation: ReLU** after every convolution and its BatchNorm. It is cheap and does not saturate "
+            "for positive inputs, so the gradient reaches the first layers of a network that starts from random "
+            "weights; BatchNorm before it keeps each layer's inputs centred and scaled, so the units neither all "
+            "switch off nor blow up.\n"
             f"- **Loss: cross-entropy** (label smoothing {f_g(_config(r, 'label_smoothing', 0))}): the negative "
             "log-probability the softmax gives the right class, the maximum-likelihood loss for one label out of ten; "
             "its gradient is the predicted minus the true distribution, so it keeps pushing until the right class "
@@ -168,7 +169,7 @@ def _challenges(rep: Report, scratch: list[dict]) -> str:
     gap = _fit_gap(r)
     per_epoch = metric(r, "seconds_per_epoch")
     lines = [f"- **Compute:** an epoch took {f_time(per_epoch)} on {metric(r, 'device') or '?'} "
-             f"({f_rate(metric(r, 'train_img_per_s'))} training images/s), so every configuration of the grid costs "
+             f"({f_rate(metric(r, 'train_img_per_s'))} training images/s), so one configuration costs "
              f"{f_time(train_time(r))}; the study caches the decoded images once and reuses them in every run.",
              "- **Small data:** ten classes from a few hundred images each; "
              + (f"the last epoch fits the training images {gap * 100:+.1f} pp better than the validation ones, "
