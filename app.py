@@ -352,7 +352,11 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.bodies.reserve(length):
             self._busy("the uploads being read fill the memory budget")
             return None
-        data = self.rfile.read(length)
+        try:
+            data = self.rfile.read(length)
+        except BaseException:  # a reset or a socket timeout: the bytes held for it go back to the budget
+            self.server.bodies.release(length)
+            raise
         if len(data) == length:
             return data
         self.server.bodies.release(length)
