@@ -16,8 +16,7 @@ def retain_freed_memory() -> bool:
     """Keep freed activations in glibc's heap instead of returning them to the kernel; whether it applied.
 
     By default every tensor of a few MiB or more is a fresh mmap, so each batch page-faults its activations in
-    again: on a 2-core EPYC, MobileNetV2 float32 inference (batch 16, 224 px) faulted 1.7 million pages in per 256
-    images and ran at 69 img/s; with these settings 158 img/s (bench/results/allocator-2026-12-03.md). No
+    again, which on a small CPU can cost more than the inference itself (bench/allocator.py measures both). No
     computation changes. The cost is up to TRIM_THRESHOLD of freed memory the process keeps. Not glibc (macOS,
     Windows, musl): nothing changes.
     """

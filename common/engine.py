@@ -41,8 +41,8 @@ def resolve_device(name: str) -> torch.device:
 
 def inference_batch_size(device: torch.device) -> int:
     """Images per forward pass when nothing is trained: 16 on a CPU, where a float32 MobileNetV2 batch of 16 keeps
-    most activations in the allocator's reused heap (common/allocator.py) and ran 2.9x a batch of 64 (2-core EPYC,
-    bench/results/allocator-2026-12-03.md); 64 on CUDA."""
+    most activations in the allocator's reused heap (common/allocator.py), so it runs faster than a batch of 64
+    (bench/allocator.py); 64 on CUDA."""
     return 16 if device.type == "cpu" else 64
 
 
@@ -57,7 +57,7 @@ def cpu_name() -> str:
 
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU computes bf16 dot products natively (Intel AMX, or AVX512-BF16 as on AMD Zen 4), where bf16
-    training steps pay: about 2x float32 for the scratch CNN and 1.5-1.7x for MobileNetV2 on a 2-core EPYC (Zen 4)."""
+    training steps are faster than float32 ones (bench/cpu_precision.py measures by how much)."""
     return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_amx_tile_supported",
                                                                       "_is_avx512_bf16_supported"))
 

@@ -142,8 +142,8 @@ def occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, patch: in
     return heat / count.clamp_min(1)
 
 
-# Path steps of integrated gradients: the mean completeness gap on 10 MobileNetV2 test images was 12% at 128
-# steps and 3.9% at 256 (bench/results/ig-cpu-2026-12-01.md).
+# Path steps of integrated gradients: enough for a completeness gap of a few percent on MobileNetV2, where half as
+# many leave several times that (bench/ig.py measures the gap against the steps).
 IG_STEPS = 256
 
 
@@ -152,8 +152,8 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor
     """Integrated gradients of the target logit (N x C x H x W), midpoint rule along the straight path.
 
     The N x steps points of the paths go through the model internal_batch at a time (Captum's
-    internal_batch_size), so one image with many steps still fills the batches (16: on a 2-core CPU, batches of 64
-    took twice as long as batches of 16 for MobileNetV2). The model must be in eval
+    internal_batch_size), so one image with many steps still fills the batches (16, the CPU's inference batch:
+    see inference_batch_size). The model must be in eval
     mode, so a point's score does not depend on the others in its batch. Attributions sum to
     f(x) - f(baseline) up to the discretisation error, which completeness_gap measures.
     """

@@ -271,13 +271,12 @@ def cpu(resnet18: bool = True) -> dict:
 
     Each variant once, with a learning-rate sweep of the scratch CNN and of the MobileNetV2 head; cached features for
     the frozen-backbone heads and a linear probe before a short fine-tuning keep it short. The scratch CNN trains its
-    first 15 of 30 epochs on 160 px crops (progressive resizing), which halves their cost: at lr 1e-3 that reached
-    the same test accuracy as 30 epochs at 224 px (bench/results/cpu-plan-2026-12-03c.md), where 24 of 30 epochs at
-    112 px cost 7.7 points (bench/results/cpu-plan-2026-12-01.md). The head's lr-1e-3 point of the sweep is the fc
-    strategy's run, trained once.
+    first 15 of 30 epochs on 160 px crops (progressive resizing), which halves their cost at the test accuracy of 30
+    epochs at 224 px, where most epochs at 112 px cost points (the cpu plan's runs are in bench/results/). The
+    head's lr-1e-3 point of the sweep is the fc strategy's run, trained once.
     """
     head = ["--cache-features", "--epochs", "15"]
-    # from the probe, MobileNetV2 passed 0.95 test in epoch 1 (bench/results/time-to-accuracy-cpu-2026-12-03b.md)
+    # fine-tuning from the probed head is near its best after one epoch (bench/time_to_accuracy.py measures it)
     tune = ["--probe-epochs", "15", "--epochs", "2"]
     head_lr = 1e-3  # the fc strategy's run says its lr, so the sweep's point at this lr is the same run
     strategies = {"mobilenet_v2": ["fc", "full"]}

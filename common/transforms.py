@@ -201,8 +201,8 @@ def _opencv_crops(x: torch.Tensor, boxes: torch.Tensor, crop: int, flip: torch.T
     where it shrinks over 2x), flipped where drawn and jittered, rounded and saturated as torchvision's ColorJitter
     does on PIL images; uint8, channels_last.
 
-    Per image rather than per batch: the tile stays in cache from resize to jitter, at twice the img/s of torch's
-    per-image resize and a batched float jitter on a 2-core EPYC (bench/results/cpu-2026-12-07.md).
+    Per image rather than per batch: the tile stays in cache from resize to jitter, which is faster than torch's
+    per-image resize followed by a batched float jitter (bench/throughput.py compares the two).
     """
     n, c, h, w = x.shape
     src = x.permute(0, 2, 3, 1).contiguous().numpy()  # no copy for channels_last pixels
