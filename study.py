@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from common.architectures import ARCHS, arch_of_script
-from common.cli import DataError, UserError
+from common.cli import ArgumentParser, DataError, UserError
 from common.data import data_notes, resolve_data_dir
 from common.handin import check_handin_folder, student_id, write_handin
 from common.models import WeightsError, load_pretrained
@@ -56,9 +56,8 @@ POSIX = os.name == "posix"  # process groups, signal masks and PR_SET_PDEATHSIG;
 GRACE_SECONDS = 5.0  # a stopped child gets this long to exit on SIGTERM before it is killed
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Run a study plan and write its report.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Run a study plan and write its report.")
     parser.add_argument("--plan", default="auto",
                         help=f"{', '.join(PLANS)}, a plan JSON file, or auto: full with CUDA, cpu without")
     parser.add_argument("--data-dir", default=None,

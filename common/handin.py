@@ -45,7 +45,7 @@ STUDENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 def student_id(text: str) -> str:
     """--student-id: a safe file name for <id>.zip (letters, digits, '.', '_', '-'), or UserError saying so."""
     if not STUDENT_ID.fullmatch(text) or text.endswith(".") or ".." in text:
-        raise UserError(f"--student-id {text!r} is not a safe file name; give letters, digits, '.', '_' or '-' "
+        raise UserError(f"{text!r} is not a safe file name; give letters, digits, '.', '_' or '-' "
                         "(at most 64, starting with a letter or digit), e.g. --student-id 2512345")
     return text
 
