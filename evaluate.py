@@ -9,6 +9,7 @@ Examples:
     python evaluate.py --ckpt runs/best.pt --corruptions --severities 1,3,5 --corruption-seed 1
     python evaluate.py --ckpt runs/best.pt --ood synthetic    # + OOD detection of 500 synthetic textures
     python evaluate.py --ckpt runs/best.pt --ood other_photos/   # + OOD detection of every image under a folder
+    python evaluate.py --ensemble runs/a/best.pt runs/b/best.pt   # their mean probabilities against each of them
 
 For a checkpoint it prints accuracy, macro and weighted precision/recall/F1 and the per-class report,
 and writes eval.json, confusion_matrix.png (counts and row-normalised), curves.png (loss and accuracy
@@ -60,6 +61,10 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--split-file", default=None, help="saved split (default: the run's <output-dir>/split.json)")
     parser.add_argument("--out-dir", default=None, help="where outputs go (default: next to the checkpoint)")
     parser.add_argument("--compare", default=None, metavar="RUNS_DIR", help="compare every run under this folder")
+    parser.add_argument("--ensemble", nargs="+", default=None, metavar="CKPT",
+                        help="the mean class probabilities of these checkpoints (one saved split) on its test split, "
+                             "against each of them, overall and by image source: <out-dir>/ensemble.json (default "
+                             "out-dir: <runs>/ensemble)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="images per forward pass (default: 16 on a CPU, 64 on CUDA)")
     parser.add_argument("--tta", action="store_true",
@@ -269,7 +274,55 @@ def compare(runs_dir: Path) -> list[dict]:
     return rows
 
 
+def evaluate_ensemble(args) -> dict:
+    """The mean class probabilities of several checkpoints on their saved test split: the ensemble's accuracy and
+    each member's, overall and by image source; writes ensemble.json."""
+    paths = [Path(p) for p in args.ensemble]
+    if len(paths) < 2:
+        raise DataError("--ensemble averages two or more models; pass their best.pt files")
+    ckpts = [load_checkpoint(p) for p in paths]
+    classes = ckpts[0]["classes"]
+    for path, ckpt in zip(paths[1:], ckpts[1:]):
+        if ckpt.get("split_fingerprint") != ckpts[0].get("split_fingerprint") or set(ckpt["classes"]) != set(classes):
+            raise DataError(f"{path} was trained on another split or other classes than {paths[0]}; the members of "
+                            "an ensemble must share both")
+    device = resolve_device(args.device)
+    test = load_test_split(ckpts[0], args.source_dir, args.split_file, args.workers)
+    sources = test.sources()
+    members, probs = [], []
+    for path, ckpt in zip(paths, ckpts):
+        images = test if ckpt["img_size"] == ckpts[0]["img_size"] else load_test_split(ckpt, args.source_dir,
+                                                                                        args.split_file, args.workers)
+        logits, _, _ = Predictor(ckpt, device).predict(images.images, images.labels, images.indices, args.batch_size,
+                                                       args.tta, desc=path.parent.name)
+        probs.append(logits.softmax(1).numpy()[:, [ckpt["classes"].index(c) for c in classes]])  # in one order
+        members.append({"checkpoint": str(path), "arch": ckpt["arch"], "mode": ckpt["mode"],
+                        **_scores(probs[-1].argmax(1) == test.labels[test.indices], sources)})
+    mean = np.mean(probs, 0)
+    result = {"classes": classes, "n": len(test.indices), "tta": args.tta, "data": test.description,
+              "members": members, "ensemble": _scores(mean.argmax(1) == test.labels[test.indices], sources)}
+    out = Path(args.out_dir) if args.out_dir else paths[0].parent.parent / "ensemble"
+    write_json(out / "ensemble.json", result)
+    for m in [*members, {"arch": f"ensemble of {len(members)}", "mode": "mean probabilities", **result["ensemble"]}]:
+        gap = f"; {describe_gap(m['source_gap'])}" if m.get("source_gap") else ""
+        print(f"{m['arch']}/{m['mode']}: accuracy {m['accuracy']:.4f}{gap}")
+    print(f"wrote {out / 'ensemble.json'}")
+    return result
+
+
+def _scores(correct: np.ndarray, sources: list[str] | None) -> dict:
+    """Accuracy of a member or the ensemble, and by image source when the data has a sources.csv."""
+    scores = {"accuracy": float(np.mean(correct))}
+    if sources is not None:
+        scores["by_source"] = by_source(sources, correct)
+        scores["source_gap"] = source_gap(scores["by_source"])
+    return scores
+
+
 def main(args) -> None:
+    if args.ensemble:
+        evaluate_ensemble(args)
+        return
     if not args.ckpt and not args.compare:
         args.ckpt = "runs/best.pt"
     if args.ckpt:

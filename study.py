@@ -43,7 +43,7 @@ import torch
 from common.architectures import ARCHS, arch_of_script
 from common.cli import ArgumentParser, DataError, UserError
 from common.data import data_notes, resolve_data_dir
-from common.handin import check_handin_folder, student_id, write_handin
+from common.handin import check_handin_folder, final_runs, student_id, write_handin
 from common.models import WeightsError, load_pretrained
 from common.notebook import NotebookError, write_notebook
 from common.plans import PLANS, expand_seeds
@@ -326,6 +326,23 @@ def compress_run(ckpt: Path, settings: dict, device: str, log_path: Path) -> str
     return f"compression failed: {message}" if code else None
 
 
+def evaluate_ensemble(records: list[dict], report_dir: Path, device: str) -> dict | None:
+    """evaluate.py --ensemble on the final models (the best run of each architecture), unless its ensemble.json is
+    newer than their checkpoints and of them; its result, or None with fewer than two final models."""
+    ckpts = [str(Path(r["run_dir"]) / "best.pt") for r in final_runs(records).values()]
+    if len(ckpts) < 2:
+        return None
+    result = report_dir / "ensemble" / "ensemble.json"
+    done = read_json(result)
+    if not done or [m["checkpoint"] for m in done["members"]] != ckpts or any(stale(result, Path(c)) for c in ckpts):
+        code, message = execute([sys.executable, str(ROOT / "evaluate.py"), "--ensemble", *ckpts, "--device", device,
+                                 "--out-dir", str(result.parent)], report_dir / "logs" / "ensemble.log")
+        if code:
+            print(f"ensemble: not evaluated ({message})", flush=True)
+            return None
+    return read_json(result)
+
+
 def handin_protected(args) -> dict[str, Path]:
     """The folders a --handin folder must neither be nor hold, since the hand-in replaces its folder whole."""
     return {"output folder": Path(args.output_dir), "report folder": Path(args.output_dir) / "report",
@@ -444,7 +461,7 @@ def main(args) -> int:
              "created": time.strftime("%Y-%m-%d %H:%M"), "data_dir": str(resolve_data_dir(args.data_dir)),
              "working_dir": os.getcwd(),  # the run folders' paths are relative to it
              "device": device, "torch": torch.__version__, "warnings": warnings, "notes": notes,
-             "groups": plan.get("groups", {}),
+             "groups": plan.get("groups", {}), "ensemble": evaluate_ensemble(records, report_dir, args.device),
              "runs": records, "wall_seconds_this_invocation": time.time() - started}
     write_json(report_dir / "study.json", study)
     index = build_report(study, report_dir)

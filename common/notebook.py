@@ -149,7 +149,7 @@ def _final(rep: Report, said: dict[str, tuple[str, str]]) -> Cells:
         cells.append(_commands(transfer))
     return cells + [("code", 'show(study, "comparison", FIGURES)'), said["p2_curves"],
                     ("code", 'show(study, "efficiency", FIGURES)'), said["p2_vs_scratch"],
-                    ("code", 'show(study, "sources", FIGURES)')]
+                    ("code", 'show(study, "sources", FIGURES)'), ("code", 'show(study, "ensemble", FIGURES)')]
 
 
 _INTRO = ("Every table and figure below is drawn by a code cell from the study's records (`study.json` and each "

@@ -591,6 +591,47 @@ class Sources(Section):
         return out
 
 
+class Ensemble(Section):
+    """The final models' mean class probabilities against each of them (evaluate.py --ensemble; not a plan group)."""
+
+    key = "ensemble"
+    title = "Ensemble of the final models"
+    question = ("Does averaging the final models' class probabilities beat the best of them, on the test split and "
+                "on the real Animals-10 photos?")
+
+    def render(self, rep: Report, spec: dict) -> None:
+        """One row per member and one for the ensemble: test accuracy, and by source where the data says."""
+        e = rep.study.get("ensemble")
+        if not e:
+            return
+        d = rep.doc
+        d.heading(2, self.title)
+        d.para(f"**Question:** {self.question}")
+        d.para(f"The mean of the class probabilities of the best run of each architecture on the {f_int(e.get('n'))} "
+               "test images" + (" (each image and its mirror image)" if e.get("tta") else "") + ".")
+        rows = [(f"{m['arch']}/{m['mode']}", m) for m in e["members"]] + [("ensemble", e["ensemble"])]
+        gap = lambda m: m.get("source_gap") or {}  # noqa: E731
+        d.table([("model", str, None), ("test acc", f_acc, "max"), ("Animals-10 photos", f_acc, "max"),
+                 ("other photo sets", f_acc, "max"), ("gap", str, None)],
+                [[name, m["accuracy"], gap(m).get("reference_acc"), gap(m).get("other_acc"),
+                  f"{gap(m)['gap'] * 100:+.1f} ± {gap(m)['se'] * 100:.1f} pp" if gap(m) else DASH] for name, m in rows])
+
+    def answer(self, rep: Report) -> list[str]:
+        """The ensemble against its best member."""
+        e = rep.study.get("ensemble")
+        if not e:
+            return []
+        best = max(e["members"], key=lambda m: m["accuracy"])
+        line = (f"**Ensemble** of {len(e['members'])} final models: test {f_acc(e['ensemble']['accuracy'])} against "
+                f"{f_acc(best['accuracy'])} for its best member ({best['arch']}/{best['mode']}), "
+                f"{rep.spread.noisy(delta(e['ensemble']['accuracy'], best['accuracy']))}")
+        g, gb = e["ensemble"].get("source_gap"), best.get("source_gap")
+        if g and gb:
+            line += (f"; on the {g['reference']} photos {f_acc(g['reference_acc'])} against "
+                     f"{f_acc(gb['reference_acc'])}")
+        return [line + "."]
+
+
 class Robustness(Section):
     """Corrupted test images and out-of-distribution detection, for the runs the runner tested (not a plan group)."""
 
@@ -839,13 +880,13 @@ class Faithfulness(Section):
 
 SECTIONS: dict[str, Section] = {s.key: s for s in (ScratchGrid(), Strategies(), Depth(), Peft(), TransferLr(),
                                                      Fractions(), Semi(),
-                                                     Regularization(), Imbalance(), Sources(), Robustness(),
-                                                     Compression(), Faithfulness())}
+                                                     Regularization(), Imbalance(), Sources(), Ensemble(),
+                                                     Robustness(), Compression(), Faithfulness())}
 GROUPS = {key: s.spec() for key, s in SECTIONS.items() if isinstance(s, Group)}  # a plan's "groups", in this order
 # The summary answers the transfer questions first: the learning-rate sentences of the transfer model come before
 # the scratch grid's, whose section comes first in the report.
 SUMMARY_ORDER = ("strategies", "depth", "peft", "transfer_lr", "scratch_grid", "fractions", "semi", "regularization",
-                 "imbalance", "sources", "robustness", "compression", "faithfulness")
+                 "imbalance", "sources", "ensemble", "robustness", "compression", "faithfulness")
 
 
 def section_for(key: str) -> Section:

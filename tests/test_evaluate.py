@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import evaluate
 import part1_scratch_cnn as part1
@@ -226,3 +227,37 @@ def test_compare_lists_the_registrys_runs_and_skips_unreadable_metrics(tmp_path)
     for name in ("a", "d"):
         (runs / name / "best.pt").write_bytes(b"")
     assert [r["run_dir"].name for r in runs_on_split(runs, "abc", None)] == ["a"]
+
+
+def test_ensemble_scores_the_mean_probabilities_against_each_member(trained, tmp_path):
+    from common.inference import Predictor, load_test_split
+
+    data, out = trained
+    paths = sorted(out.glob("*/best.pt"))
+    assert len(paths) == 2
+    (data.parent / "sources.csv").write_text("file,class,source\n" + "".join(
+        f"{c.name}/{f.name},{c.name},{'Animals-10' if i % 2 else 'other'}\n"
+        for c in sorted(data.iterdir()) for i, f in enumerate(sorted(c.iterdir()))))
+    try:
+        result = evaluate.evaluate_ensemble(evaluate.get_args_parser().parse_args(
+            ["--ensemble", *map(str, paths), "--device", "cpu", "--out-dir", str(tmp_path)]))
+    finally:
+        (data.parent / "sources.csv").unlink()
+    saved = json.loads((tmp_path / "ensemble.json").read_text())
+    assert saved == json.loads(json.dumps(result)) and saved["n"] == 40
+    ckpts = [load_checkpoint(p) for p in paths]
+    test = load_test_split(ckpts[0])
+    probs = [Predictor(c, torch.device("cpu")).predict(test.images, test.labels, test.indices)[0].softmax(1).numpy()
+             for c in ckpts]
+    y = test.labels[test.indices]
+    assert saved["ensemble"]["accuracy"] == pytest.approx(np.mean(np.mean(probs, 0).argmax(1) == y))
+    for member, p in zip(saved["members"], probs):
+        assert member["accuracy"] == pytest.approx(np.mean(p.argmax(1) == y)) == pytest.approx(
+            json.loads((Path(member["checkpoint"]).parent / "metrics.json").read_text())["test_acc"])
+    assert sum(v["n"] for v in saved["ensemble"]["by_source"].values()) == 40 and saved["ensemble"]["source_gap"]
+
+
+def test_an_ensemble_of_one_model_is_one_error_line(trained, tmp_path, capsys):
+    _, out = trained
+    one_error_line(evaluate, ["--ensemble", out / "best.pt", "--out-dir", tmp_path / "e"], capsys, "two or more")
+    assert not (tmp_path / "e").exists()

@@ -518,3 +518,22 @@ def test_every_question_of_the_assignment_is_answered_from_the_studys_numbers(st
         answer = [c for c in cells if c.startswith(f"### {step}: {question}")]
         assert len(answer) == 1, (step, question)
         assert [m for m in measured if m in answer[0]], (step, answer[0])
+
+
+def test_ensemble_section_weighs_the_mean_of_the_final_models_against_the_best_of_them(study, tmp_path):
+    gap = lambda ref, other: {"reference": "Animals-10", "reference_n": 363, "reference_acc": ref,  # noqa: E731
+                              "other_n": 387, "other_acc": other, "gap": ref - other, "se": 0.013}
+    with_ensemble = dict(study, ensemble={
+        "n": 750, "tta": False, "classes": [],
+        "members": [{"checkpoint": "a/best.pt", "arch": "scratch_cnn", "mode": "full", "accuracy": 0.8107,
+                     "source_gap": gap(0.7466, 0.8708)},
+                    {"checkpoint": "b/best.pt", "arch": "mobilenet_v2", "mode": "fc", "accuracy": 0.9573,
+                     "source_gap": gap(0.9366, 0.9767)}],
+        "ensemble": {"accuracy": 0.9600, "source_gap": gap(0.9449, 0.9742)}})
+    page = build_report(with_ensemble, tmp_path).with_name("report.md").read_text()
+    assert "## Ensemble of the final models" in page
+    assert "| ensemble | **0.9600** | **0.9449** |" in page.replace("  ", " ")
+    assert ("**Ensemble** of 2 final models: test 0.9600 against 0.9573 for its best member (mobilenet_v2/fc), "
+            "+0.3 pp (within noise); on the Animals-10 photos 0.9449 against 0.9366.") in page
+    assert "## Ensemble of the final models" not in build_report(study, tmp_path / "none").with_name(
+        "report.md").read_text()
