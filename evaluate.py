@@ -48,7 +48,7 @@ from common.plots import (
 )
 from common.robustness import CORRUPTIONS, SEVERITIES, auroc, corrupt, fpr_at_tpr, msp, synthetic_textures
 from common.runs import finished_runs, load_checkpoint, write_json
-from common.sources import by_source, describe_gap, source_gap
+from common.sources import breakdown, describe_gap
 
 
 def get_args_parser() -> ArgumentParser:
@@ -155,8 +155,7 @@ def evaluate_checkpoint(args) -> dict:
 
     sources = test.sources()
     if sources is not None:
-        m["by_source"] = by_source(sources, pred == y)
-        m["source_gap"] = source_gap(m["by_source"])
+        m.update(breakdown(sources, pred == y))
         print("accuracy by source: " + ", ".join(f"{k} {v['accuracy']:.4f} ({v['n']})"
                                                  for k, v in m["by_source"].items()))
         if m["source_gap"]:
@@ -312,11 +311,7 @@ def evaluate_ensemble(args) -> dict:
 
 def _scores(correct: np.ndarray, sources: list[str] | None) -> dict:
     """Accuracy of a member or the ensemble, and by image source when the data has a sources.csv."""
-    scores = {"accuracy": float(np.mean(correct))}
-    if sources is not None:
-        scores["by_source"] = by_source(sources, correct)
-        scores["source_gap"] = source_gap(scores["by_source"])
-    return scores
+    return {"accuracy": float(np.mean(correct)), **(breakdown(sources, correct) if sources is not None else {})}
 
 
 def main(args) -> None:

@@ -54,11 +54,28 @@ def _config(r: dict, key: str, default=None):
     return (r.get("config") or {}).get(key, default)
 
 
+def _epochs(r: dict, key: str) -> list:
+    """One history field of the run, epoch by epoch."""
+    return [h.get(key) for h in metric(r, "history") or []]
+
+
+def _first(r: dict, key: str):
+    return (_epochs(r, key) or [None])[0]
+
+
+def _last(r: dict, key: str):
+    return (_epochs(r, key) or [None])[-1]
+
+
 def _fit_gap(r: dict) -> float | None:
     """Last epoch's training accuracy minus its validation accuracy: how much the model fits the training set only."""
-    history = metric(r, "history") or []
-    last = history[-1] if history else {}
-    return delta(last.get("train_acc"), last.get("val_acc"))
+    return delta(_last(r, "train_acc"), _last(r, "val_acc"))
+
+
+def _near_best(r: dict) -> int | None:
+    """The first epoch (1-based) whose validation accuracy is 95% of the run's best."""
+    vals = [v for v in _epochs(r, "val_acc") if is_num(v)]
+    return next((i + 1 for i, v in enumerate(vals) if v >= 0.95 * max(vals)), None) if vals else None
 
 
 def _choices(rep: Report, scratch: list[dict]) -> str:
@@ -80,13 +97,8 @@ def _choices(rep: Report, scratch: list[dict]) -> str:
             "weights.\n\n"
             f"Measured on the best from-scratch run ({r['label']}, {rep.setting([r])}): best validation accuracy "
             f"{f_acc(metric(r, 'best_val_acc'))} at epoch {f_g(metric(r, 'best_epoch'))}"
-            + (f", last epoch's training accuracy {f_acc(gap + _last(r, 'val_acc'))} against validation "
+            + (f", last epoch's training accuracy {f_acc(_last(r, 'train_acc'))} against validation "
                f"{f_acc(_last(r, 'val_acc'))} ({gap * 100:+.1f} pp)" if is_num(gap) else "") + ".")
-
-
-def _last(r: dict, key: str):
-    history = metric(r, "history") or []
-    return history[-1].get(key) if history else None
 
 
 def _train_images(r: dict):
@@ -121,16 +133,13 @@ def _tuning(rep: Report, scratch: list[dict]) -> str:
 
 def _findings(rep: Report, scratch: list[dict]) -> str:
     r = scratch[0]
-    history = metric(r, "history") or []
-    vals = [h.get("val_acc") for h in history if is_num(h.get("val_acc"))]
-    half = next((i + 1 for i, v in enumerate(vals) if v >= 0.95 * max(vals)), None) if vals else None
-    gap = _fit_gap(r)
+    half, gap = _near_best(r), _fit_gap(r)
     return (f"The best CNN trained from scratch ({r['label']}) reaches validation accuracy "
             f"{f_acc(metric(r, 'best_val_acc'))} and test accuracy {f_acc(metric(r, 'test_acc'))} after "
             f"{f_g(metric(r, 'epochs_run'))} epochs ({f_time(train_time(r))} of training on "
             f"{metric(r, 'device') or rep.study.get('device')})."
-            + (f" It reaches 95% of its best validation accuracy by epoch {half} of {len(vals)}, so most of the "
-               "training time buys the last few points." if half else "")
+            + (f" It reaches 95% of its best validation accuracy by epoch {half} of {len(_epochs(r, 'val_acc'))}, "
+               "so most of the training time buys the last few points." if half else "")
             + (f" At the end it fits the training images {gap * 100:+.1f} pp better than the validation images"
                + (": it has started to memorise them." if gap > 0.05 else ": augmentation keeps it from memorising.")
                if is_num(gap) else "")
@@ -185,23 +194,15 @@ def _challenges(rep: Report, scratch: list[dict]) -> str:
 
 
 def _curves(rep: Report, scratch: list[dict], transfer: list[dict]) -> str:
-    def to_95(r: dict):
-        vals = [h.get("val_acc") for h in metric(r, "history") or [] if is_num(h.get("val_acc"))]
-        return next((i + 1 for i, v in enumerate(vals) if v >= 0.95 * max(vals)), None) if vals else None
     rows = "; ".join(f"{r['label']}: {f_acc(metric(r, 'best_val_acc'))} at epoch {f_g(metric(r, 'best_epoch'))} "
-                     f"of {f_g(metric(r, 'epochs_run'))} (95% of it by epoch {to_95(r)})"
+                     f"of {f_g(metric(r, 'epochs_run'))} (95% of it by epoch {_near_best(r)})"
                      for r in [*transfer[:3], scratch[0]])
     t, s = transfer[0], scratch[0]
     return (f"The validation curves of every run are in the figure above ({rep.setting(rep.done)}). "
             f"Best validation accuracy, the epoch it came and how fast each run got near it: {rows}. The pretrained "
-            f"models start high, {f_acc(_first(t))} after the first epoch for {t['label']} against "
-            f"{f_acc(_first(s))} for {s['label']}, and flatten within a few epochs; the scratch CNN climbs for most "
-            "of its epochs and ends lower.")
-
-
-def _first(r: dict):
-    history = metric(r, "history") or []
-    return history[0].get("val_acc") if history else None
+            f"models start high, {f_acc(_first(t, 'val_acc'))} after the first epoch for {t['label']} against "
+            f"{f_acc(_first(s, 'val_acc'))} for {s['label']}, and flatten within a few epochs; the scratch CNN "
+            "climbs for most of its epochs and ends lower.")
 
 
 def _vs_scratch(rep: Report, scratch: list[dict], transfer: list[dict]) -> str:

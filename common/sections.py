@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from common.formatting import DASH, f_acc, f_g, f_int, f_mib, f_pp, f_rate, f_time, is_num
+from common.sources import gap_text
 from common.study_plots import plot_bars, plot_depth, plot_grouped, plot_heatmap, plot_lines, plot_severity
 from common.study_runs import (
     arch_key,
@@ -574,7 +575,7 @@ class Sources(Section):
         d.table([("run", str, None), ("test acc", f_acc, "max")]
                 + [(src, f_acc, "max") for src in sources] + [("gap", str, None)],
                 [[r["label"], metric(r, "test_acc")] + [_by_source(r).get(src, {}).get("accuracy") for src in sources]
-                 + [f"{g['gap'] * 100:+.1f} ± {g['se'] * 100:.1f} pp" if (g := _gap(r)) else DASH] for r in runs])
+                 + [gap_text(g) if (g := _gap(r)) else DASH] for r in runs])
 
     def answer(self, rep: Report) -> list[str]:
         """The gap of the best scratch and the best transfer run."""
@@ -586,8 +587,7 @@ class Sources(Section):
                 g = _gap(r)
                 out.append(f"**Image sources** (best {kind}, {r['label']}): {g['reference']} photos "
                            f"{f_acc(g['reference_acc'])} ({g['reference_n']} test images) against "
-                           f"{f_acc(g['other_acc'])} on the other photo sets, {g['gap'] * 100:+.1f} ± "
-                           f"{g['se'] * 100:.1f} pp.")
+                           f"{f_acc(g['other_acc'])} on the other photo sets, {gap_text(g)}.")
         return out
 
 
@@ -614,7 +614,7 @@ class Ensemble(Section):
         d.table([("model", str, None), ("test acc", f_acc, "max"), ("Animals-10 photos", f_acc, "max"),
                  ("other photo sets", f_acc, "max"), ("gap", str, None)],
                 [[name, m["accuracy"], gap(m).get("reference_acc"), gap(m).get("other_acc"),
-                  f"{gap(m)['gap'] * 100:+.1f} ± {gap(m)['se'] * 100:.1f} pp" if gap(m) else DASH] for name, m in rows])
+                  gap_text(gap(m)) if gap(m) else DASH] for name, m in rows])
 
     def answer(self, rep: Report) -> list[str]:
         """The ensemble against its best member."""

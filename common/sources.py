@@ -63,6 +63,17 @@ def source_gap(table: Mapping[str, dict], reference: str = REFERENCE) -> dict | 
             "gap": p1 - p2, "se": math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n_other)}
 
 
+def breakdown(sources: Sequence[str], correct: np.ndarray) -> dict:
+    """{"by_source": by_source(...), "source_gap": source_gap(...)}: what every evaluation records."""
+    table = by_source(sources, correct)
+    return {"by_source": table, "source_gap": source_gap(table)}
+
+
+def gap_text(gap: Mapping) -> str:
+    """The gap and its standard error, as tables show it: '-4.0 ± 1.5 pp'."""
+    return f"{gap['gap'] * 100:+.1f} ± {gap['se'] * 100:.1f} pp"
+
+
 def describe_gap(gap: Mapping) -> str:
     """One line: accuracy on the reference source against the others, and the gap with its standard error."""
     return (f"{gap['reference']} photos {gap['reference_acc']:.4f} ({gap['reference_n']} images) against "

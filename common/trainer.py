@@ -38,7 +38,7 @@ from common.models import count_parameters
 from common.plots import confusion_figure
 from common.runs import CheckpointError, CheckpointSaver, load_checkpoint, run_dir_name
 from common.semi import PseudoLabelling
-from common.sources import UNLISTED, by_source, describe_gap, source_gap
+from common.sources import UNLISTED, breakdown, describe_gap
 from common.split import Split
 from common.transforms import TrainTransform, eval_transform
 
@@ -410,8 +410,7 @@ def _test_best(model: nn.Module, save_model: nn.Module, data: TrainingData, save
             "macro_f1": macro_f1(labels.numpy(), preds.numpy(), len(data.split.classes))}
     if data.sources is not None and not is_distributed():  # under torchrun the gathered order is the processes'
         names = [data.split.entries[i]["path"] for i in data.loaders["test"].indices.numpy()]
-        table = by_source([data.sources.get(n, UNLISTED) for n in names], (preds == labels).numpy())
-        test.update(by_source=table, source_gap=source_gap(table))
+        test.update(breakdown([data.sources.get(n, UNLISTED) for n in names], (preds == labels).numpy()))
     return run_dir, test
 
 
